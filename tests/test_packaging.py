@@ -1,0 +1,69 @@
+"""pyproject.toml and environment.yml must ask for the same packages with the same bounds."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
+_REQ = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(.*?)\s*$")
+
+
+def _split(requirement: str) -> tuple[str, str]:
+    name, spec = _REQ.match(requirement).groups()
+    return name.lower().replace("_", "-"), spec.replace(" ", "")
+
+
+def pyproject_requirements() -> dict[str, str]:
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())
+    project = data["project"]
+    reqs = list(project["dependencies"])
+    for extra in project.get("optional-dependencies", {}).values():
+        reqs += extra
+    return dict(_split(r) for r in reqs)
+
+
+def environment_requirements() -> dict[str, str]:
+    """The conda and pip entries of environment.yml (a flat list, parsed without PyYAML)."""
+    reqs = {}
+    in_deps = False
+    for raw in (REPO / "environment.yml").read_text().splitlines():
+        line = raw.split("#", 1)[0].rstrip()
+        if not line:
+            continue
+        if not line.startswith(" "):
+            in_deps = line.startswith("dependencies:")
+            continue
+        item = line.strip()
+        if not in_deps or not item.startswith("- ") or item.endswith(":"):
+            continue
+        item = item[2:].strip()
+        if item.startswith("-e ") or item.startswith("python=") or item in {"pip", "python"}:
+            continue
+        name, spec = _split(item)
+        reqs[name] = spec
+    return reqs
+
+
+def test_environment_yml_and_pyproject_list_the_same_packages():
+    assert environment_requirements() == pyproject_requirements()
+
+
+def test_required_packages_are_declared():
+    names = set(pyproject_requirements())
+    for needed in ["torch", "torchvision", "jupyterlab", "matplotlib", "scikit-learn", "umap-learn", "tqdm", "nbval", "pytest"]:
+        assert needed in names
+
+
+def test_environment_parser_sees_every_entry():
+    # guards the hand-written parser: a package dropped from environment.yml must show up as a difference
+    env = environment_requirements()
+    assert {"torch", "torchvision", "numpy", "nbval"} <= set(env)
+    assert env["torch"].startswith(">=")
