@@ -1,0 +1,338 @@
+"""Tests for vicreg_lib.evaluate: frozen features, weighted kNN, linear probe, label efficiency."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from vicreg_lib import evaluate
+from vicreg_lib.data import CIFAR10_MEAN, CIFAR10_STD
+from vicreg_lib.evaluate import (
+    class_balanced_subset,
+    extract_features,
+    format_table,
+    knn_accuracy,
+    label_efficiency,
+    linear_probe,
+    normalize_images,
+)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+class TinyEncoder(nn.Module):
+    """A stand-in encoder with BatchNorm, so train and eval mode give different outputs."""
+
+    def __init__(self, out_dim: int = 8):
+        super().__init__()
+        self.conv = nn.Conv2d(3, out_dim, 3, padding=1)
+        self.bn = nn.BatchNorm2d(out_dim)
+        self.out_dim = out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3))  # (n, out_dim)
+
+
+def gaussian_clusters(n_per_class: int, num_classes: int, dim: int = 32, spread: float = 1.0, seed: int = 0):
+    """Features drawn around well-separated random class centres: (n, dim), labels (n,)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = 6.0 * torch.randn(num_classes, dim, generator=g)
+    labels = torch.arange(num_classes).repeat_interleave(n_per_class)
+    features = centres[labels] + spread * torch.randn(labels.shape[0], dim, generator=g)
+    perm = torch.randperm(labels.shape[0], generator=g)
+    return features[perm], labels[perm]
+
+
+def random_images(n: int, seed: int = 0, size: int = 8) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+
+
+# ----------------------------------------------------------------------------- normalize_images
+
+
+def test_normalize_images_uses_cifar_mean_std():
+    images = random_images(4)
+    out = normalize_images(images)
+    mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    assert out.dtype == torch.float32 and out.shape == images.shape
+    torch.testing.assert_close(out, (images.float() / 255 - mean) / std)
+
+
+def test_normalize_images_rejects_float_images():
+    with pytest.raises(ValueError, match="uint8"):
+        normalize_images(torch.rand(2, 3, 8, 8))
+
+
+# ----------------------------------------------------------------------------- extract_features
+
+
+def test_extract_features_is_batch_size_invariant_and_uses_eval_mode():
+    torch.manual_seed(0)
+    encoder = TinyEncoder()
+    encoder.train()
+    encoder(normalize_images(random_images(32, seed=1)))  # move BN running stats off their init
+    images = random_images(20)
+
+    small = extract_features(encoder, images, batch_size=3, device="cpu")
+    large = extract_features(encoder, images, batch_size=64, device="cpu")
+    assert small.shape == (20, 8) and small.dtype == torch.float32 and small.device.type == "cpu"
+    torch.testing.assert_close(small, large)
+
+    encoder.eval()
+    with torch.no_grad():
+        expected = encoder(normalize_images(images))
+    torch.testing.assert_close(small, expected)
+    encoder.train()
+    with torch.no_grad():
+        batch_stats = encoder(normalize_images(images))
+    assert not torch.allclose(small, batch_stats, atol=1e-4), "features must use BN running statistics"
+
+
+def test_extract_features_restores_each_module_mode():
+    encoder = TinyEncoder()
+    encoder.train()
+    encoder.bn.eval()  # a mixed state must come back exactly
+    extract_features(encoder, random_images(5), batch_size=2, device="cpu")
+    assert encoder.training and encoder.conv.training and not encoder.bn.training
+
+    encoder.eval()
+    extract_features(encoder, random_images(5), device="cpu")
+    assert not encoder.training
+
+
+def test_extract_features_returns_ordinary_tensor_usable_in_autograd():
+    features = extract_features(TinyEncoder(), random_images(6), device="cpu")
+    assert not features.is_inference()
+    layer = nn.Linear(8, 2)
+    layer(features).sum().backward()  # would fail on an inference tensor
+    assert layer.weight.grad is not None
+
+
+def test_extract_features_accepts_plain_callable_and_prenormalised_floats():
+    images = random_images(5)
+    out = extract_features(lambda x: x.flatten(1)[:, :4], normalize_images(images), device="cpu")
+    torch.testing.assert_close(out, normalize_images(images).flatten(1)[:, :4])
+
+
+def test_extract_features_with_vicreg_model_both_which():
+    model_lib = pytest.importorskip("vicreg_lib.model")
+    torch.manual_seed(0)
+    encoder = model_lib.resnet18_cifar(width=4)
+    projector = model_lib.Projector.from_spec(encoder.out_dim, "16-16")
+    vicreg = model_lib.VICReg(encoder, projector)
+    images = random_images(6, size=32)
+
+    h = extract_features(vicreg, images, batch_size=4, device="cpu", which="representation")
+    z = extract_features(vicreg, images, batch_size=4, device="cpu", which="embedding")
+    assert h.shape == (6, encoder.out_dim) and z.shape == (6, 16)
+    vicreg.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(h, vicreg.representation(normalize_images(images)))
+        torch.testing.assert_close(z, vicreg.embed(normalize_images(images)))
+    torch.testing.assert_close(h, extract_features(encoder, images, device="cpu"))
+
+
+def test_extract_features_errors():
+    encoder = TinyEncoder()
+    with pytest.raises(ValueError, match="which must be one of"):
+        extract_features(encoder, random_images(2), device="cpu", which="logits")
+    with pytest.raises(ValueError, match="VICReg model"):
+        extract_features(encoder, random_images(2), device="cpu", which="embedding")
+    with pytest.raises(ValueError, match="empty"):
+        extract_features(encoder, random_images(0), device="cpu")
+
+
+# ----------------------------------------------------------------------------- knn_accuracy
+
+
+def test_knn_separates_gaussian_clusters():
+    train_x, train_y = gaussian_clusters(40, 5, seed=0)
+    test_x, test_y = gaussian_clusters(20, 5, seed=0)  # same centres: seed picks them
+    result = knn_accuracy(train_x, train_y, test_x, test_y, k=(20, 200))
+    assert set(result) == {"knn_top1@20", "knn_top1@200"}
+    assert result["knn_top1@20"] >= 99.0
+    assert result["knn_top1@200"] >= 95.0
+
+
+def test_knn_on_random_labels_is_near_chance():
+    g = torch.Generator().manual_seed(1)
+    train_x, test_x = torch.randn(1000, 16, generator=g), torch.randn(1000, 16, generator=g)
+    train_y, test_y = torch.randint(0, 10, (1000,), generator=g), torch.randint(0, 10, (1000,), generator=g)
+    accuracy = knn_accuracy(train_x, train_y, test_x, test_y, k=20)["knn_top1@20"]
+    assert 4.0 < accuracy < 16.0  # chance is 10%
+
+
+def test_knn_is_cosine_so_scaling_features_changes_nothing():
+    train_x, train_y = gaussian_clusters(30, 4, spread=6.0, seed=2)  # overlapping: accuracy < 100
+    test_x, test_y = gaussian_clusters(15, 4, spread=6.0, seed=2)
+    base = knn_accuracy(train_x, train_y, test_x, test_y, k=(1, 10))
+    g = torch.Generator().manual_seed(3)
+    scale_train = torch.rand(train_x.shape[0], 1, generator=g) * 100 + 0.01  # per-row positive scales
+    scale_test = torch.rand(test_x.shape[0], 1, generator=g) * 100 + 0.01
+    scaled = knn_accuracy(train_x * scale_train, train_y, test_x * scale_test, test_y, k=(1, 10))
+    assert base == scaled
+    assert base["knn_top1@1"] < 100.0  # the check above is not vacuous
+
+
+def test_knn_weighted_votes_break_count_ties_by_similarity():
+    # One neighbour per class with k=2: a plain count ties, the closer neighbour must win.
+    train_x = torch.tensor([[1.0, 0.1], [0.3, 1.0]])
+    test_x = torch.tensor([[1.0, 0.0]])  # closer to train sample 0
+    for labels, expected in ((torch.tensor([0, 1]), 100.0), (torch.tensor([1, 0]), 0.0)):
+        result = knn_accuracy(train_x, labels, test_x, torch.tensor([0]), k=2, temperature=0.1)
+        assert result["knn_top1@2"] == expected
+
+
+def test_knn_weighted_votes_let_close_neighbours_outvote_many_far_ones():
+    # Two very close class-0 neighbours beat three distant class-1 neighbours at low temperature,
+    # and lose to them at high temperature (where the vote becomes a plain count).
+    train_x = torch.tensor([[1.0, 0.0], [1.0, 0.05], [0.0, 1.0], [0.1, 1.0], [0.05, 1.0]])
+    train_y = torch.tensor([0, 0, 1, 1, 1])
+    test_x = torch.tensor([[1.0, 0.3]])
+    test_y = torch.tensor([0])
+    assert knn_accuracy(train_x, train_y, test_x, test_y, k=5, temperature=0.07)["knn_top1@5"] == 100.0
+    assert knn_accuracy(train_x, train_y, test_x, test_y, k=5, temperature=100.0)["knn_top1@5"] == 0.0
+
+
+def test_knn_clamps_k_and_is_batch_invariant():
+    train_x, train_y = gaussian_clusters(10, 3, spread=5.0, seed=4)
+    test_x, test_y = gaussian_clusters(10, 3, spread=5.0, seed=4)
+    huge = knn_accuracy(train_x, train_y, test_x, test_y, k=1000)["knn_top1@1000"]
+    exact = knn_accuracy(train_x, train_y, test_x, test_y, k=30)["knn_top1@30"]
+    assert huge == exact
+    a = knn_accuracy(train_x, train_y, test_x, test_y, k=(3, 7), batch_size=4)
+    b = knn_accuracy(train_x, train_y, test_x, test_y, k=(3, 7), batch_size=1000)
+    assert a == b
+
+
+def test_knn_errors():
+    x, y = torch.randn(10, 4), torch.randint(0, 2, (10,))
+    with pytest.raises(ValueError, match="k must be"):
+        knn_accuracy(x, y, x, y, k=0)
+    with pytest.raises(ValueError, match="same samples"):
+        knn_accuracy(x, y[:5], x, y)
+    with pytest.raises(ValueError, match="empty"):
+        knn_accuracy(x, y, x[:0], y[:0])
+    with pytest.raises(ValueError, match="dimension"):
+        knn_accuracy(x, y, torch.randn(10, 5), y)
+
+
+# ----------------------------------------------------------------------------- linear_probe
+
+
+def test_linear_probe_learns_separable_features():
+    train_x, train_y = gaussian_clusters(30, 10, seed=5)
+    test_x, test_y = gaussian_clusters(10, 10, seed=5)
+    result = linear_probe(train_x, train_y, test_x, test_y, epochs=30, lr=1e-2, batch_size=64, device="cpu")
+    assert result["top1"] >= 95.0 and result["train_top1"] >= 95.0
+    assert result["top5"] >= result["top1"]
+    assert result["num_train"] == 300 and len(result["history"]) == 30
+    assert result["history"][-1] < result["history"][0]
+
+
+def test_linear_probe_on_shuffled_labels_is_near_chance():
+    train_x, train_y = gaussian_clusters(30, 10, seed=6)
+    test_x, test_y = gaussian_clusters(30, 10, seed=6)
+    g = torch.Generator().manual_seed(0)
+    shuffled_train = train_y[torch.randperm(train_y.shape[0], generator=g)]
+    result = linear_probe(train_x, shuffled_train, test_x, test_y, epochs=30, lr=1e-2, batch_size=64, device="cpu")
+    assert result["top1"] < 25.0  # chance is 10%
+    assert result["top5"] >= result["top1"]
+
+
+def test_linear_probe_is_deterministic_given_seed():
+    train_x, train_y = gaussian_clusters(20, 4, spread=5.0, seed=7)
+    test_x, test_y = gaussian_clusters(10, 4, spread=5.0, seed=7)
+    kwargs = dict(epochs=5, lr=1e-2, batch_size=16, device="cpu")
+    first = linear_probe(train_x, train_y, test_x, test_y, seed=3, **kwargs)
+    again = linear_probe(train_x, train_y, test_x, test_y, seed=3, **kwargs)
+    other = linear_probe(train_x, train_y, test_x, test_y, seed=4, **kwargs)
+    assert first == again
+    assert first["history"] != other["history"]  # the seed drives the minibatch order
+
+
+def test_linear_probe_is_invariant_to_feature_scale():
+    # features are standardised with the train statistics first
+    train_x, train_y = gaussian_clusters(20, 4, spread=5.0, seed=8)
+    test_x, test_y = gaussian_clusters(10, 4, spread=5.0, seed=8)
+    kwargs = dict(epochs=5, lr=1e-2, batch_size=16, device="cpu")
+    base = linear_probe(train_x, train_y, test_x, test_y, **kwargs)
+    scaled = linear_probe(1000 * train_x + 7, train_y, 1000 * test_x + 7, test_y, **kwargs)
+    assert base["top1"] == scaled["top1"]
+
+
+def test_linear_probe_errors():
+    x, y = torch.randn(10, 4), torch.randint(0, 2, (10,))
+    with pytest.raises(ValueError, match="same samples"):
+        linear_probe(x, y, x[:3], y, device="cpu")
+    with pytest.raises(ValueError, match="epochs"):
+        linear_probe(x, y, x, y, epochs=0, device="cpu")
+    with pytest.raises(ValueError, match="num_classes"):
+        linear_probe(x, y + 5, x, y, num_classes=3, device="cpu")
+
+
+# ----------------------------------------------------------------------------- label efficiency
+
+
+def test_class_balanced_subset_takes_fraction_of_each_class():
+    labels = torch.arange(5).repeat_interleave(torch.tensor([100, 50, 20, 10, 3]))
+    idx = class_balanced_subset(labels, 0.1, torch.Generator().manual_seed(0))
+    counts = torch.bincount(labels[idx], minlength=5)
+    assert counts.tolist() == [10, 5, 2, 1, 1]  # rounded, at least one per class
+    assert idx.unique().shape == idx.shape  # no sample twice
+    assert class_balanced_subset(labels, 1.0).shape[0] == labels.shape[0]
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="fraction"):
+            class_balanced_subset(labels, bad)
+
+
+def test_label_efficiency_probes_on_balanced_subsets(monkeypatch):
+    train_x, train_y = gaussian_clusters(50, 4, seed=9)
+    test_x, test_y = gaussian_clusters(10, 4, seed=9)
+    seen = []
+    real_probe = evaluate.linear_probe
+
+    def spy(train_features, train_labels, *args, **kwargs):
+        seen.append(torch.bincount(train_labels, minlength=4).tolist())
+        assert train_features.shape[0] == train_labels.shape[0]
+        return real_probe(train_features, train_labels, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "linear_probe", spy)
+    result = label_efficiency(train_x, train_y, test_x, test_y, fractions=(0.01, 0.1, 1.0),
+                              epochs=20, lr=1e-2, device="cpu")
+    assert list(result) == [0.01, 0.1, 1.0]
+    assert seen == [[1, 1, 1, 1], [5, 5, 5, 5], [50, 50, 50, 50]]
+    assert result[1.0] >= 95.0
+
+
+def test_label_efficiency_rejects_bad_fractions():
+    x, y = torch.randn(10, 4), torch.randint(0, 2, (10,))
+    with pytest.raises(ValueError, match="fractions"):
+        label_efficiency(x, y, x, y, fractions=(0.1, 2.0))
+
+
+# ----------------------------------------------------------------------------- format_table
+
+
+def test_format_table_aligns_metrics_and_baseline():
+    results = {
+        "checkpoint": "runs/x/checkpoint.pt",
+        "num_train": 100,
+        "knn_top1@20": 81.234,
+        "linear_top1": 85.0,
+        "label_1%_top1": 40.5,
+        "random_init": {"knn_top1@20": 30.0, "linear_top1": 35.25, "label_1%_top1": 20.0},
+    }
+    table = format_table(results)
+    lines = table.splitlines()
+    assert "checkpoint: runs/x/checkpoint.pt" in lines and "num_train: 100" in lines
+    rows = lines[lines.index("") + 1:]
+    assert len(rows) == 2 + 3  # header, rule, three metrics
+    assert len({len(row) for row in rows}) == 1  # every row has the same width
+    assert "random init" in rows[0]
+    assert any("81.23" in row and "30.00" in row for row in rows)
+    assert any("1% labels" in row and "40.50" in row for row in rows)
+    assert "random init" not in format_table({"linear_top1": 85.0})
