@@ -336,3 +336,83 @@ def test_format_table_aligns_metrics_and_baseline():
     assert any("81.23" in row and "30.00" in row for row in rows)
     assert any("1% labels" in row and "40.50" in row for row in rows)
     assert "random init" not in format_table({"linear_top1": 85.0})
+
+
+# ----------------------------------------------------------------------------- linear_probe_augmented
+
+
+def brightness_classes(n_per_class: int, seed: int = 0):
+    """uint8 images (n, 3, 8, 8) whose class is their brightness band: 0 dark, 1 mid, 2 bright."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(3).repeat_interleave(n_per_class)
+    base = torch.tensor([30, 128, 225])[labels].view(-1, 1, 1, 1)
+    noise = torch.randint(-20, 21, (labels.shape[0], 3, 8, 8), generator=g)
+    return (base + noise).clamp(0, 255).to(torch.uint8), labels
+
+
+def random_flip(x: torch.Tensor) -> torch.Tensor:
+    """A cheap stand-in augmentation: flip every other image, then normalise."""
+    x = x.clone()
+    x[::2] = x[::2].flip(-1)
+    return normalize_images(x)
+
+
+def test_linear_probe_augmented_learns_and_keeps_encoder_frozen():
+    torch.manual_seed(0)
+    encoder = TinyEncoder()
+    encoder.train()
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    train_images, train_labels = brightness_classes(30, seed=0)
+    test_images, test_labels = brightness_classes(10, seed=1)
+    result = evaluate.linear_probe_augmented(
+        encoder, train_images, train_labels, test_images, test_labels,
+        epochs=20, transform=random_flip, lr=1e-2, batch_size=32, device="cpu",
+    )
+    assert result["top1"] >= 90.0 and result["top5"] >= result["top1"]
+    assert len(result["history"]) == 20 and result["history"][-1] < result["history"][0]
+    after = encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "encoder weights or BN stats changed"
+    assert encoder.training
+
+
+def test_linear_probe_augmented_normalize_test_switch():
+    # a recording "encoder": the mean pixel of what it is fed, one feature
+    fed_min = []
+
+    def encoder(x: torch.Tensor) -> torch.Tensor:
+        fed_min.append(x.min().item())
+        return x.mean(dim=(2, 3))  # (b, 3)
+
+    train_images, train_labels = brightness_classes(5, seed=0)
+    test_images, test_labels = brightness_classes(2, seed=1)
+    kwargs = dict(epochs=1, transform=random_flip, batch_size=64, device="cpu")
+    evaluate.linear_probe_augmented(encoder, train_images, train_labels, test_images, test_labels, **kwargs)
+    assert fed_min[0] < 0  # test pass first: normalised like the training views (dark pixels < 0)
+    fed_min.clear()
+    evaluate.linear_probe_augmented(encoder, train_images, train_labels, test_images, test_labels,
+                                    normalize_test=False, **kwargs)
+    assert fed_min[0] >= 0  # the blog post's quirk: test images only scaled to [0, 1]
+    assert fed_min[1] < 0  # training views stay normalised
+
+
+def test_linear_probe_augmented_default_recipe_is_seeded():
+    train_images, train_labels = brightness_classes(6, seed=0)
+    test_images, test_labels = brightness_classes(2, seed=1)
+    train_images = torch.nn.functional.interpolate(train_images.float(), size=16).to(torch.uint8)
+    test_images = torch.nn.functional.interpolate(test_images.float(), size=16).to(torch.uint8)
+    torch.manual_seed(0)
+    encoder = TinyEncoder()
+    kwargs = dict(epochs=2, batch_size=8, device="cpu")
+    first = evaluate.linear_probe_augmented(encoder, train_images, train_labels, test_images, test_labels,
+                                            seed=1, **kwargs)
+    again = evaluate.linear_probe_augmented(encoder, train_images, train_labels, test_images, test_labels,
+                                            seed=1, **kwargs)
+    assert first == again
+
+
+def test_linear_probe_augmented_rejects_float_images():
+    images, labels = brightness_classes(2)
+    with pytest.raises(ValueError, match="uint8"):
+        evaluate.linear_probe_augmented(TinyEncoder(), images.float(), labels, images, labels, device="cpu")
+    with pytest.raises(ValueError, match="same samples"):
+        evaluate.linear_probe_augmented(TinyEncoder(), images, labels[:3], images, labels, device="cpu")
