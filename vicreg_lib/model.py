@@ -1,0 +1,186 @@
+"""Backbone, projector ("expander") and the joint-embedding wrapper.
+
+    image x ─ encoder f ─> representation h: (n, 8*width) ─ projector g ─> embedding z: (n, d)
+
+The loss is applied to z; h is what evaluation (linear probe, k-NN) uses.
+
+The encoder is torchvision's ResNet-18 adapted to 32x32 CIFAR images the usual
+way: a 3x3 stride-1 first convolution instead of 7x7 stride 2, and no max-pool,
+so layer4 still sees a 4x4 map instead of 1x1. ``width`` scales every stage
+(width, 2w, 4w, 8w) so that tiny versions train on a CPU.
+
+The projector follows the official ``main_vicreg.py``: (layers-1) x [Linear,
+BatchNorm1d, ReLU] then a final Linear without bias; the official ImageNet
+setting is ``--mlp 8192-8192-8192``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torchvision.models.resnet import BasicBlock, ResNet
+
+
+class CifarResNet18(ResNet):
+    """torchvision ResNet-18 with a 3x3 stride-1 stem, no max-pool and no fc.
+
+    x: (n, 3, H, W) -> h: (n, 8*width). At width 64 this is exactly
+    ``torchvision.models.resnet18()`` with ``conv1`` swapped for a 3x3 conv
+    and ``fc`` removed (same parameter names and shapes).
+    """
+
+    def __init__(self, width: int = 64, zero_init_residual: bool = True) -> None:
+        # ResNet.__init__ hard-codes 64/128/256/512 channels, so set up the
+        # attributes its _make_layer and forward rely on ourselves.
+        nn.Module.__init__(self)
+        self._norm_layer = nn.BatchNorm2d
+        self.dilation = 1
+        self.groups = 1
+        self.base_width = 64  # BasicBlock only accepts the default
+        self.inplanes = width
+
+        # 32x32 images: keep full resolution in the stem (no 7x7/2 conv, no max-pool)
+        self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.Identity()
+        self.layer1 = self._make_layer(BasicBlock, width, 2)  # 32x32
+        self.layer2 = self._make_layer(BasicBlock, 2 * width, 2, stride=2)  # 16x16
+        self.layer3 = self._make_layer(BasicBlock, 4 * width, 2, stride=2)  # 8x8
+        self.layer4 = self._make_layer(BasicBlock, 8 * width, 2, stride=2)  # 4x4
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Identity()  # forward() returns the pooled representation
+        self.width = width
+        self.out_dim = 8 * width
+
+        # torchvision's initialisation
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        # Each residual block starts as the identity; the official VICReg code
+        # builds its ResNets with zero_init_residual=True too.
+        if zero_init_residual:
+            for module in self.modules():
+                if isinstance(module, BasicBlock):
+                    nn.init.zeros_(module.bn2.weight)
+
+
+def resnet18_cifar(width: int = 64, zero_init_residual: bool = True) -> CifarResNet18:
+    """ResNet-18 for 32x32 images; x: (n, 3, 32, 32) -> h: (n, 8*width).
+
+    ``width=64`` is the standard 512-d ResNet-18 (11.2M parameters);
+    16 or 32 are small enough to train on a CPU. The size of h is ``model.out_dim``.
+    """
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"width must be an integer >= 1 (64 is the standard ResNet-18), got {width!r}")
+    return CifarResNet18(width, zero_init_residual=zero_init_residual)
+
+
+def parse_projector_spec(spec: str) -> list[int]:
+    """``"2048-2048-2048"`` -> ``[2048, 2048, 2048]``: the widths of the projector's Linear layers.
+
+    Same format as the official code's ``--mlp`` flag; the last number is the
+    embedding size d.
+    """
+    if not isinstance(spec, str):
+        raise ValueError(f"projector spec must be a string like '2048-2048-2048', got {spec!r}")
+    parts = spec.strip().split("-")
+    if not all(part.strip().isdigit() and int(part) > 0 for part in parts):
+        raise ValueError(
+            f"malformed projector spec {spec!r}: expected positive integers joined by '-', "
+            "e.g. '2048-2048-2048' (hidden widths, then the output size)"
+        )
+    return [int(part) for part in parts]
+
+
+def _check_dim(value: int, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+class Projector(nn.Sequential):
+    """MLP from representation h: (n, in_dim) to embedding z: (n, out_dim).
+
+    (layers-1) x [Linear, BatchNorm1d, ReLU], then Linear(bias=False) to out_dim
+    (the official code drops that bias; BatchNorm makes the hidden biases
+    redundant too, but they are kept as the official code keeps them).
+    ``layers=1`` is a single Linear.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, layers: int = 3) -> None:
+        for value, name in ((in_dim, "in_dim"), (hidden_dim, "hidden_dim"), (out_dim, "out_dim"), (layers, "layers")):
+            _check_dim(value, name)
+        blocks: list[nn.Module] = []
+        width = in_dim
+        for _ in range(layers - 1):
+            blocks += [nn.Linear(width, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
+            width = hidden_dim
+        blocks.append(nn.Linear(width, out_dim, bias=False))
+        super().__init__(*blocks)
+        self.in_dim = in_dim
+        self.hidden_dim = hidden_dim
+        self.out_dim = out_dim
+        self.layers = layers
+
+    @classmethod
+    def from_spec(cls, in_dim: int, spec: str) -> Projector:
+        """Build from an official-style spec: ``Projector.from_spec(512, "2048-2048-2048")``.
+
+        All hidden widths must be equal (as in every setting of the paper).
+        """
+        widths = parse_projector_spec(spec)
+        hidden, out_dim = widths[:-1], widths[-1]
+        if len(set(hidden)) > 1:
+            raise ValueError(
+                f"projector spec {spec!r} has different hidden widths {hidden}; "
+                "Projector uses one hidden width, e.g. '2048-2048-2048'"
+            )
+        hidden_dim = hidden[0] if hidden else out_dim
+        return cls(in_dim, hidden_dim, out_dim, layers=len(widths))
+
+
+class VICReg(nn.Module):
+    """Encoder + projector, shared by both branches (a siamese joint-embedding net).
+
+    ``forward(x1, x2)`` runs the two views through the network in two separate
+    passes, as the official code does. With BatchNorm this matters: a joint
+    pass over ``cat([x1, x2])`` would normalise each view with statistics
+    pooled over both views, a different (and in train mode, slightly
+    information-sharing) computation from the one the paper's results come
+    from. ``concat_views=True`` does the single, faster pass anyway.
+    """
+
+    def __init__(self, encoder: nn.Module, projector: Projector, concat_views: bool = False) -> None:
+        super().__init__()
+        encoder_dim = getattr(encoder, "out_dim", None)
+        if encoder_dim is not None and encoder_dim != projector.in_dim:
+            raise ValueError(
+                f"encoder outputs {encoder_dim} features but the projector expects {projector.in_dim}; "
+                f"build the projector with in_dim={encoder_dim}"
+            )
+        self.encoder = encoder
+        self.projector = projector
+        self.concat_views = concat_views
+        self.out_dim = projector.out_dim
+
+    def representation(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (n, 3, H, W) -> h: (n, encoder.out_dim), the features used for evaluation."""
+        return self.encoder(x)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (n, 3, H, W) -> z: (n, projector.out_dim), what the loss sees."""
+        return self.projector(self.encoder(x))
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x1, x2: (n, 3, H, W) two views of the same n images -> z1, z2: (n, out_dim)."""
+        if x1.shape != x2.shape:
+            raise ValueError(
+                f"the two views must have the same shape, got {tuple(x1.shape)} and {tuple(x2.shape)}"
+            )
+        if self.concat_views:
+            z1, z2 = self.embed(torch.cat([x1, x2])).chunk(2)
+            return z1, z2
+        return self.embed(x1), self.embed(x2)
