@@ -1,0 +1,365 @@
+"""The two-view augmentations of VICReg, per image (torchvision) and batched (tensor ops).
+
+A recipe is two `ViewRecipe`s, one per branch. Both implementations apply, in this order:
+
+    random resized crop -> horizontal flip -> colour jitter (random op order) -> grayscale
+    -> Gaussian blur -> solarize -> normalise with the CIFAR-10 mean/std
+
+`two_views_transform(recipe)` is the classic per-image torchvision pipeline for a DataLoader.
+`BatchAugment(recipe)` does the same on a whole batch (N, 3, H, W) with a few batched tensor ops,
+drawing independent random parameters for every image, on any device.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vicreg_lib.data import CIFAR10_MEAN, CIFAR10_STD
+
+# torchvision's rgb_to_grayscale weights (ITU-R 601 luma 0.299, 0.587, 0.114, red rounded as
+# torchvision does) so that the two pipelines agree to float precision.
+LUMA_WEIGHTS = (0.2989, 0.587, 0.114)
+SOLARIZE_THRESHOLD = 0.5  # half of the [0, 1] range
+CROP_TRIES = 10  # RandomResizedCrop's rejection-sampling attempts before its centre-crop fallback
+
+
+@dataclass(frozen=True)
+class ViewRecipe:
+    """The augmentation of one branch: probabilities and ranges of each random op."""
+
+    crop_scale: tuple[float, float] = (0.2, 1.0)  # crop area as a fraction of the image
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop aspect ratio w/h, sampled log-uniformly
+    flip_p: float = 0.0
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
+    jitter_p: float = 0.8
+    gray_p: float = 0.0
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_kernel: int = 3  # ~10% of a 32-pixel image, as SimCLR sizes the kernel
+    solarize_p: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("flip_p", "jitter_p", "gray_p", "blur_p", "solarize_p"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"ViewRecipe.{name} = {getattr(self, name)} is not a probability in [0, 1]")
+        if self.blur_kernel < 1 or self.blur_kernel % 2 == 0:
+            raise ValueError(f"ViewRecipe.blur_kernel = {self.blur_kernel} must be a positive odd number, e.g. 3")
+
+
+# The blog post that started this project: both views identical, no flip, no grayscale.
+_BLOG_VIEW = ViewRecipe(crop_scale=(0.2, 1.0), flip_p=0.0, jitter_p=0.8, gray_p=0.0, blur_p=0.5, solarize_p=0.2)
+
+# The official VICReg augmentations (main_vicreg.py, after BYOL), adapted to 32x32 images: the paper's
+# ImageNet crops cover 8-100% of the image (scale 0.08-1), but a 32x32 crop of 8% is a 9x9 patch with
+# little left to recognise, so CIFAR practice (SimCLR/VICReg CIFAR ports) uses scale 0.2-1. The blur
+# kernel is 3 pixels (10% of 32, as SimCLR sizes it). View 1 always blurs and never solarizes; view 2
+# blurs rarely and solarizes sometimes: the asymmetry of the paper.
+_PAPER_VIEW = ViewRecipe(crop_scale=(0.2, 1.0), flip_p=0.5, jitter_p=0.8, gray_p=0.2)
+RECIPES: dict[str, tuple[ViewRecipe, ViewRecipe]] = {
+    "blog": (_BLOG_VIEW, _BLOG_VIEW),
+    "paper": (
+        dataclasses.replace(_PAPER_VIEW, blur_p=1.0, solarize_p=0.0),
+        dataclasses.replace(_PAPER_VIEW, blur_p=0.1, solarize_p=0.2),
+    ),
+}
+
+
+def get_recipe(recipe: str | tuple[ViewRecipe, ViewRecipe]) -> tuple[ViewRecipe, ViewRecipe]:
+    """A recipe name from RECIPES, or a pair of ViewRecipes passed through."""
+    if isinstance(recipe, str):
+        if recipe not in RECIPES:
+            raise ValueError(f"unknown augmentation recipe {recipe!r}: use one of {sorted(RECIPES)}")
+        return RECIPES[recipe]
+    if isinstance(recipe, (tuple, list)) and len(recipe) == 2 and all(isinstance(v, ViewRecipe) for v in recipe):
+        return recipe[0], recipe[1]
+    raise ValueError(
+        f"augmentation recipe must be a name in {sorted(RECIPES)} or a pair of ViewRecipe, got {recipe!r}"
+    )
+
+
+# ----------------------------------------------------------------------------- per image (torchvision)
+
+
+def view_transform(view: ViewRecipe, size: int = 32):
+    """The torchvision v2 pipeline of one view: one image (PIL or uint8 (3, H, W)) -> float (3, size, size)."""
+    from torchvision.transforms import v2
+
+    brightness, contrast, saturation, hue = view.jitter
+    return v2.Compose([
+        v2.ToImage(),
+        v2.RandomResizedCrop(size, scale=view.crop_scale, ratio=view.crop_ratio, antialias=True),
+        v2.RandomHorizontalFlip(view.flip_p),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.RandomApply([v2.ColorJitter(brightness, contrast, saturation, hue)], p=view.jitter_p),
+        v2.RandomGrayscale(view.gray_p),
+        v2.RandomApply([v2.GaussianBlur(view.blur_kernel, sigma=view.blur_sigma)], p=view.blur_p),
+        v2.RandomSolarize(SOLARIZE_THRESHOLD, p=view.solarize_p),
+        v2.Normalize(CIFAR10_MEAN, CIFAR10_STD),
+    ])
+
+
+class TwoViews:
+    """Apply two view transforms to one image: image -> (view1, view2)."""
+
+    def __init__(self, transform1, transform2) -> None:
+        self.transform1, self.transform2 = transform1, transform2
+
+    def __call__(self, image) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform1(image), self.transform2(image)
+
+    def __repr__(self) -> str:
+        return f"TwoViews(\n  view1={self.transform1},\n  view2={self.transform2})"
+
+
+def two_views_transform(recipe: str | tuple[ViewRecipe, ViewRecipe] = "paper", size: int = 32) -> TwoViews:
+    """Per-image transform for a DataLoader: image (PIL or uint8 (3, H, W)) -> two float (3, size, size)."""
+    view1, view2 = get_recipe(recipe)
+    return TwoViews(view_transform(view1, size), view_transform(view2, size))
+
+
+# ----------------------------------------------------------------------------- batched building blocks
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """x: (n, 3, h, w) -> luma (n, 1, h, w)."""
+    r, g, b = LUMA_WEIGHTS
+    return r * x[:, 0:1] + g * x[:, 1:2] + b * x[:, 2:3]
+
+
+def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """x: (n, 3, h, w), factor: (n,). x * b."""
+    return (x * factor.view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
+
+
+def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Blend with the image's mean luma: c x + (1 - c) mean(gray(x))."""
+    mean = grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
+    factor = factor.view(-1, 1, 1, 1)
+    return (factor * x + (1.0 - factor) * mean).clamp_(0.0, 1.0)
+
+
+def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Blend with the per-pixel luma: s x + (1 - s) gray(x)."""
+    factor = factor.view(-1, 1, 1, 1)
+    return (factor * x + (1.0 - factor) * grayscale(x)).clamp_(0.0, 1.0)
+
+
+def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the HSV hue of x (n, 3, h, w) by `shift` (n,) turns, keeping saturation and value.
+
+    RGB -> HSV -> RGB fused: with V = max, chroma C = max - min (= V S) and hue in sixths H6,
+        H6 = (G - B)/C if R is the max, 2 + (B - R)/C if G is, else 4 + (R - G)/C,
+        channel = V - C clamp(min(k, 4 - k), 0, 1),  k = (m + H6 + 6 shift) mod 6,  m = 5, 3, 1 for R, G, B.
+    """
+    red, green, blue = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    value = x.amax(1, keepdim=True)
+    chroma = value - x.amin(1, keepdim=True)
+    hue6 = torch.where(value == red, green - blue,
+                       torch.where(value == green, (blue - red) + 2 * chroma, (red - green) + 4 * chroma))
+    # grey pixels (C = 0) have numerator 0 and drop out below, any non-zero divisor will do
+    hue6 = hue6 / chroma.clamp_min(1e-12) + 6.0 * shift.view(-1, 1, 1, 1)
+    m = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    k = torch.remainder(hue6 + m, 6.0)  # (n, 3, h, w)
+    return value - chroma * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+
+
+JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """x: (n, c, h, w), sigma: (n,) -> x blurred with a per-image Gaussian, separable, reflect padding.
+
+    Kernel w_t = exp(-t^2 / (2 sigma^2)) / sum, t = -k//2..k//2, as torchvision's. The 1-D pass is a sum of
+    k shifted copies weighted per image (k is 3 for 32x32 images), along the width then the height;
+    a grouped conv2d would need a new oneDNN primitive for every batch size.
+    """
+    n, _, h, w = x.shape
+    half = kernel_size // 2
+    offsets = torch.arange(-half, half + 1, device=x.device, dtype=x.dtype)
+    weights = torch.exp(-0.5 * (offsets / sigma.to(x.dtype).view(-1, 1)) ** 2)  # (n, k)
+    weights = (weights / weights.sum(1, keepdim=True)).view(n, kernel_size, 1, 1, 1)
+    padded = F.pad(x, (half, half, 0, 0), mode="reflect")
+    x = sum(weights[:, t] * padded[..., t:t + w] for t in range(kernel_size))
+    padded = F.pad(x, (0, 0, half, half), mode="reflect")
+    return sum(weights[:, t] * padded[..., t:t + h, :] for t in range(kernel_size))
+
+
+def resized_crop_flip(x: torch.Tensor, box: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Crop box (n, 4) = (top, left, height, width) in pixels out of x (n, c, h, w), resize it back to
+    (h, w) bilinearly, mirror it where flip (n,) is True: one affine grid per image. Matches
+    torchvision's resized_crop + hflip (bilinear, upsampling) to float precision.
+
+    With align_corners=False, pixel edge p maps to normalised 2p/W - 1, so the crop [left, left + width]
+    is centre (2 left + width)/W - 1 and half-extent width/W; a flip negates the x extent.
+    """
+    n, _, h, w = x.shape
+    top, left, height, width = box.to(x.dtype).unbind(1)
+    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = torch.where(flip, -width / w, width / w)
+    theta[:, 0, 2] = (2 * left + width) / w - 1
+    theta[:, 1, 1] = height / h
+    theta[:, 1, 2] = (2 * top + height) / h - 1
+    grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)  # (n, h, w, 2) as (x, y)
+    # keep samples inside the crop's outer pixel centres, as resizing the cropped image would
+    low = torch.stack(((2 * left + 1) / w - 1, (2 * top + 1) / h - 1), 1).view(n, 1, 1, 2)
+    high = torch.stack(((2 * (left + width) - 1) / w - 1, (2 * (top + height) - 1) / h - 1), 1).view(n, 1, 1, 2)
+    grid = torch.minimum(torch.maximum(grid, low), high)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def sample_crop_boxes(
+    n: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+    generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """RandomResizedCrop's box sampling for n images at once -> (n, 4) int (top, left, height, width).
+
+    Draw CROP_TRIES candidates per image (area uniform in scale, log aspect ratio uniform), keep the
+    first that fits; images with none fall back to the centre crop clamped to the ratio range.
+    """
+    area = height * width
+    target_area = area * torch.empty(n, CROP_TRIES, device=device).uniform_(*scale, generator=generator)
+    log_ratio = torch.empty(n, CROP_TRIES, device=device).uniform_(
+        math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    aspect = torch.exp(log_ratio)
+    crop_w = torch.round(torch.sqrt(target_area * aspect))
+    crop_h = torch.round(torch.sqrt(target_area / aspect))
+    fits = (crop_w > 0) & (crop_w <= width) & (crop_h > 0) & (crop_h <= height)
+    first = fits.int().argmax(1, keepdim=True)  # argmax returns the first maximal index
+    crop_w = crop_w.gather(1, first).squeeze(1)
+    crop_h = crop_h.gather(1, first).squeeze(1)
+    # fallback: the whole image, narrowed to the nearest allowed aspect ratio
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fallback_w, fallback_h = width, round(width / min(ratio))
+    elif in_ratio > max(ratio):
+        fallback_w, fallback_h = round(height * max(ratio)), height
+    else:
+        fallback_w, fallback_h = width, height
+    any_fits = fits.any(1)
+    crop_w = torch.where(any_fits, crop_w, torch.full_like(crop_w, fallback_w))
+    crop_h = torch.where(any_fits, crop_h, torch.full_like(crop_h, fallback_h))
+    # position uniform over the valid offsets, as torch.randint(0, H - h + 1) does
+    u = torch.rand(n, 2, device=device, generator=generator)
+    top = torch.floor(u[:, 0] * (height - crop_h + 1)).clamp_max(height - crop_h)
+    left = torch.floor(u[:, 1] * (width - crop_w + 1)).clamp_max(width - crop_w)
+    top = torch.where(any_fits, top, torch.div(height - crop_h, 2, rounding_mode="floor"))
+    left = torch.where(any_fits, left, torch.div(width - crop_w, 2, rounding_mode="floor"))
+    return torch.stack((top, left, crop_h, crop_w), 1).long()
+
+
+# ----------------------------------------------------------------------------- batched augmentation
+
+
+class BatchAugment(nn.Module):
+    """Two augmented views of a whole batch, independent random parameters for every image.
+
+        v1, v2 = BatchAugment("paper")(images, generator=g)            # images: (n, 3, h, w)
+        v1, v2, (p1, p2) = BatchAugment("paper")(images, return_params=True)
+
+    images: uint8 in 0..255 or float in [0, 1], on any device. Views: float32 (n, 3, h, w), normalised
+    with the CIFAR-10 mean/std. The parameters are drawn on the generator's device (the images'
+    device when no generator is given), so a CPU generator gives the same views on CPU and GPU.
+    """
+
+    def __init__(self, recipe: str | tuple[ViewRecipe, ViewRecipe] = "paper",
+                 mean: tuple[float, float, float] = CIFAR10_MEAN, std: tuple[float, float, float] = CIFAR10_STD):
+        super().__init__()
+        self.views = get_recipe(recipe)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def extra_repr(self) -> str:
+        return f"view1={self.views[0]},\nview2={self.views[1]}"
+
+    def sample_params(self, n: int, height: int, width: int, generator: torch.Generator | None = None,
+                      device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Draw the per-image parameters of both views: two dicts of (n,) or (n, k) tensors."""
+        return tuple(sample_view_params(view, n, height, width, generator, device) for view in self.views)
+
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None, return_params: bool = False):
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"BatchAugment expects a batch of RGB images (n, 3, h, w), got shape "
+                             f"{tuple(images.shape)}; add a batch dimension with images[None] or convert to RGB")
+        if images.dtype == torch.uint8:
+            x = images.float().div_(255.0)
+        elif images.is_floating_point():
+            x = images.float()
+        else:
+            raise ValueError(f"BatchAugment expects uint8 (0..255) or float (0..1) images, got {images.dtype}")
+        n, _, height, width = x.shape
+        param_device = generator.device if generator is not None else x.device
+        params = self.sample_params(n, height, width, generator, param_device)
+        params = tuple({key: value.to(x.device) for key, value in p.items()} for p in params)
+        view1, view2 = (apply_view(x, p, view) for p, view in zip(params, self.views))
+        view1 = (view1 - self.mean) / self.std
+        view2 = (view2 - self.mean) / self.std
+        return (view1, view2, params) if return_params else (view1, view2)
+
+
+def sample_view_params(view: ViewRecipe, n: int, height: int, width: int,
+                       generator: torch.Generator | None = None,
+                       device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Per-image parameters of one view for n images of size (height, width).
+
+    crop_box (n, 4) (top, left, h, w), crop_area and crop_aspect (n,), flipped (n,) bool,
+    jittered (n,) bool, jitter_factors (n, 4) (brightness, contrast, saturation, hue),
+    jitter_order (n, 4) (a permutation of 0..3 per image), gray, blurred (n,) bool, blur_sigma (n,),
+    solarized (n,) bool.
+    """
+    def coin(p: float) -> torch.Tensor:
+        return torch.rand(n, device=device, generator=generator) < p
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return torch.empty(n, device=device).uniform_(low, high, generator=generator)
+
+    box = sample_crop_boxes(n, height, width, view.crop_scale, view.crop_ratio, generator, device)
+    brightness, contrast, saturation, hue = view.jitter
+    factors = torch.stack((
+        uniform(max(0.0, 1 - brightness), 1 + brightness),
+        uniform(max(0.0, 1 - contrast), 1 + contrast),
+        uniform(max(0.0, 1 - saturation), 1 + saturation),
+        uniform(-hue, hue),
+    ), 1)
+    # a random permutation per image: argsort of uniform noise
+    order = torch.rand(n, 4, device=device, generator=generator).argsort(1)
+    return {
+        "crop_box": box,
+        "crop_area": (box[:, 2] * box[:, 3]).float() / (height * width),
+        "crop_aspect": box[:, 3].float() / box[:, 2].float(),
+        "flipped": coin(view.flip_p),
+        "jittered": coin(view.jitter_p),
+        "jitter_factors": factors,
+        "jitter_order": order,
+        "gray": coin(view.gray_p),
+        "blurred": coin(view.blur_p),
+        "blur_sigma": uniform(*view.blur_sigma),
+        "solarized": coin(view.solarize_p),
+    }
+
+
+def apply_view(x: torch.Tensor, params: dict[str, torch.Tensor], view: ViewRecipe) -> torch.Tensor:
+    """Augment x (n, 3, h, w) float in [0, 1] with the drawn params -> (n, 3, h, w) in [0, 1].
+
+    Ops that only some images get (jitter, blur) run on those images only (index, op, write back).
+    """
+    x = resized_crop_flip(x, params["crop_box"], params["flipped"])
+    # colour jitter: at each of the 4 positions, each op runs on the images whose order puts it there
+    jittered, order, factors = params["jittered"], params["jitter_order"], params["jitter_factors"]
+    if bool(jittered.any()):
+        for position in range(4):
+            for op_index, op in enumerate(JITTER_OPS):
+                rows = torch.nonzero(jittered & (order[:, position] == op_index)).squeeze(1)
+                if rows.numel():
+                    x[rows] = op(x[rows], factors[rows, op_index])
+    gray = params["gray"].view(-1, 1, 1, 1)
+    x = torch.where(gray, grayscale(x).expand_as(x), x)
+    rows = torch.nonzero(params["blurred"]).squeeze(1)
+    if rows.numel():
+        x[rows] = gaussian_blur(x[rows], params["blur_sigma"][rows], view.blur_kernel)
+    solarize = params["solarized"].view(-1, 1, 1, 1) & (x >= SOLARIZE_THRESHOLD)
+    return torch.where(solarize, 1.0 - x, x)
