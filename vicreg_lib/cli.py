@@ -1,0 +1,168 @@
+"""Command line: ``python -m vicreg_lib <subcommand> [options]``.
+
+    python -m vicreg_lib pretrain --data synthetic --width 16 --epochs 5
+    python -m vicreg_lib evaluate runs/vicreg/checkpoint.pt
+
+Each subcommand is a pair of functions, ``add_arguments(parser)`` and ``run(args) -> exit
+code``, registered in SUBCOMMANDS; adding one (e.g. ``ablate``) is one more pair and one
+more entry. The pretrain options are generated from TrainConfig's fields, so the
+command line always matches the config (``--batch-size 256`` sets ``batch_size``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from typing import Callable, Sequence
+
+from .train import TrainConfig
+
+# ----------------------------------------------------------------------------- pretrain
+
+
+def _field_type(annotation) -> type:
+    """``int | None`` -> int; ``str`` -> str."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        (inner,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return inner
+    return annotation
+
+
+def _optional_value(kind: type) -> Callable[[str], object]:
+    """Parse a value of ``kind``; "none" gives None (for settings whose default is None)."""
+
+    def parse(text: str):
+        if text.lower() == "none":
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__} or 'none', got {text!r}") from None
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
+    """One ``--kebab-case`` option per TrainConfig field, with its default, help and choices."""
+    hints = typing.get_type_hints(TrainConfig)
+    for config_field in dataclasses.fields(TrainConfig):
+        flag = "--" + config_field.name.replace("_", "-")
+        help_text = config_field.metadata.get("help", "")
+        choices = config_field.metadata.get("choices")
+        kind = _field_type(hints[config_field.name])
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=config_field.default,
+                                help=help_text)
+        else:
+            parse = _optional_value(kind) if config_field.default is None else kind
+            parser.add_argument(flag, type=parse, default=config_field.default, choices=choices,
+                                metavar=config_field.name.upper() if choices is None else None, help=help_text)
+
+
+def run_pretrain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .distributed import is_main_process, resolve_device
+    from .train import TrainingDiverged, _slow_cpu_hint, pretrain
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    try:
+        config = TrainConfig(**values)
+        hint = _slow_cpu_hint(config, resolve_device(config.device))
+    except ValueError as error:
+        parser.error(str(error))
+    if hint:
+        print(f"note: {hint}", file=sys.stderr)
+    try:
+        result = pretrain(config)
+    except TrainingDiverged as error:
+        print(f"training diverged: {error}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError) as error:  # bad data spec, checkpoint, out_dir
+        parser.error(str(error))
+    if is_main_process():
+        last = result.history[-1] if result.history else {}
+        summary = ", ".join(f"{key} {last[key]:.4g}" for key in ("loss", "std", "knn_top1") if key in last)
+        print(f"finished epoch {last.get('epoch', '?')}: {summary}")
+        print(f"checkpoint: {result.checkpoint_path}")
+        print(f"metrics:    {result.out_dir / 'metrics.jsonl'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a checkpoint.pt written by pretrain")
+    parser.add_argument("--data", default=None, help="data spec to evaluate on (default: the one it was trained on)")
+    parser.add_argument("--data-root", default=None, help="where torchvision downloads go")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--batch-size", type=int, default=512, help="batch size of feature extraction")
+    parser.add_argument("--probe-epochs", type=int, default=100, help="epochs of the linear probes")
+    parser.add_argument("--max-train-images", type=_optional_value(int), default=None,
+                        help="use a random subset of the train split (quick looks)")
+    parser.add_argument("--random-init-baseline", action=argparse.BooleanOptionalAction, default=False,
+                        help="also evaluate the same architecture at random initialisation")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="show progress bars")
+
+
+def run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .evaluate import evaluate_checkpoint, format_table
+
+    try:
+        results = evaluate_checkpoint(
+            args.checkpoint,
+            data=args.data,
+            data_root=args.data_root,
+            device=args.device,
+            batch_size=args.batch_size,
+            probe_epochs=args.probe_epochs,
+            max_train_images=args.max_train_images,
+            random_init_baseline=args.random_init_baseline,
+            progress=args.progress,
+        )
+    except (ValueError, FileNotFoundError) as error:  # CheckpointError, DataSpecError, bad numbers
+        parser.error(str(error))
+    print(format_table(results))
+    return 0
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+Subcommand = tuple[str, Callable[[argparse.ArgumentParser], None],
+                   Callable[[argparse.Namespace, argparse.ArgumentParser], int]]
+
+# name -> (one-line help, add_arguments, run). Add "ablate" here.
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "pretrain": ("pretrain a VICReg model (options mirror TrainConfig)", add_pretrain_arguments, run_pretrain),
+    "evaluate": ("kNN, linear-probe and label-efficiency table of a checkpoint", add_evaluate_arguments,
+                 run_evaluate),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m vicreg_lib", description="VICReg on CIFAR-10.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(SUBCOMMANDS) + "}")
+    for name, (help_text, add_arguments, run) in SUBCOMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text,
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        add_arguments(sub)
+        sub.set_defaults(run=run, subparser=sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default: sys.argv[1:]) and run the subcommand; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args, args.subparser)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
