@@ -1,0 +1,103 @@
+"""Checkpoints: atomic writes, clear errors for missing / corrupt / foreign / mismatched files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vicreg_lib.checkpoint import CheckpointError, load_checkpoint, load_pretrained, save_checkpoint
+from vicreg_lib.train import TrainConfig, pretrain
+
+
+@pytest.fixture(scope="module")
+def checkpoint_path(tmp_path_factory):
+    """A real checkpoint from a one-epoch run of a tiny model."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # shared cores: avoid oversubscription stalls
+    out = tmp_path_factory.mktemp("ckpt") / "run"
+    config = TrainConfig(data="synthetic:64,32", width=4, projector="32-32-32", batch_size=16, epochs=1,
+                         eval_every=0, out_dir=str(out), progress=False, device="cpu")
+    pretrain(config)
+    torch.set_num_threads(threads)
+    return out / "checkpoint.pt"
+
+
+def test_load_pretrained_rebuilds_model_and_config(checkpoint_path):
+    model, config = load_pretrained(checkpoint_path)
+    state = load_checkpoint(checkpoint_path)
+    assert (config.width, config.projector, config.data) == (4, "32-32-32", "synthetic:64,32")
+    assert not model.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state["model"][key]), key
+    with torch.no_grad():
+        z = model.embed(torch.randn(3, 3, 32, 32))
+    assert z.shape == (3, 32)
+    assert state["arch"] == {"backbone": "resnet18_cifar", "width": 4, "projector": "32-32-32",
+                             "representation_dim": 32, "embedding_dim": 32}
+    assert set(state["rng"]) >= {"torch", "numpy", "python", "permutation", "augment"}
+
+
+def test_checkpoint_loads_without_unpickling_code(checkpoint_path):
+    state = torch.load(checkpoint_path, weights_only=True)  # plain data only
+    assert state["format"] == "vicreg_lib.checkpoint"
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "nope.pt")
+    with pytest.raises(CheckpointError, match="is a folder.*checkpoint.pt"):
+        load_checkpoint(tmp_path)
+
+
+def test_truncated_checkpoint(checkpoint_path, tmp_path):
+    data = checkpoint_path.read_bytes()
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(broken)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a torch file at all")
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_pretrained(garbage)
+
+
+def test_foreign_torch_file(tmp_path):
+    foreign = tmp_path / "resnet.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
+    with pytest.raises(CheckpointError, match="not a vicreg_lib checkpoint"):
+        load_checkpoint(foreign)
+
+
+def test_newer_format_version_is_refused(checkpoint_path, tmp_path):
+    state = load_checkpoint(checkpoint_path)
+    state["format_version"] = 99
+    future = tmp_path / "future.pt"
+    torch.save(state, future)
+    with pytest.raises(CheckpointError, match="format version 99"):
+        load_checkpoint(future)
+
+
+def test_architecture_mismatch(checkpoint_path, tmp_path):
+    state = load_checkpoint(checkpoint_path)
+    state["config"]["width"] = 8  # weights are width 4
+    mismatched = tmp_path / "mismatched.pt"
+    save_checkpoint({k: v for k, v in state.items() if k not in ("format", "format_version")}, mismatched)
+    with pytest.raises(CheckpointError, match=r"do not fit the architecture.*width=8"):
+        load_pretrained(mismatched)
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint({"epoch": 1, "step": 4, "arch": {}, "config": {}, "model": {}}, path)
+    assert load_checkpoint(path)["epoch"] == 1
+
+    def failing_save(obj, handle):
+        handle.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"epoch": 2, "step": 8, "arch": {}, "config": {}, "model": {}}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1  # the old file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left
