@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vicreg_lib.diagnostics import (
+    collapse_report,
+    correlation_matrix,
+    covariance_matrix,
+    effective_rank,
+    per_dim_std,
+    singular_values,
+)
+
+
+def _randn(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def _rank_k(n: int, d: int, k: int, seed: int = 0) -> torch.Tensor:
+    """n points spread isotropically inside a random k-dim subspace of R^d."""
+    basis, _ = torch.linalg.qr(_randn(d, k, seed=seed))  # (d, k), orthonormal columns
+    return _randn(n, k, seed=seed + 1) @ basis.T
+
+
+# ---- the matrices -----------------------------------------------------------
+
+
+def test_std_and_covariance_match_torch() -> None:
+    z = _randn(50, 6)
+    torch.testing.assert_close(per_dim_std(z), z.double().std(dim=0))
+    torch.testing.assert_close(covariance_matrix(z), torch.cov(z.double().T))
+    assert covariance_matrix(z).dtype == torch.float64
+
+
+def test_correlation_matches_torch_corrcoef() -> None:
+    z = _randn(40, 5) @ _randn(5, 5, seed=1)  # correlated dims
+    torch.testing.assert_close(correlation_matrix(z), torch.corrcoef(z.double().T))
+
+
+def test_correlation_of_perfectly_correlated_dims_is_plus_minus_one() -> None:
+    a = _randn(30)
+    z = torch.stack([a, 2 * a, -3 * a + 5], dim=1)
+    expected = torch.tensor([[1.0, 1, -1], [1, 1, -1], [-1, -1, 1]], dtype=torch.float64)
+    torch.testing.assert_close(correlation_matrix(z), expected)
+
+
+def test_correlation_is_zero_for_a_dead_dimension() -> None:
+    z = _randn(37, 3, dtype=torch.float64)
+    z[:, 1] = 7 * _randn(1, dtype=torch.float64).item()  # constant column; centring it leaves ~1e-15 round-off
+    assert (z - z.mean(dim=0))[:, 1].abs().max() > 0  # (the case this test is about)
+    corr = correlation_matrix(z)
+    assert torch.isfinite(corr).all()
+    assert (corr[1] == 0).all() and (corr[:, 1] == 0).all()
+    assert corr[0, 0] == 1.0 and corr[2, 2] == 1.0
+
+
+def test_singular_values_descending_and_match_covariance_eigenvalues() -> None:
+    for n, d in [(20, 6), (5, 12)]:
+        z = _randn(n, d) + 3.0
+        sigma = singular_values(z)
+        assert sigma.shape == (min(n, d),)
+        assert (sigma[:-1] >= sigma[1:]).all()
+        eigenvalues = torch.linalg.eigvalsh(covariance_matrix(z)).flip(0)[: min(n, d)]
+        torch.testing.assert_close(sigma**2 / (n - 1), eigenvalues.clamp(min=0), atol=1e-10, rtol=1e-8)
+
+
+# ---- effective rank ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("n, d", [(4000, 16), (20, 2000)])
+def test_effective_rank_of_isotropic_gaussian_is_nearly_full(n: int, d: int) -> None:
+    max_rank = min(n - 1, d)  # centring removes one degree of freedom
+    assert effective_rank(_randn(n, d)) == pytest.approx(max_rank, rel=0.05)
+
+
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_effective_rank_of_rank_k_data_is_k(k: int) -> None:
+    assert effective_rank(_rank_k(3000, 32, k)) == pytest.approx(k, rel=0.05)
+
+
+def test_effective_rank_of_a_constant_batch_is_zero() -> None:
+    z = (7 * _randn(1, 8, dtype=torch.float64)).expand(37, 8)  # every row the same
+    assert singular_values(z)[0] > 0  # centring leaves float64 round-off ...
+    assert effective_rank(z) == 0.0  # ... which must not count as directions
+    assert effective_rank(z + 1e-6 * _randn(37, 8)) > 5  # tiny but real spread does count
+
+
+def test_effective_rank_ignores_a_common_offset() -> None:
+    z = _randn(2000, 16)
+    assert effective_rank(z + 1000.0) == pytest.approx(effective_rank(z), rel=1e-6)
+
+
+def test_effective_rank_by_hand() -> None:
+    # two orthogonal directions with singular values in ratio 3:1 -> p = (3/4, 1/4)
+    z = torch.tensor([[3.0, 0.0], [-3.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    p = torch.tensor([0.75, 0.25], dtype=torch.float64)
+    expected = torch.exp(-(p * p.log()).sum()).item()
+    assert effective_rank(z, eps=0.0) == pytest.approx(expected, rel=1e-9)
+
+
+# ---- collapse report --------------------------------------------------------
+
+
+def test_report_on_a_completely_collapsed_batch() -> None:
+    z = 4.0 + 1e-4 * _randn(256, 32)  # same vector for every input, plus noise
+    report = collapse_report(z)
+    assert report["verdict"] == "complete"
+    assert report["fraction_low_std"] == 1.0
+
+
+def test_report_on_a_dimensionally_collapsed_batch() -> None:
+    z = 3.0 * _rank_k(256, 64, 2)  # large spread, but along 2 of 64 directions
+    report = collapse_report(z)
+    assert report["verdict"] == "dimensional"
+    assert report["max_std"] > 0.1
+    assert report["rank_fraction"] < 0.1
+
+
+def test_report_on_a_healthy_batch() -> None:
+    report = collapse_report(_randn(256, 64))
+    assert report["verdict"] == "ok"
+    assert report["rank_fraction"] > 0.8
+
+
+def test_report_thresholds_are_used_and_recorded() -> None:
+    z = 3.0 * _rank_k(256, 64, 2)
+    report = collapse_report(z, rank_fraction_threshold=0.01)
+    assert report["verdict"] == "ok"
+    assert report["thresholds"] == {"std_threshold": 1e-2, "rank_fraction_threshold": 0.01}
+    assert collapse_report(z, std_threshold=100.0)["verdict"] == "complete"
+
+
+def test_report_numbers_agree_with_the_functions() -> None:
+    z = _randn(128, 16) * torch.linspace(0.01, 2.0, 16)
+    report = collapse_report(z, std_threshold=0.5)
+    std = per_dim_std(z)
+    assert report["n"] == 128 and report["d"] == 16
+    assert report["mean_std"] == pytest.approx(std.mean().item())
+    assert report["min_std"] == pytest.approx(std.min().item())
+    assert report["max_std"] == pytest.approx(std.max().item())
+    assert report["fraction_low_std"] == pytest.approx((std < 0.5).double().mean().item())
+    assert 0 < report["fraction_low_std"] < 1
+    assert report["effective_rank"] == pytest.approx(effective_rank(z))
+    assert report["max_rank"] == 16
+    assert report["rank_fraction"] == pytest.approx(effective_rank(z) / 16)
+
+
+# ---- bad input --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "function", [per_dim_std, covariance_matrix, correlation_matrix, singular_values, effective_rank, collapse_report]
+)
+@pytest.mark.parametrize("z", [torch.zeros(5), torch.zeros(1, 4), torch.zeros(2, 3, 4), [[1.0, 2.0]]])
+def test_bad_embeddings_raise(function, z: object) -> None:
+    with pytest.raises(ValueError, match="z"):
+        function(z)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(std_threshold=0.0), dict(std_threshold=-1.0), dict(rank_fraction_threshold=0.0),
+     dict(rank_fraction_threshold=1.5), dict(std_threshold=float("nan"))],
+)
+def test_bad_thresholds_raise(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        collapse_report(_randn(8, 4), **kwargs)
