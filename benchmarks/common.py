@@ -29,6 +29,8 @@ from typing import Any, Callable
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`: import this vicreg_lib
+    sys.path.insert(1, str(REPO))
 RESULTS_DIR = REPO / "benchmarks" / "results"  # git-ignored
 EPOCH_IMAGES = 50_000  # images in one CIFAR-10 training epoch
 

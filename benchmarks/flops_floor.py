@@ -1,0 +1,189 @@
+"""The floor: how fast could one epoch be, if the device did nothing but matrix multiplies?
+
+    floor (s/epoch) = FLOPs per training image x 50,000 / measured matmul rate (FLOP/s)
+
+- FLOPs are COUNTED, not estimated: torch.utils.flop_counter.FlopCounterMode records
+  every matmul and convolution (forward and backward) of one training step of the
+  VICReg model (encoder + projector on both views, then the loss) on one batch; the
+  count divided by the batch size is the cost of one image (= one pair of views).
+- The matmul rate is MEASURED: a large square matmul, float32 on the CPU, bfloat16 on
+  the GPU (the dtype our training runs in there).
+- Our achieved fraction = floor / our measured epoch time, with the epoch time read
+  from train_throughput.py's JSON (same device, width and batch) or measured here.
+
+    python benchmarks/flops_floor.py                      # device auto, ResNet-18 width 64, batch 256
+    python benchmarks/flops_floor.py --smoke              # tiny sizes, a few seconds
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import common
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 5) -> float:
+    """Measured FLOP/s of a (size x size) @ (size x size) matmul: 2 size^3 FLOPs per call."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    seconds = common.time_call(lambda: torch.mm(a, b), device, warmup=2, repeats=repeats)
+    return 2 * size**3 / seconds
+
+
+def count_step_flops(width: int, batch_size: int, projector: str) -> dict[str, float]:
+    """Counted FLOPs of one training step (forward + backward, both views) on a batch.
+
+    Counted on the CPU in float32 (FLOPs do not depend on device or dtype). Returns totals
+    for the batch: "model" (encoder + projector, forward + backward) and "step" (model +
+    the VICReg loss, forward + backward).
+    """
+    import train_throughput  # builds the model the same way the training benchmark does
+
+    model = train_throughput.build_model(width, projector, torch.device("cpu"))
+    loss_fn = train_throughput.loss_function()
+    x1 = torch.randn(batch_size, 3, 32, 32)
+    x2 = torch.randn(batch_size, 3, 32, 32)
+
+    # model only: backward with a unit gradient on the embeddings, no loss in the count
+    with FlopCounterMode(display=False) as counter:
+        z1, z2 = model(x1, x2)
+        torch.autograd.backward([z1, z2], [torch.ones_like(z1), torch.ones_like(z2)])
+    model_flops = counter.get_total_flops()
+    model.zero_grad(set_to_none=True)
+
+    # the whole step, as training runs it
+    with FlopCounterMode(display=False) as counter:
+        z1, z2 = model(x1, x2)
+        loss_fn(z1, z2).backward()
+    return {"model": float(model_flops), "step": float(counter.get_total_flops())}
+
+
+def read_training_epoch_s(path: Path, device_name: str, width: int, batch_size: int) -> tuple[float, str] | None:
+    """Our fastest epoch time from train_throughput.py's JSON, if it matches this device and model."""
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    settings = result.get("settings", {})
+    if (result.get("device"), settings.get("width"), settings.get("batch_size")) != (device_name, width, batch_size):
+        return None
+    ours = [row for row in result.get("variants", []) if row.get("pipeline") == "batched" and row.get("epoch_s")]
+    if not ours:
+        return None
+    best = min(ours, key=lambda row: row["epoch_s"])
+    return best["epoch_s"], f"{best['name']} from {path} ({result.get('date')})"
+
+
+def measure_training_epoch_s(
+    width: int, batch_size: int, projector: str, device: torch.device, steps: int
+) -> tuple[float, str]:
+    """Our epoch time measured now: the batched pipeline with the device's best settings."""
+    import train_throughput
+
+    on_gpu = device.type == "cuda"
+    variant = train_throughput.Variant(
+        "ours (measured here)", pipeline="batched", amp=on_gpu, channels_last=on_gpu, compile=on_gpu
+    )
+    row = train_throughput.measure_variant(
+        variant, width=width, batch_size=batch_size, projector=projector, device=device, steps=steps
+    )
+    return row["epoch_s"], f"{variant.name}: {variant.describe()}, {steps} steps after {steps} warm-up"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = common.base_parser(__doc__.splitlines()[0], "flops_floor.json")
+    parser.add_argument("--width", type=int, default=64, help="ResNet-18 base width (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per step (default %(default)s)")
+    parser.add_argument("--projector", default=None, help="projector spec (default: TrainConfig's)")
+    parser.add_argument("--matmul-size", type=int, default=None, help="side of the timed square matmul")
+    parser.add_argument(
+        "--training-json",
+        default=str(common.RESULTS_DIR / "train_throughput.json"),
+        help="train_throughput.py's results to read our epoch time from (default %(default)s)",
+    )
+    parser.add_argument("--measure", action="store_true", help="measure our epoch time here even if the JSON matches")
+    parser.add_argument(
+        "--steps", type=int, default=None,
+        help="training steps timed when measuring here, after as many warm-up steps (default: 20 GPU, 2 CPU)",
+    )
+    args = parser.parse_args(argv)
+
+    import train_throughput
+
+    device = common.resolve_device(args.device)
+    on_gpu = device.type == "cuda"
+    if args.smoke:
+        args.width, args.batch_size = 8, 8
+        args.matmul_size = args.matmul_size or 256
+    projector = args.projector or train_throughput.default_projector(args.width, smoke=args.smoke)
+    matmul_size = args.matmul_size or (8192 if on_gpu else 2048)
+    steps = args.steps or (1 if args.smoke else 20 if on_gpu else 2)
+    name = common.device_name(device)
+
+    # 1. counted FLOPs
+    flops = count_step_flops(args.width, args.batch_size, projector)
+    flops_per_image = flops["step"] / args.batch_size
+    model_flops_per_image = flops["model"] / args.batch_size
+
+    # 2. measured matmul rate
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    rate = matmul_rate(device, dtype, matmul_size)
+
+    # 3. the floor and our share of it
+    floor_epoch_s = flops_per_image * common.EPOCH_IMAGES / rate
+    training = None if (args.measure or args.smoke) else read_training_epoch_s(
+        Path(args.training_json), name, args.width, args.batch_size
+    )
+    if training is None:
+        training = measure_training_epoch_s(args.width, args.batch_size, projector, device, steps)
+    epoch_s, epoch_source = training
+    achieved_rate = flops_per_image * common.EPOCH_IMAGES / epoch_s
+
+    print(f"device: {name}")
+    print(f"model: ResNet-18 width {args.width} + projector {projector}, batch {args.batch_size}, both views")
+    print(f"our epoch time from: {epoch_source}")
+    print(f"epoch = {common.EPOCH_IMAGES:,} images, extrapolated from the measured steps")
+    rows = [
+        {"quantity": "counted FLOPs per image (2 views): model fwd+bwd", "value": model_flops_per_image, "unit": "FLOP"},
+        {"quantity": "counted FLOPs per image (2 views): + loss", "value": flops_per_image, "unit": "FLOP"},
+        {"quantity": f"measured {str(dtype)[6:]} matmul rate ({matmul_size}^2)", "value": rate / 1e12,
+         "unit": "TFLOP/s"},
+        {"quantity": "floor: epoch at the matmul rate", "value": floor_epoch_s, "unit": "s"},
+        {"quantity": "ours: measured epoch", "value": epoch_s, "unit": "s"},
+        {"quantity": "ours: achieved rate", "value": achieved_rate / 1e12, "unit": "TFLOP/s"},
+        {"quantity": "ours: fraction of the floor", "value": floor_epoch_s / epoch_s, "unit": ""},
+    ]
+    common.print_table(rows, ["quantity", "value", "unit"], title="the floor")
+
+    result = {
+        "benchmark": "flops_floor",
+        **common.run_info(device),
+        "settings": {
+            "width": args.width,
+            "batch_size": args.batch_size,
+            "projector": projector,
+            "matmul_size": matmul_size,
+            "matmul_dtype": str(dtype),
+            "epoch_images": common.EPOCH_IMAGES,
+            "smoke": args.smoke,
+        },
+        "flops_per_image_model": model_flops_per_image,
+        "flops_per_image_step": flops_per_image,
+        "matmul_flops_per_s": rate,
+        "floor_epoch_s": floor_epoch_s,
+        "epoch_s": epoch_s,
+        "epoch_source": epoch_source,
+        "achieved_flops_per_s": achieved_rate,
+        "fraction_of_floor": floor_epoch_s / epoch_s,
+    }
+    assert all(math.isfinite(v) and v > 0 for v in (flops_per_image, rate, epoch_s))
+    common.write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
