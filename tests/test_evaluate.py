@@ -238,7 +238,8 @@ def test_linear_probe_on_shuffled_labels_is_near_chance():
     test_x, test_y = gaussian_clusters(30, 10, seed=6)
     g = torch.Generator().manual_seed(0)
     shuffled_train = train_y[torch.randperm(train_y.shape[0], generator=g)]
-    result = linear_probe(train_x, shuffled_train, test_x, test_y, epochs=30, lr=1e-2, batch_size=64, device="cpu")
+    result = linear_probe(train_x, shuffled_train, test_x, test_y,
+                          epochs=30, lr=1e-2, batch_size=64, device="cpu")
     assert result["top1"] < 25.0  # chance is 10%
     assert result["top5"] >= result["top1"]
 
@@ -416,3 +417,64 @@ def test_linear_probe_augmented_rejects_float_images():
         evaluate.linear_probe_augmented(TinyEncoder(), images.float(), labels, images, labels, device="cpu")
     with pytest.raises(ValueError, match="same samples"):
         evaluate.linear_probe_augmented(TinyEncoder(), images, labels[:3], images, labels, device="cpu")
+
+
+# ----------------------------------------------------------------------------- evaluate_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A real checkpoint: one epoch of pretraining a width-4 ResNet-18 on 64 synthetic images."""
+    train = pytest.importorskip("vicreg_lib.train")
+    out_dir = tmp_path_factory.mktemp("run")
+    config = train.TrainConfig(
+        data="synthetic:64,40", width=4, projector="16-16", batch_size=32, epochs=1, device="cpu",
+        eval_every=0, eval_at_start=False, progress=False, out_dir=str(out_dir),
+    )
+    return train.pretrain(config).checkpoint_path
+
+
+def test_evaluate_checkpoint_end_to_end(tiny_checkpoint):
+    from vicreg_lib.checkpoint import load_pretrained
+    from vicreg_lib.data import load_dataset
+
+    results = evaluate.evaluate_checkpoint(
+        tiny_checkpoint, device="cpu", batch_size=16, probe_epochs=3, random_init_baseline=True,
+    )
+    metrics = ["knn_top1@20", "knn_top1@200", "linear_top1", "linear_top5", "label_1%_top1", "label_10%_top1"]
+    assert results["data"] == "synthetic:64,40"  # the spec the run was trained on
+    assert (results["num_train"], results["num_test"], results["feature_dim"]) == (64, 40, 32)
+    for key in metrics:
+        assert 0.0 <= results[key] <= 100.0 and 0.0 <= results["random_init"][key] <= 100.0
+    assert results["linear_top5"] >= results["linear_top1"]
+
+    # the table's kNN figure is the kNN of the checkpoint's own frozen representations
+    model, _ = load_pretrained(tiny_checkpoint)
+    train_images, train_labels, _ = load_dataset("synthetic:64,40", "train")
+    test_images, test_labels, _ = load_dataset("synthetic:64,40", "test")
+    expected = knn_accuracy(
+        extract_features(model.encoder, train_images, device="cpu"), train_labels,
+        extract_features(model.encoder, test_images, device="cpu"), test_labels, k=(20, 200), num_classes=10,
+    )
+    assert results["knn_top1@20"] == expected["knn_top1@20"]
+    # the baseline really is another network
+    assert results["random_init"]["knn_top1@20"] != results["knn_top1@20"] or \
+        results["random_init"]["linear_top1"] != results["linear_top1"]
+
+    table = format_table(results)
+    assert "random init" in table and "kNN top-1 (k=20)" in table and "10% labels" in table
+
+
+def test_evaluate_checkpoint_subsets_and_other_data(tiny_checkpoint):
+    results = evaluate.evaluate_checkpoint(
+        tiny_checkpoint, data="synthetic:50,20", device="cpu", probe_epochs=1, max_train_images=30,
+    )
+    assert (results["num_train"], results["num_test"]) == (30, 20)
+    assert "random_init" not in results
+
+
+def test_evaluate_checkpoint_errors(tiny_checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="no checkpoint"):  # CheckpointError is a ValueError
+        evaluate.evaluate_checkpoint(tmp_path / "missing.pt", device="cpu")
+    with pytest.raises(ValueError, match="max_train_images"):
+        evaluate.evaluate_checkpoint(tiny_checkpoint, device="cpu", max_train_images=0)

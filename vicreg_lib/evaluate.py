@@ -45,7 +45,6 @@ Public API (all accuracies are percentages in [0, 100]):
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from typing import Callable, Iterable, Sequence
 
@@ -92,7 +91,9 @@ def _progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> Itera
     return progress_bar(iterable, total=total, desc=desc)
 
 
-def _check_features_labels(features: torch.Tensor, labels: torch.Tensor, name: str, what: str = "features") -> None:
+def _check_features_labels(
+    features: torch.Tensor, labels: torch.Tensor, name: str, what: str = "features"
+) -> None:
     """One clear error for the common ways a (features, labels) pair is wrong."""
     if features.ndim != 2:
         raise ValueError(
@@ -428,7 +429,9 @@ def linear_probe_augmented(
     """
     for name, images, labels in (("train", train_images, train_labels), ("test", test_images, test_labels)):
         if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"{name}_images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+            raise ValueError(
+                f"{name}_images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}"
+            )
         _check_features_labels(images.flatten(1), labels, name, "images")
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -551,16 +554,14 @@ def label_efficiency(
 # a whole checkpoint
 
 
-def _random_init_copy(encoder: nn.Module, seed: int = 0) -> nn.Module:
-    """The same architecture with freshly initialised weights (and BatchNorm
-    statistics), leaving `encoder` untouched."""
-    fresh = copy.deepcopy(encoder)
+def _random_init_encoder(config, seed: int = 0) -> nn.Module:
+    """The encoder of the run's architecture at its fresh initialisation (seeded),
+    built the way pretraining builds it, so the baseline differs only in training."""
+    from .train import build_model
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for m in fresh.modules():
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
-    return fresh
+        return build_model(config).encoder
 
 
 def _frozen_feature_metrics(
@@ -576,12 +577,14 @@ def _frozen_feature_metrics(
 ) -> dict[str, float]:
     """kNN, linear probe and label-efficiency numbers for one set of features."""
     pair = (train_features, train_labels, test_features, test_labels)
-    metrics = dict(knn_accuracy(*pair, k=(20, 200), num_classes=num_classes))
+    on_device = [t.to(_resolve_device(device)) for t in pair]  # kNN is one big matmul per test batch
+    metrics = dict(knn_accuracy(*on_device, k=(20, 200), num_classes=num_classes))
     probe = linear_probe(*pair, epochs=probe_epochs, num_classes=num_classes, device=device, seed=seed)
     metrics["linear_top1"] = probe["top1"]
     metrics["linear_top5"] = probe["top5"]
     few = label_efficiency(
-        *pair, fractions=label_fractions, seed=seed, epochs=probe_epochs, num_classes=num_classes, device=device
+        *pair, fractions=label_fractions, seed=seed,
+        epochs=probe_epochs, num_classes=num_classes, device=device,
     )
     for fraction, top1 in few.items():
         metrics[f"label_{fraction * 100:g}%_top1"] = top1
@@ -648,7 +651,7 @@ def evaluate_checkpoint(
         **metrics,
     }
     if random_init_baseline:
-        results["random_init"], _ = metrics_of(_random_init_copy(model.encoder, seed))
+        results["random_init"], _ = metrics_of(_random_init_encoder(config, seed))
     return results
 
 
@@ -664,7 +667,7 @@ def _metric_name(key: str) -> str:
     if key in METRIC_NAMES:
         return METRIC_NAMES[key]
     if key.startswith("label_") and key.endswith("_top1"):
-        return f"linear top-1, {key[len('label_'):-len('_top1')]} labels"
+        return f"linear probe top-1, {key[len('label_'):-len('_top1')]} labels"
     return key
 
 
@@ -679,14 +682,16 @@ def format_table(results: dict) -> str:
     if lines:
         lines.append("")
     columns = ["pretrained"] + (["random init"] if baseline else [])
-    name_width = max([len("metric")] + [len(_metric_name(k)) for k in metrics])
+    header = "accuracy (%, test split)"
+    name_width = max([len(header)] + [len(_metric_name(k)) for k in metrics])
     widths = [max(len(c), 6) for c in columns]
-    lines.append("  ".join(["metric".ljust(name_width)] + [c.rjust(w) for c, w in zip(columns, widths)]))
+    lines.append("  ".join([header.ljust(name_width)] + [c.rjust(w) for c, w in zip(columns, widths)]))
     lines.append("  ".join(["-" * name_width] + ["-" * w for w in widths]))
     for key, value in metrics.items():
         cells = [f"{value:.2f}"]
         if baseline:
             other = baseline.get(key)
             cells.append("-" if other is None else f"{other:.2f}")
-        lines.append("  ".join([_metric_name(key).ljust(name_width)] + [c.rjust(w) for c, w in zip(cells, widths)]))
+        row = [_metric_name(key).ljust(name_width)] + [c.rjust(w) for c, w in zip(cells, widths)]
+        lines.append("  ".join(row))
     return "\n".join(lines)
