@@ -419,6 +419,13 @@ def test_linear_probe_augmented_rejects_float_images():
         evaluate.linear_probe_augmented(TinyEncoder(), images, labels[:3], images, labels, device="cpu")
 
 
+def test_linear_probe_augmented_skips_a_lone_last_sample():
+    images, labels = brightness_classes(3)  # 9 images, batch 4: the last batch holds one
+    result = evaluate.linear_probe_augmented(TinyEncoder(), images, labels, images, labels, epochs=1,
+                                             transform=random_flip, batch_size=4, device="cpu")
+    assert len(result["history"]) == 1 and result["history"][0] > 0
+
+
 # ----------------------------------------------------------------------------- evaluate_checkpoint
 
 

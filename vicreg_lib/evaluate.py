@@ -21,11 +21,14 @@ Public API (all accuracies are percentages in [0, 100]):
                  num_classes=None, device="auto", seed=0)
         -> {"top1", "top5", "train_top1", "num_train", "history"}
     linear_probe_augmented(encoder, train_images, train_labels, test_images,
-                           test_labels, epochs=10, transform=None,
-                           recipe="cifar10", normalize_test=True, ...)
+                           test_labels, epochs=10, recipe="blog", transform=None,
+                           normalize_test=True, lr=1e-3, weight_decay=0.0,
+                           batch_size=256, num_classes=None, device="auto",
+                           seed=0, progress=False)
         -> {"top1", "top5", "train_top1", "history"}
         The blog post's variant: the linear layer sees freshly augmented
-        training images every epoch.
+        training images every epoch (normalize_test=False reproduces its
+        unnormalised test images).
     class_balanced_subset(labels, fraction, generator=None) -> LongTensor
     label_efficiency(train_features, train_labels, test_features, test_labels,
                      fractions=(0.01, 0.1), seed=0, **probe_kwargs)
@@ -33,9 +36,11 @@ Public API (all accuracies are percentages in [0, 100]):
     evaluate_checkpoint(path, data=None, data_root=None, device="auto",
                         batch_size=512, probe_epochs=100,
                         max_train_images=None, random_init_baseline=False,
+                        label_fractions=(0.01, 0.1), seed=0,
                         progress=False) -> dict
         Keys: "knn_top1@20", "knn_top1@200", "linear_top1", "linear_top5",
-        "label_1%_top1", "label_10%_top1", plus "checkpoint", "data",
+        "label_1%_top1", "label_10%_top1" (floats, %; a k above the train-set
+        size is clamped, the key keeps the k), plus "checkpoint", "data",
         "num_train", "num_test", "feature_dim" and, with
         random_init_baseline=True, "random_init": {same metric keys}.
     format_table(results) -> str
@@ -435,6 +440,8 @@ def linear_probe_augmented(
         _check_features_labels(images.flatten(1), labels, name, "images")
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if train_images.shape[0] < 2:
+        raise ValueError("linear_probe_augmented needs at least 2 training images (its head has a BatchNorm)")
     n_classes = _num_classes(train_labels, test_labels, num_classes)
     device = _resolve_device(device)
     features_of = _feature_fn(encoder, "representation")
@@ -466,9 +473,11 @@ def linear_probe_augmented(
     with _frozen(encoder, device):
         for _ in _progress(range(epochs), epochs, "augmented linear probe", progress):
             order = torch.randperm(n, generator=generator)
-            total_loss, correct = 0.0, 0
+            total_loss, correct, seen = 0.0, 0, 0
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
+                if idx.shape[0] < 2:  # BatchNorm cannot train on a lone sample: skip it this epoch
+                    continue
                 x = train_images[idx].to(device, non_blocking=True)
                 y = train_labels[idx].to(device)
                 with torch.no_grad():
@@ -484,7 +493,8 @@ def linear_probe_augmented(
                 scheduler.step()
                 total_loss += loss.item() * idx.shape[0]
                 correct += (logits.argmax(1) == y).sum().item()
-            history.append(total_loss / n)
+                seen += idx.shape[0]
+            history.append(total_loss / seen)
 
     head.eval()
     with torch.no_grad():
@@ -493,9 +503,10 @@ def linear_probe_augmented(
     return {
         "top1": _topk_accuracy(test_logits, y_test, 1),
         "top5": _topk_accuracy(test_logits, y_test, 5),
-        "train_top1": 100.0 * correct / n,
+        "train_top1": 100.0 * correct / seen,
         "history": history,
     }
+
 
 # ----------------------------------------------------------------------------
 # label efficiency
