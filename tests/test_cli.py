@@ -1,0 +1,97 @@
+"""Command line: generated options, argparse errors, a tiny pretrain and evaluate."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vicreg_lib.cli import SUBCOMMANDS, main
+from vicreg_lib.train import TrainConfig, read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--data", "synthetic:64,32", "--width", "4", "--projector", "32-32-32", "--batch-size", "16",
+        "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The test machine's cores are shared: one intra-op thread avoids oversubscription stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_pretrain_help_lists_every_config_field_with_its_default(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pretrain", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
+    for config_field in dataclasses.fields(TrainConfig):
+        assert "--" + config_field.name.replace("_", "-") in text
+    assert "--batch-size BATCH_SIZE global batch size" in text
+    assert "(default: 256)" in text and "(default: 2048-2048-2048)" in text
+    assert "--optimizer {adam,lars}" in text
+    assert "--resume, --no-resume" in text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["pretrain", "--batch-sise", "8"], "unrecognized arguments: --batch-sise"),
+    (["pretrain", "--optimizer", "sgd"], "invalid choice: 'sgd'"),
+    (["pretrain", "--epochs", "ten"], "invalid int value: 'ten'"),
+    (["pretrain", "--batch-size", "1"], "batch_size must be an integer >= 2"),
+    (["pretrain", "--projector", "2048-"], "malformed projector spec"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_bad_options_are_argparse_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_pretrain_then_evaluate(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["pretrain", *TINY, "--epochs", "1", "--eval-every", "1", "--out-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "finished epoch 1" in printed and str(out / "checkpoint.pt") in printed
+    assert [r["epoch"] for r in read_metrics(out)] == [0, 1]
+
+    assert main(["evaluate", str(out / "checkpoint.pt"), "--probe-epochs", "2", "--no-progress",
+                 "--device", "cpu"]) == 0
+    table = capsys.readouterr().out
+    assert "kNN top-1 (k=20)" in table and "linear probe top-1" in table
+
+
+def test_evaluate_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(tmp_path / "missing.pt")])
+    assert exit_info.value.code == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+
+
+def test_cpu_hint_for_a_full_width_network(tmp_path, capsys):
+    # --epochs 1 --max-steps 1 on 32 images keeps the width-64 run to one step
+    argv = ["pretrain", "--data", "synthetic:32,8", "--projector", "16-16", "--batch-size", "16", "--device", "cpu",
+            "--epochs", "1", "--max-steps", "1", "--eval-every", "0", "--no-progress", "--out-dir", str(tmp_path)]
+    assert main(argv) == 0
+    assert "--width 16" in capsys.readouterr().err
+
+
+def test_subcommands_are_pluggable_pairs():
+    for name, (help_text, add_arguments, run) in SUBCOMMANDS.items():
+        assert help_text and callable(add_arguments) and callable(run), name
+
+
+def test_python_dash_m_entry_point():
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-m", "vicreg_lib", "--help"], capture_output=True, text=True,
+                            cwd=REPO, env=env, timeout=120)
+    assert result.returncode == 0
+    assert "pretrain" in result.stdout and "evaluate" in result.stdout
