@@ -47,8 +47,8 @@ def test_correlation_of_perfectly_correlated_dims_is_plus_minus_one() -> None:
 
 def test_correlation_is_zero_for_a_dead_dimension() -> None:
     z = _randn(37, 3, dtype=torch.float64)
-    z[:, 1] = 7 * _randn(1, dtype=torch.float64).item()  # constant column; centring it leaves ~1e-15 round-off
-    assert (z - z.mean(dim=0))[:, 1].abs().max() > 0  # (the case this test is about)
+    z[:, 1] = 7 * _randn(1, dtype=torch.float64).item()  # constant; centring leaves ~1e-15 round-off
+    assert (z - z.mean(dim=0))[:, 1].abs().max() > 0  # the case this test is about
     corr = correlation_matrix(z)
     assert torch.isfinite(corr).all()
     assert (corr[1] == 0).all() and (corr[:, 1] == 0).all()
@@ -150,7 +150,8 @@ def test_report_numbers_agree_with_the_functions() -> None:
 
 
 @pytest.mark.parametrize(
-    "function", [per_dim_std, covariance_matrix, correlation_matrix, singular_values, effective_rank, collapse_report]
+    "function",
+    [per_dim_std, covariance_matrix, correlation_matrix, singular_values, effective_rank, collapse_report],
 )
 @pytest.mark.parametrize("z", [torch.zeros(5), torch.zeros(1, 4), torch.zeros(2, 3, 4), [[1.0, 2.0]]])
 def test_bad_embeddings_raise(function, z: object) -> None:

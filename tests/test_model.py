@@ -104,7 +104,8 @@ def test_single_layer_projector_is_one_linear() -> None:
 
 def test_projector_from_spec() -> None:
     projector = Projector.from_spec(512, "2048-2048-1024")
-    assert (projector.in_dim, projector.hidden_dim, projector.out_dim, projector.layers) == (512, 2048, 1024, 3)
+    sizes = (projector.in_dim, projector.hidden_dim, projector.out_dim, projector.layers)
+    assert sizes == (512, 2048, 1024, 3)
     linears = [m for m in projector if isinstance(m, nn.Linear)]
     assert [m.out_features for m in linears] == [2048, 2048, 1024]
     assert len(Projector.from_spec(64, "32")) == 1
@@ -112,7 +113,9 @@ def test_projector_from_spec() -> None:
         Projector.from_spec(64, "128-256-32")
 
 
-@pytest.mark.parametrize("kwargs", [dict(in_dim=0), dict(hidden_dim=-1), dict(out_dim=0), dict(layers=0)])
+@pytest.mark.parametrize(
+    "kwargs", [dict(in_dim=0), dict(hidden_dim=-1), dict(out_dim=0), dict(layers=0), dict(in_dim=2.5)]
+)
 def test_bad_projector_dims_raise(kwargs: dict) -> None:
     args = dict(in_dim=8, hidden_dim=8, out_dim=8, layers=2) | kwargs
     name = next(iter(kwargs))

@@ -28,7 +28,8 @@ def _as_float64(z: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"z must be a torch.Tensor of shape (n, d), got {type(z).__name__}")
     if z.dim() != 2:
         raise ValueError(
-            f"z must be 2-D (n, d) embeddings, got shape {tuple(z.shape)}; flatten it first, e.g. z.flatten(1)"
+            f"z must be 2-D (n, d) embeddings, got shape {tuple(z.shape)}; "
+            "flatten it first, e.g. z.flatten(1)"
         )
     if z.shape[0] < 2 or z.shape[1] < 1:
         raise ValueError(f"z needs at least 2 samples and 1 dimension, got shape {tuple(z.shape)}")
@@ -118,6 +119,11 @@ def effective_rank(z: torch.Tensor, eps: float = 1e-7) -> float:
     return math.exp(-(p * p.log()).sum().item())
 
 
+def _check_threshold(value: float, name: str, upper: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= upper:
+        raise ValueError(f"{name} must be a number in (0, {upper}], got {value!r}")
+
+
 @torch.no_grad()
 def collapse_report(
     z: torch.Tensor,
@@ -146,10 +152,8 @@ def collapse_report(
     effective_rank / max_rank, and
     "thresholds" with the two values used.
     """
-    for value, name, upper in ((std_threshold, "std_threshold", math.inf), (rank_fraction_threshold,
-                                                                            "rank_fraction_threshold", 1.0)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= upper:
-            raise ValueError(f"{name} must be a number in (0, {upper}], got {value!r}")
+    _check_threshold(std_threshold, "std_threshold", upper=math.inf)
+    _check_threshold(rank_fraction_threshold, "rank_fraction_threshold", upper=1.0)
     z64 = _as_float64(z)
     n, d = z64.shape
     std = per_dim_std(z64)

@@ -111,8 +111,10 @@ class Projector(nn.Sequential):
     """
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, layers: int = 3) -> None:
-        for value, name in ((in_dim, "in_dim"), (hidden_dim, "hidden_dim"), (out_dim, "out_dim"), (layers, "layers")):
-            _check_dim(value, name)
+        _check_dim(in_dim, "in_dim")
+        _check_dim(hidden_dim, "hidden_dim")
+        _check_dim(out_dim, "out_dim")
+        _check_dim(layers, "layers")
         blocks: list[nn.Module] = []
         width = in_dim
         for _ in range(layers - 1):
