@@ -1,0 +1,195 @@
+"""Tests of the coefficient sweep: real (tiny) pretraining runs, the on-disk cache, the table."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from vicreg_lib import ablation, train
+from vicreg_lib.ablation import PAPER_ABLATION, AblationTable, parse_grid, run_ablation
+from vicreg_lib.train import TrainConfig
+
+# width 4, projector 32-32-32, 64 synthetic train / 32 test images, batch 32: two steps per run
+TINY = TrainConfig(data="synthetic:64,32", width=4, projector="32-32-32", batch_size=32, epochs=1,
+                   device="cpu", eval_every=0, progress=False)
+GRID = [(1, 0, 0), (25, 25, 1)]
+
+
+class Spy:
+    """Calls the real pretrain and counts; raises instead on call number `fail_on` (1-based)."""
+
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.calls: list[tuple[float, float, float]] = []
+        self.fail_on = fail_on
+
+    def __call__(self, config: TrainConfig):
+        self.calls.append((config.lam, config.mu, config.nu))
+        if self.fail_on == len(self.calls):
+            raise KeyboardInterrupt("simulated interruption")
+        return train.pretrain(config)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny tensors: a second thread only adds synchronisation (7x slower on a busy 2-core machine).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def sweep(one_thread, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("ablation")
+    spy = Spy()
+    table = run_ablation(GRID, TINY, cache_dir=cache, probe_epochs=2, progress=False, pretrain=spy)
+    return cache, spy, table
+
+
+def test_each_setting_is_one_run_and_its_row_holds_the_diagnostics(sweep):
+    _, spy, table = sweep
+    assert spy.calls == [(1.0, 0.0, 0.0), (25.0, 25.0, 1.0)]
+    assert table.settings() == [(1.0, 0.0, 0.0), (25.0, 25.0, 1.0)]
+    for row in table:
+        assert not row["cached"]
+        assert len(row["std_per_dim"]) == 32  # projector output width
+        assert row["std_mean"] == pytest.approx(sum(row["std_per_dim"]) / 32)
+        sigma = row["singular_values"]
+        assert len(sigma) == 32 and sigma == sorted(sigma, reverse=True)
+        assert row["verdict"] in ("complete", "dimensional", "ok")
+        assert row["verdict"] == row["report"]["verdict"]
+        assert row["effective_rank"] == pytest.approx(row["report"]["effective_rank"])
+        assert 0 <= row["knn_top1"] <= 100 and 0 <= row["linear_top1"] <= 100
+        assert [r["epoch"] for r in row["history"]] == [1]  # one epoch, read from metrics.jsonl
+        assert row["loss"] == pytest.approx(row["history"][-1]["loss"])
+    # the loss total is the weighted sum of the terms: (1, 0, 0) is invariance alone
+    first = table[(1, 0, 0)]
+    assert first["loss"] == pytest.approx(first["invariance"], rel=1e-5)
+
+
+def test_unchanged_config_loads_from_cache_without_training(sweep):
+    cache, first_spy, first = sweep
+    spy = Spy()
+    again = run_ablation(GRID, TINY, cache_dir=cache, probe_epochs=2, progress=False, pretrain=spy)
+    assert spy.calls == []
+    assert all(row["cached"] for row in again)
+    for old, new in zip(first, again):
+        assert {k: v for k, v in old.items() if k != "cached"} == {k: v for k, v in new.items() if k != "cached"}
+
+
+def test_changed_config_or_probe_reruns(sweep):
+    cache, _, _ = sweep
+    spy = Spy()
+    run_ablation([(25, 25, 1)], dataclasses.replace(TINY, seed=1), cache_dir=cache, probe_epochs=2,
+                 progress=False, pretrain=spy)
+    assert spy.calls == [(25.0, 25.0, 1.0)]
+    keys = {ablation.cache_key(dataclasses.replace(TINY, lam=25, mu=25, nu=1), probe)
+            for probe in ({"probe_epochs": 2}, {"probe_epochs": 3})}
+    assert len(keys) == 2  # a different probe is a different result too
+    # out_dir and the progress bar do not change what a run computes: same key
+    assert ablation.cache_key(TINY, {}) == ablation.cache_key(
+        dataclasses.replace(TINY, out_dir="elsewhere", progress=True), {})
+
+
+def test_interrupted_sweep_keeps_finished_settings(tmp_path):
+    grid = [(5, 5, 1), (50, 50, 1)]
+    with pytest.raises(KeyboardInterrupt):
+        run_ablation(grid, TINY, cache_dir=tmp_path, probe_epochs=2, progress=False, pretrain=Spy(fail_on=2))
+    results = sorted(tmp_path.glob("*/result.json"))
+    assert [p.parent.name.split("-")[0] for p in results] == ["lam5_mu5_nu1"]
+    assert json.loads(results[0].read_text())["row"]["lam"] == 5.0
+    assert not list(tmp_path.glob("*/.result.json.*"))  # no temporary file left behind
+    spy = Spy()
+    table = run_ablation(grid, TINY, cache_dir=tmp_path, probe_epochs=2, progress=False, pretrain=spy)
+    assert spy.calls == [(50.0, 50.0, 1.0)]
+    assert [row["cached"] for row in table] == [True, False]
+
+
+def test_damaged_result_file_is_recomputed(sweep, tmp_path):
+    cache, _, table = sweep
+    path = next(cache.glob("lam1_mu0_nu0-*/result.json"))
+    copy = tmp_path / path.parent.name / path.name
+    copy.parent.mkdir()
+    copy.write_text(path.read_text()[:50])  # truncated, as after a crash mid-write without os.replace
+    assert ablation._load_cached(copy, path.parent.name.split("-")[1]) is None
+    assert ablation._load_cached(path, "0" * 16) is None  # a file whose key differs is not used
+    assert ablation._load_cached(path, path.parent.name.split("-")[1]) is not None
+
+
+@pytest.mark.parametrize("grid, message", [
+    ([(1, -1, 0)], "mu = -1"),
+    ([(1, 0)], "three numbers"),
+    ([(1, 0, float("nan"))], "nu must be a finite number"),
+    ("1,0,0;25,x,1", "lam,mu,nu"),
+    ("25,25,-1", "nu = -1.0"),
+    ([], "grid is empty"),
+    (";", "holds no setting"),
+])
+def test_bad_settings_fail_before_any_training(grid, message, tmp_path):
+    spy = Spy()
+    with pytest.raises(ValueError, match=message):
+        run_ablation(grid, TINY, cache_dir=tmp_path, progress=False, pretrain=spy)
+    assert spy.calls == []
+
+
+def test_parse_grid():
+    assert parse_grid("1,0,0; 25,25,1;") == [(1.0, 0.0, 0.0), (25.0, 25.0, 1.0)]
+
+
+def _row(setting, verdict, linear):
+    lam, mu, nu = setting
+    return {"lam": float(lam), "mu": float(mu), "nu": float(nu), "loss": 1.0, "invariance": 0.1, "variance": 0.2,
+            "covariance": 0.3, "std_mean": 0.5, "effective_rank": 7.0, "verdict": verdict,
+            "knn_top1": linear - 1, "linear_top1": linear}
+
+
+def test_table_renders_with_the_papers_numbers():
+    table = AblationTable([_row((1, 0, 0), "complete", 11.0), _row((1, 1, 0), "ok", 30.0),
+                           _row((25, 5, 1), "ok", 40.0)])
+    plain = str(table)
+    assert "verdict" in plain and "complete" in plain and "40.0" in plain
+    assert "68.6" not in plain  # our own table has no paper column
+    with_paper = table.with_paper().to_markdown()
+    lines = with_paper.splitlines()
+    assert lines[0].startswith("| λ | μ | ν |") and "paper top-1 %" in lines[0]
+    assert len(lines) == 2 + 3
+    assert "| collapse | yes |" in lines[2]  # (1,0,0): paper collapse, ours complete
+    assert f"| {PAPER_ABLATION[(1.0, 1.0, 0.0)]:.1f} | yes |" in lines[3]
+    assert lines[4].endswith("| - | - |")  # (25, 5, 1) is not in the paper
+    compared = table.compare_with_paper()
+    assert compared.settings() == [(1.0, 0.0, 0.0), (1.0, 1.0, 0.0)]
+    assert table._repr_markdown_() == table.to_markdown()
+    # a disagreement is shown, not hidden
+    disagree = AblationTable([_row((25, 0, 1), "ok", 20.0)]).compare_with_paper().to_markdown()
+    assert "collapse" in disagree and disagree.splitlines()[-1].endswith("| NO |")
+    assert table[(25, 5, 1)]["linear_top1"] == 40.0
+    with pytest.raises(KeyError, match="no row for setting"):
+        table[(2, 2, 2)]
+
+
+def test_paper_table_is_the_papers():
+    assert PAPER_ABLATION[(25.0, 25.0, 1.0)] == 68.6
+    assert [s for s, top1 in PAPER_ABLATION.items() if top1 is None] == [(1.0, 0.0, 0.0), (25.0, 0.0, 1.0)]
+    assert "ImageNet" in ablation.PAPER_SOURCE and "100" in ablation.PAPER_SOURCE
+
+
+def test_plots_draw_one_line_per_setting(sweep):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _, _, table = sweep
+    fig, axes = plt.subplots(1, 4)
+    ablation.plot_std_history(table, axes[0])
+    ablation.plot_std_per_dim(table, axes[1])
+    ablation.plot_spectra(table, axes[2])
+    ablation.plot_accuracy(table, axes[3])
+    assert len(axes[2].get_lines()) == len(table)
+    assert len(axes[3].patches) == 2 * len(table)
+    spectrum = axes[2].get_lines()[0].get_ydata()
+    assert spectrum[0] == pytest.approx(1.0) and all(math.isfinite(v) for v in spectrum)
+    plt.close(fig)
