@@ -1,0 +1,85 @@
+"""monitor.py: the command line reproduces the config; watching reads metrics.jsonl and reports failures."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pytest
+
+from vicreg_lib.cli import build_parser
+from vicreg_lib.monitor import launch, plot_metrics, pretrain_command, watch_run
+from vicreg_lib.train import TrainConfig
+
+
+def _config_from_command(command: list[str]) -> TrainConfig:
+    args = build_parser().parse_args(command[3:])  # drop "python -m vicreg_lib"
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+
+
+def test_pretrain_command_parses_back_to_the_same_config():
+    config = TrainConfig(data="synthetic", width=8, projector="64-64", epochs=3, optimizer="lars",
+                         max_train_images=100, compile=True, progress=False, out_dir="runs/x")
+    command = pretrain_command(config, python="python")
+    assert command[:4] == ["python", "-m", "vicreg_lib", "pretrain"]
+    assert "--no-progress" in command and "--compile" in command
+    assert "--batch-size" not in command  # defaults are left out
+    assert _config_from_command(command) == config
+    resumed = pretrain_command(config, python="python", resume=True)
+    assert _config_from_command(resumed) == dataclasses.replace(config, resume=True)
+
+
+def _write_metrics(path, records):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+RECORDS = [
+    {"epoch": 0, "step": 0, "knn_top1": 20.0},
+    {"epoch": 1, "loss": 30.0, "invariance": 0.5, "variance": 0.8, "covariance": 0.1, "std": 0.2,
+     "effective_rank": 5.0, "epoch_time_s": 2.0},
+    {"epoch": 2, "loss": 20.0, "invariance": 0.4, "variance": 0.5, "covariance": 0.2, "std": 0.4,
+     "effective_rank": 9.0, "epoch_time_s": 2.0, "knn_top1": 30.0},
+]
+
+
+def test_plot_metrics_draws_every_series():
+    fig = plot_metrics(RECORDS, total_epochs=4, title="run")
+    loss_ax, std_ax, rank_ax, knn_ax = fig.axes
+    assert [line.get_label() for line in loss_ax.lines] == ["invariance", "variance", "covariance"]
+    assert list(std_ax.lines[0].get_ydata()) == [0.2, 0.4]
+    assert list(rank_ax.lines[0].get_xdata()) == [1, 2]
+    assert list(knn_ax.lines[0].get_xdata()) == [0, 2]  # only the evaluated epochs
+    assert loss_ax.get_yscale() == "log"
+    plt.close("all")
+
+
+def test_watch_run_returns_the_records_once_the_process_ends(tmp_path):
+    _write_metrics(tmp_path / "run", RECORDS)
+    process = launch([sys.executable, "-c", "pass"], tmp_path / "log.txt")
+    records = watch_run(tmp_path / "run", process, total_epochs=2, every_s=0.1, timeout_s=30)
+    assert records == RECORDS
+    assert process.returncode == 0
+
+
+def test_watch_run_reports_a_failed_run_with_its_log(tmp_path):
+    log = tmp_path / "log.txt"
+    command = [sys.executable, "-c", "import sys; print('boom: bad setting'); sys.exit(3)"]
+    process = launch(command, log)
+    with pytest.raises(RuntimeError, match="(?s)exited with code 3.*boom: bad setting"):
+        watch_run(tmp_path / "missing", process, every_s=0.1, timeout_s=30, log_path=log)
+    plt.close("all")
+
+
+def test_watch_run_stops_watching_at_the_timeout_but_not_the_run(tmp_path):
+    process = launch([sys.executable, "-c", "import time; time.sleep(30)"], tmp_path / "log.txt")
+    try:
+        watch_run(tmp_path, process, every_s=0.1, timeout_s=0.3)
+        assert process.poll() is None  # still running
+    finally:
+        process.kill()
+        process.wait()
