@@ -193,3 +193,29 @@ def test_plots_draw_one_line_per_setting(sweep):
     spectrum = axes[2].get_lines()[0].get_ydata()
     assert spectrum[0] == pytest.approx(1.0) and all(math.isfinite(v) for v in spectrum)
     plt.close(fig)
+
+
+def test_cli_ablate_tiny_run_prints_the_table_beside_the_papers(tmp_path, capsys):
+    from vicreg_lib.cli import main
+
+    argv = ["ablate", "--grid", "25,0,1", "--cache-dir", str(tmp_path), "--probe-epochs", "2",
+            "--data", "synthetic:64,32", "--width", "4", "--projector", "32-32-32", "--batch-size", "32",
+            "--epochs", "1", "--device", "cpu", "--eval-every", "0", "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    header, _, row = out.splitlines()[:3]
+    assert "verdict" in header and "paper top-1 %" in header
+    assert row.split()[:3] == ["25", "0", "1"] and "collapse" in row
+    assert "1 settings" in out and "0 from the cache" in out
+    assert len(list(tmp_path.glob("lam25_mu0_nu1-*/result.json"))) == 1
+    assert main(argv) == 0  # the second time it comes from the cache
+    assert "1 from the cache" in capsys.readouterr().out
+
+
+def test_cli_ablate_bad_grid_is_one_clear_error(capsys):
+    from vicreg_lib.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ablate", "--grid", "1,-2,0"])
+    assert exit_info.value.code == 2
+    assert "mu = -2" in capsys.readouterr().err

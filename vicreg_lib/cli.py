@@ -130,6 +130,37 @@ def run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     return 0
 
 
+# ----------------------------------------------------------------------------- ablate
+
+
+def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--grid", default="1,0,0;25,0,1;1,1,0;5,5,1;25,25,1;50,50,1",
+                        help="settings lam,mu,nu separated by ';' (default: the paper's six)")
+    parser.add_argument("--cache-dir", default=None,
+                        help="one folder per setting and config (default: $VICREG_RUNS/ablation)")
+    parser.add_argument("--probe-epochs", type=int, default=50, help="epochs of the linear probe")
+    add_pretrain_arguments(parser)  # shared by every run; --lam/--mu/--nu/--out-dir are set per setting
+
+
+def run_ablate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .ablation import parse_grid, run_ablation
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    try:
+        grid = parse_grid(args.grid)
+        config = TrainConfig(**values)
+    except ValueError as error:
+        parser.error(str(error))
+    try:
+        table = run_ablation(grid, config, cache_dir=args.cache_dir, probe_epochs=args.probe_epochs,
+                             progress=args.progress)
+    except (ValueError, FileNotFoundError) as error:  # bad data spec, probe_epochs
+        parser.error(str(error))
+    print(table.with_paper())
+    print(f"{len(table)} settings in {table.elapsed_s:.1f} s ({sum(r['cached'] for r in table)} from the cache)")
+    return 0
+
+
 # ----------------------------------------------------------------------------- dispatch
 
 Subcommand = tuple[str, Callable[[argparse.ArgumentParser], None],
@@ -140,6 +171,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "pretrain": ("pretrain a VICReg model (options mirror TrainConfig)", add_pretrain_arguments, run_pretrain),
     "evaluate": ("kNN, linear-probe and label-efficiency table of a checkpoint", add_evaluate_arguments,
                  run_evaluate),
+    "ablate": ("pretrain once per (lam, mu, nu) and compare collapse diagnostics with the paper's table",
+               add_ablate_arguments, run_ablate),
 }
 
 
