@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = common.resolve_device(args.device)
     on_gpu = device.type == "cuda"
     if args.smoke:
-        defaults = dict(widths=[4, 8], batch_sizes=[8, 16], base_width=4, base_batch_size=8, steps=1)
+        defaults = dict(widths=[4], batch_sizes=[8, 16], base_width=4, base_batch_size=8, steps=1)
     elif on_gpu:
         defaults = dict(widths=[16, 32, 64, 128], batch_sizes=[64, 128, 256, 512, 1024], base_width=64,
                         base_batch_size=256, steps=20)

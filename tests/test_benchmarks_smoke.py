@@ -1,0 +1,111 @@
+"""Smoke test of benchmarks/: each script runs at tiny sizes (--smoke) and keeps its promises.
+
+For every script: it exits 0, prints a table (a header row over a `-+-` rule), and writes
+valid JSON with the keys the docs describe, whose measured numbers are positive and finite.
+The scripts run in a subprocess with this interpreter, exactly as a user runs them.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
+RUN_INFO_KEYS = ("benchmark", "device", "date", "command", "torch", "settings")
+
+
+def run_smoke(script: str, tmp_path: Path, common_format: bool = True) -> tuple[str, dict[str, Any]]:
+    """Run benchmarks/<script> --smoke --device cpu; return its stdout and parsed JSON.
+
+    common_format: the script uses benchmarks/common.py (its table rule and run-info keys).
+    """
+    out = tmp_path / f"{Path(script).stem}.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--smoke", "--device", "cpu", "--json", str(out)],
+        cwd=tmp_path,  # the scripts must not depend on the working directory
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, f"{script} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert out.is_file(), f"{script} wrote no JSON to {out}"
+    result = json.loads(out.read_text())
+    if not common_format:
+        return done.stdout, result
+    lines = done.stdout.splitlines()
+    rules = [i for i, line in enumerate(lines) if line.startswith("-") and "-+-" in line]
+    assert rules and all(" | " in lines[i - 1] for i in rules), f"{script} printed no table:\n{done.stdout}"
+    for key in RUN_INFO_KEYS:
+        assert key in result, f"{script}: JSON lacks {key!r} (has {sorted(result)})"
+    assert result["settings"].get("smoke") is True
+    return done.stdout, result
+
+
+def assert_positive(record: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
+    for key in keys:
+        value = record.get(key)
+        assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, f"{where}: {key}={value!r}"
+
+
+def test_train_throughput_smoke(tmp_path: Path) -> None:
+    stdout, result = run_smoke("train_throughput.py", tmp_path)
+    assert result["benchmark"] == "train_throughput"
+    rows = result["variants"]
+    pipelines = {row["pipeline"] for row in rows}
+    assert pipelines == {"dataloader", "batched"}, "both the blog loop and ours must be measured"
+    assert rows[0]["name"].startswith("blog loop") and rows[0]["speedup_vs_blog"] == 1.0
+    for row in rows:
+        assert_positive(row, ("images_per_s", "step_s", "epoch_s", "speedup_vs_blog"), row["name"])
+        # the epoch is extrapolated from the measured rate to 50,000 images
+        assert math.isclose(row["epoch_s"] * row["images_per_s"], result["settings"]["epoch_images"], rel_tol=1e-6)
+    assert result["settings"]["epoch_images"] == 50_000 and result["settings"]["extrapolated"] is True
+    assert "extrapolated" in stdout
+    # GPU targets cannot be judged on the CPU: they are reported as skipped, not passed
+    assert result["checks"] and all(check["passed"] is None for check in result["checks"])
+    assert "SKIP:" in stdout
+
+
+def test_flops_floor_smoke(tmp_path: Path) -> None:
+    _, result = run_smoke("flops_floor.py", tmp_path)
+    assert result["benchmark"] == "flops_floor"
+    keys = ("flops_per_image_model", "flops_per_image_step", "matmul_flops_per_s", "floor_epoch_s", "epoch_s",
+            "achieved_flops_per_s", "fraction_of_floor")
+    assert_positive(result, keys, "flops_floor")
+    # the loss adds FLOPs on top of the model; the floor is the step's FLOPs at the matmul rate
+    assert result["flops_per_image_step"] > result["flops_per_image_model"]
+    expected_floor = result["flops_per_image_step"] * 50_000 / result["matmul_flops_per_s"]
+    assert math.isclose(result["floor_epoch_s"], expected_floor, rel_tol=1e-6)
+    assert math.isclose(result["fraction_of_floor"], result["floor_epoch_s"] / result["epoch_s"], rel_tol=1e-6)
+
+
+def test_scaling_smoke(tmp_path: Path) -> None:
+    _, result = run_smoke("scaling.py", tmp_path)
+    assert result["benchmark"] == "scaling"
+    rows = result["rows"]
+    configs = {(row["width"], row["batch_size"]) for row in rows}
+    assert len(configs) == len(rows) >= 2, "a sweep over at least two configurations"
+    for row in rows:
+        where = f"width {row['width']} batch {row['batch_size']}"
+        assert_positive(row, ("images_per_s", "epoch_s", "peak_memory_mib", "rss_after_imports_mib"), where)
+        assert row["peak_memory_mib"] >= row["rss_after_imports_mib"]
+
+
+def test_augment_throughput_smoke(tmp_path: Path) -> None:
+    if not (BENCHMARKS / "augment_throughput.py").exists():
+        pytest.skip("benchmarks/augment_throughput.py is not in this checkout yet")
+    stdout, result = run_smoke("augment_throughput.py", tmp_path, common_format=False)
+    # a table: a header naming images/s, then one line per measured pipeline
+    lines = stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if "pipeline" in line and "images" in line)
+    rows = result["results"]
+    assert len(lines) > header + len(rows)
+    assert {row["pipeline"] for row in rows} == {"per-image DataLoader", "BatchAugment"}
+    for row in rows:
+        assert_positive(row, ("images_per_s",), f"{row['pipeline']} on {row['device']}")
+    assert_positive(result, ("speedup_cpu_vs_best_per_image",), "augment_throughput")
