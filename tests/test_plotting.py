@@ -56,6 +56,16 @@ def test_show_image_grid_lays_out_rows_titles_and_labels():
     plt.close(fig)
 
 
+def test_show_image_grid_draws_a_list_of_batches_in_order():
+    originals = _images(2)
+    views = torch.zeros(2, 3, 8, 6)  # normalised views: the dataset mean colour
+    fig = show_image_grid([originals, views], ncols=2)
+    drawn = [ax.images[0].get_array() for ax in fig.axes]
+    np.testing.assert_allclose(drawn[0], to_display(originals)[0])
+    np.testing.assert_allclose(drawn[3][0, 0], CIFAR10_MEAN, atol=1e-6)
+    plt.close(fig)
+
+
 def test_show_image_grid_rejects_mismatched_titles_and_labels():
     with pytest.raises(ValueError, match="one title per image"):
         show_image_grid(_images(3), titles=["only one"])
@@ -63,3 +73,5 @@ def test_show_image_grid_rejects_mismatched_titles_and_labels():
         show_image_grid(_images(4), ncols=2, row_labels=["a"])
     with pytest.raises(ValueError, match="at least one image"):
         show_image_grid(torch.zeros(0, 3, 4, 4, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="at least one image"):
+        show_image_grid([])

@@ -1,7 +1,7 @@
 """Small plotting helpers for the notebooks: show images and augmented views in a grid.
 
     pictures = to_display(views)                       # normalised (n, 3, h, w) -> (n, h, w, 3) in [0, 1]
-    fig = show_image_grid(images, titles, ncols=8)     # uint8 images or normalised views, one per cell
+    fig = show_image_grid([images, views], ncols=8)   # uint8 images and/or normalised views, in a grid
 
 matplotlib is imported inside the functions that draw, so the package imports without it.
 """
@@ -51,7 +51,7 @@ def to_display(
 
 
 def show_image_grid(
-    images: torch.Tensor,
+    images: torch.Tensor | Sequence[torch.Tensor],
     titles: Sequence[str] | None = None,
     ncols: int | None = None,
     row_labels: Sequence[str] | None = None,
@@ -61,12 +61,16 @@ def show_image_grid(
 ):
     """Draw images (n, 3, h, w) (uint8, or views normalised with the CIFAR-10 mean/std) in a grid.
 
-    titles: one per image (or None); ncols: images per row (default: all in one row);
-    row_labels: one per row, written left of the row. Returns the matplotlib Figure.
+    images: one batch, or a list of batches (e.g. originals in uint8 and their views) drawn one
+    after the other; titles: one per image (or None); ncols: images per row (default: all in one
+    row); row_labels: one per row, written left of the row. Returns the matplotlib Figure.
     """
     import matplotlib.pyplot as plt
 
-    pictures = to_display(images)
+    batches = [images] if isinstance(images, torch.Tensor) else list(images)
+    if not batches:
+        raise ValueError("show_image_grid needs at least one image, got an empty list")
+    pictures = np.concatenate([to_display(batch) for batch in batches])
     n = pictures.shape[0]
     if n == 0:
         raise ValueError("show_image_grid needs at least one image, got an empty batch")
