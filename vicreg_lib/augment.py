@@ -126,27 +126,28 @@ def two_views_transform(recipe: str | tuple[ViewRecipe, ViewRecipe] = "paper", s
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
-    """x: (n, 3, h, w) -> luma (n, 1, h, w)."""
+    """x: (n, 3, h, w) -> luma (n, 1, h, w) = 0.2989 R + 0.587 G + 0.114 B."""
     r, g, b = LUMA_WEIGHTS
-    return r * x[:, 0:1] + g * x[:, 1:2] + b * x[:, 2:3]
+    return (x[:, 0:1] * r).add_(x[:, 1:2], alpha=g).add_(x[:, 2:3], alpha=b)
 
 
 def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """x: (n, 3, h, w), factor: (n,). x * b."""
+    """x: (n, 3, h, w), factor: (n,) -> clamp(b x, 0, 1)."""
     return (x * factor.view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
 
 
 def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Blend with the image's mean luma: c x + (1 - c) mean(gray(x))."""
-    mean = grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
+    """Blend with the image's mean luma: clamp(c x + (1 - c) mean(gray(x)), 0, 1)."""
+    luma = torch.tensor(LUMA_WEIGHTS, device=x.device, dtype=x.dtype)
+    mean = x.mean(dim=(2, 3)) @ luma  # (n,): the mean of the luma is the luma of the channel means
     factor = factor.view(-1, 1, 1, 1)
-    return (factor * x + (1.0 - factor) * mean).clamp_(0.0, 1.0)
+    return torch.addcmul(((1.0 - factor) * mean.view(-1, 1, 1, 1)), x, factor).clamp_(0.0, 1.0)
 
 
 def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Blend with the per-pixel luma: s x + (1 - s) gray(x)."""
+    """Blend with the per-pixel luma: clamp(s x + (1 - s) gray(x), 0, 1)."""
     factor = factor.view(-1, 1, 1, 1)
-    return (factor * x + (1.0 - factor) * grayscale(x)).clamp_(0.0, 1.0)
+    return torch.addcmul(grayscale(x).mul_(1.0 - factor), x, factor).clamp_(0.0, 1.0)
 
 
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -160,12 +161,14 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     value = x.amax(1, keepdim=True)
     chroma = value - x.amin(1, keepdim=True)
     hue6 = torch.where(value == red, green - blue,
-                       torch.where(value == green, (blue - red) + 2 * chroma, (red - green) + 4 * chroma))
+                       torch.where(value == green, (blue - red).add_(chroma, alpha=2.0),
+                                   (red - green).add_(chroma, alpha=4.0)))
     # grey pixels (C = 0) have numerator 0 and drop out below, any non-zero divisor will do
-    hue6 = hue6 / chroma.clamp_min(1e-12) + 6.0 * shift.view(-1, 1, 1, 1)
+    hue6.div_(chroma.clamp_min(1e-12)).add_(6.0 * shift.view(-1, 1, 1, 1))
     m = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    k = torch.remainder(hue6 + m, 6.0)  # (n, 3, h, w)
-    return value - chroma * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    k = (hue6 + m).remainder_(6.0)  # (n, 3, h, w)
+    k = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    return k.mul_(-chroma).add_(value)
 
 
 JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
@@ -174,41 +177,50 @@ JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """x: (n, c, h, w), sigma: (n,) -> x blurred with a per-image Gaussian, separable, reflect padding.
 
-    Kernel w_t = exp(-t^2 / (2 sigma^2)) / sum, t = -k//2..k//2, as torchvision's. The 1-D pass is a sum of
-    k shifted copies weighted per image (k is 3 for 32x32 images), along the width then the height;
-    a grouped conv2d would need a new oneDNN primitive for every batch size.
+    Kernel w_t = exp(-t^2 / (2 sigma^2)) / sum, t = -k//2..k//2, as torchvision's. Each 1-D pass (width,
+    then height) is a weighted sum of shifted copies, the symmetric taps t and -t added first; k is 3
+    for 32x32 images. (A grouped conv2d would need a new oneDNN primitive for every batch size.)
     """
-    n, _, h, w = x.shape
+    n = x.shape[0]
     half = kernel_size // 2
-    offsets = torch.arange(-half, half + 1, device=x.device, dtype=x.dtype)
-    weights = torch.exp(-0.5 * (offsets / sigma.to(x.dtype).view(-1, 1)) ** 2)  # (n, k)
-    weights = (weights / weights.sum(1, keepdim=True)).view(n, kernel_size, 1, 1, 1)
-    padded = F.pad(x, (half, half, 0, 0), mode="reflect")
-    x = sum(weights[:, t] * padded[..., t:t + w] for t in range(kernel_size))
-    padded = F.pad(x, (0, 0, half, half), mode="reflect")
-    return sum(weights[:, t] * padded[..., t:t + h, :] for t in range(kernel_size))
+    offsets = torch.arange(0, half + 1, device=x.device, dtype=x.dtype)
+    weights = torch.exp(-0.5 * (offsets / sigma.to(x.dtype).view(-1, 1)) ** 2)  # (n, half + 1): taps 0..half
+    weights = weights / (2 * weights.sum(1, keepdim=True) - weights[:, :1])  # the full kernel sums to 1
+    weights = weights.view(n, half + 1, 1, 1, 1)
+    for dim in (3, 2):  # width, then height
+        size = x.shape[dim]
+        padding = (half, half, 0, 0) if dim == 3 else (0, 0, half, half)
+        padded = F.pad(x, padding, mode="reflect")
+        x = padded.narrow(dim, half, size) * weights[:, 0]
+        for t in range(1, half + 1):
+            pair = padded.narrow(dim, half - t, size) + padded.narrow(dim, half + t, size)
+            x.addcmul_(pair, weights[:, t])
+    return x
 
 
 def resized_crop_flip(x: torch.Tensor, box: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     """Crop box (n, 4) = (top, left, height, width) in pixels out of x (n, c, h, w), resize it back to
-    (h, w) bilinearly, mirror it where flip (n,) is True: one affine grid per image. Matches
-    torchvision's resized_crop + hflip (bilinear, upsampling) to float precision.
+    (h, w) bilinearly, mirror it where flip (n,) is True: one affine map per image, sampled with
+    F.grid_sample. Matches torchvision's resized_crop + hflip (bilinear, upsampling) to float precision.
 
-    With align_corners=False, pixel edge p maps to normalised 2p/W - 1, so the crop [left, left + width]
-    is centre (2 left + width)/W - 1 and half-extent width/W; a flip negates the x extent.
+    With align_corners=False, pixel edge p maps to normalised 2p/W - 1, so output coordinate u in [-1, 1]
+    reads the input at  x_in = (2 left + width)/W - 1 + (width/W) u  (-(width/W) u when flipped), and
+    likewise for y. The affine map is axis-aligned, so its sampling grid is the outer product of two 1-D
+    coordinate vectors: built directly, it equals F.affine_grid's at a fraction of the cost.
     """
     n, _, h, w = x.shape
     top, left, height, width = box.to(x.dtype).unbind(1)
-    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
-    theta[:, 0, 0] = torch.where(flip, -width / w, width / w)
-    theta[:, 0, 2] = (2 * left + width) / w - 1
-    theta[:, 1, 1] = height / h
-    theta[:, 1, 2] = (2 * top + height) / h - 1
-    grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)  # (n, h, w, 2) as (x, y)
+    u = (torch.arange(w, device=x.device, dtype=x.dtype) * 2 + 1) / w - 1  # (w,) output pixel centres
+    v = (torch.arange(h, device=x.device, dtype=x.dtype) * 2 + 1) / h - 1  # (h,)
+    x_scale = torch.where(flip, -width / w, width / w)
+    grid_x = ((2 * left + width) / w - 1)[:, None] + x_scale[:, None] * u  # (n, w)
+    grid_y = ((2 * top + height) / h - 1)[:, None] + (height / h)[:, None] * v  # (n, h)
     # keep samples inside the crop's outer pixel centres, as resizing the cropped image would
-    low = torch.stack(((2 * left + 1) / w - 1, (2 * top + 1) / h - 1), 1).view(n, 1, 1, 2)
-    high = torch.stack(((2 * (left + width) - 1) / w - 1, (2 * (top + height) - 1) / h - 1), 1).view(n, 1, 1, 2)
-    grid = torch.minimum(torch.maximum(grid, low), high)
+    grid_x = torch.minimum(torch.maximum(grid_x, ((2 * left + 1) / w - 1)[:, None]),
+                           ((2 * (left + width) - 1) / w - 1)[:, None])
+    grid_y = torch.minimum(torch.maximum(grid_y, ((2 * top + 1) / h - 1)[:, None]),
+                           ((2 * (top + height) - 1) / h - 1)[:, None])
+    grid = torch.stack((grid_x[:, None, :].expand(n, h, w), grid_y[:, :, None].expand(n, h, w)), -1)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -296,8 +308,8 @@ class BatchAugment(nn.Module):
         params = self.sample_params(n, height, width, generator, param_device)
         params = tuple({key: value.to(x.device) for key, value in p.items()} for p in params)
         view1, view2 = (apply_view(x, p, view) for p, view in zip(params, self.views))
-        view1 = (view1 - self.mean) / self.std
-        view2 = (view2 - self.mean) / self.std
+        view1 = view1.sub_(self.mean).div_(self.std)
+        view2 = view2.sub_(self.mean).div_(self.std)
         return (view1, view2, params) if return_params else (view1, view2)
 
 
@@ -345,7 +357,7 @@ def sample_view_params(view: ViewRecipe, n: int, height: int, width: int,
 def apply_view(x: torch.Tensor, params: dict[str, torch.Tensor], view: ViewRecipe) -> torch.Tensor:
     """Augment x (n, 3, h, w) float in [0, 1] with the drawn params -> (n, 3, h, w) in [0, 1].
 
-    Ops that only some images get (jitter, blur) run on those images only (index, op, write back).
+    Ops that only some images get run on those images only: select the rows, apply, copy them back.
     """
     x = resized_crop_flip(x, params["crop_box"], params["flipped"])
     # colour jitter: at each of the 4 positions, each op runs on the images whose order puts it there
@@ -355,11 +367,15 @@ def apply_view(x: torch.Tensor, params: dict[str, torch.Tensor], view: ViewRecip
             for op_index, op in enumerate(JITTER_OPS):
                 rows = torch.nonzero(jittered & (order[:, position] == op_index)).squeeze(1)
                 if rows.numel():
-                    x[rows] = op(x[rows], factors[rows, op_index])
-    gray = params["gray"].view(-1, 1, 1, 1)
-    x = torch.where(gray, grayscale(x).expand_as(x), x)
+                    x.index_copy_(0, rows, op(x.index_select(0, rows), factors[rows, op_index]))
+    rows = torch.nonzero(params["gray"]).squeeze(1)
+    if rows.numel():
+        x.index_copy_(0, rows, grayscale(x.index_select(0, rows)).expand(-1, 3, -1, -1))
     rows = torch.nonzero(params["blurred"]).squeeze(1)
     if rows.numel():
-        x[rows] = gaussian_blur(x[rows], params["blur_sigma"][rows], view.blur_kernel)
-    solarize = params["solarized"].view(-1, 1, 1, 1) & (x >= SOLARIZE_THRESHOLD)
-    return torch.where(solarize, 1.0 - x, x)
+        x.index_copy_(0, rows, gaussian_blur(x.index_select(0, rows), params["blur_sigma"][rows], view.blur_kernel))
+    rows = torch.nonzero(params["solarized"]).squeeze(1)
+    if rows.numel():
+        chosen = x.index_select(0, rows)
+        x.index_copy_(0, rows, torch.where(chosen >= SOLARIZE_THRESHOLD, 1.0 - chosen, chosen))
+    return x
