@@ -284,7 +284,7 @@ def _batched_views(images: torch.Tensor, batches: list[torch.Tensor], augment: B
                    generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Fast path: index the on-device uint8 images and augment whole batches there."""
     for index in batches:
-        yield augment(images[index.to(images.device)], generator=generator)
+        yield augment(images[index], generator=generator)
 
 
 def _dataloader_views(images: torch.Tensor, batches: list[torch.Tensor], config: TrainConfig,
@@ -506,7 +506,10 @@ def pretrain(config: TrainConfig) -> PretrainResult:
     last_epoch = config.epochs
     if config.max_steps is not None:
         last_epoch = min(last_epoch, start_epoch + math.ceil(max(config.max_steps - step, 0) / steps_per_epoch))
-    bar = progress_bar(total=max(last_epoch - start_epoch, 0) * steps_per_epoch, desc="pretrain",
+    total_bar_steps = max(last_epoch - start_epoch, 0) * steps_per_epoch
+    if config.max_steps is not None:
+        total_bar_steps = min(total_bar_steps, max(config.max_steps - step, 0))
+    bar = progress_bar(total=total_bar_steps, desc="pretrain",
                        disable=not (config.progress and is_main))
     model.train()
     epoch = start_epoch
@@ -514,7 +517,9 @@ def pretrain(config: TrainConfig) -> PretrainResult:
         for epoch in range(start_epoch + 1, last_epoch + 1):
             # ---- one epoch
             epoch_start = time.perf_counter()
-            perm = torch.randperm(num_images, generator=perm_generator)
+            perm = torch.randperm(num_images, generator=perm_generator)  # (N,), the same on every rank
+            if config.pipeline == "batched":
+                perm = perm.to(device)  # one copy per epoch, then batches index on the device
             batches = _rank_batches(perm, config.batch_size, dist_info)
             if config.max_steps is not None:
                 batches = batches[: max(config.max_steps - step, 0)]
