@@ -131,7 +131,7 @@ def plot_thumbnails(
         _, ax = plt.subplots(figsize=(7, 7))
     ax.scatter(coords[:, 0], coords[:, 1], s=1, color="lightgray")
     for i in _spread_points(coords, num_thumbnails, seed):
-        box = AnnotationBbox(OffsetImage(_to_hwc(images[i]), zoom=zoom), coords[i], frameon=False, pad=0.0)
+        box = AnnotationBbox(OffsetImage(_to_hwc(images[i]), zoom=zoom, interpolation="nearest"), coords[i], frameon=False, pad=0.0)
         ax.add_artist(box)
     if title:
         ax.set_title(title)
@@ -182,14 +182,14 @@ def plot_retrieval(
         raise ValueError(f"{len(query_images)} query images but indices has {q} rows; pass one row per query")
     fig, axes = plt.subplots(q, k + 1, figsize=(cell_size * (k + 1), cell_size * q + 0.4), squeeze=False)
     for row in range(q):
-        axes[row, 0].imshow(_to_hwc(query_images[row]))
+        axes[row, 0].imshow(_to_hwc(query_images[row]), interpolation="nearest")
         if query_labels is not None:
             name = classes[int(query_labels[row])] if classes is not None else str(int(query_labels[row]))
             axes[row, 0].set_title(f"query: {name}", fontsize=7)
         for col in range(k):
             j = int(indices[row, col])
             ax = axes[row, col + 1]
-            ax.imshow(_to_hwc(bank_images[j]))
+            ax.imshow(_to_hwc(bank_images[j]), interpolation="nearest")
             if similarities is not None:
                 ax.set_title(f"{float(similarities[row, col]):.2f}", fontsize=7)
             if query_labels is not None and bank_labels is not None:
