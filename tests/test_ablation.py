@@ -86,9 +86,11 @@ def test_changed_config_or_probe_reruns(sweep):
     run_ablation([(25, 25, 1)], dataclasses.replace(TINY, seed=1), cache_dir=cache, probe_epochs=2,
                  progress=False, pretrain=spy)
     assert spy.calls == [(25.0, 25.0, 1.0)]
-    keys = {ablation.cache_key(dataclasses.replace(TINY, lam=25, mu=25, nu=1), probe)
-            for probe in ({"probe_epochs": 2}, {"probe_epochs": 3})}
-    assert len(keys) == 2  # a different probe is a different result too
+    spy = Spy()  # a different probe is a different result too
+    run_ablation([(1, 0, 0)], TINY, cache_dir=cache, probe_epochs=2, probe_train_images=48, progress=False,
+                 pretrain=spy)
+    assert spy.calls == [(1.0, 0.0, 0.0)]
+    assert len(list(cache.glob("lam1_mu0_nu0-*/result.json"))) == 2  # the first result is kept
     # out_dir and the progress bar do not change what a run computes: same key
     assert ablation.cache_key(TINY, {}) == ablation.cache_key(
         dataclasses.replace(TINY, out_dir="elsewhere", progress=True), {})
@@ -126,12 +128,14 @@ def test_damaged_result_file_is_recomputed(sweep, tmp_path):
     ("1,0,0;25,x,1", "lam,mu,nu"),
     ("25,25,-1", "nu = -1.0"),
     ([], "grid is empty"),
+    ([(1, 1, 1)], "probe_train_images must be"),
     (";", "holds no setting"),
 ])
 def test_bad_settings_fail_before_any_training(grid, message, tmp_path):
     spy = Spy()
     with pytest.raises(ValueError, match=message):
-        run_ablation(grid, TINY, cache_dir=tmp_path, progress=False, pretrain=spy)
+        run_ablation(grid, TINY, cache_dir=tmp_path, progress=False, pretrain=spy,
+                     probe_train_images=0 if message.startswith("probe") else None)
     assert spy.calls == []
 
 
@@ -187,8 +191,9 @@ def test_plots_draw_one_line_per_setting(sweep):
     ablation.plot_std_history(table, axes[0])
     ablation.plot_std_per_dim(table, axes[1])
     ablation.plot_spectra(table, axes[2])
-    ablation.plot_accuracy(table, axes[3])
+    ablation.plot_accuracy(table, axes[3], baseline={"linear_top1": 12.5})
     assert len(axes[2].get_lines()) == len(table)
+    assert axes[3].get_lines()[0].get_ydata()[0] == 12.5  # the random-init line
     assert len(axes[3].patches) == 2 * len(table)
     spectrum = axes[2].get_lines()[0].get_ydata()
     assert spectrum[0] == pytest.approx(1.0) and all(math.isfinite(v) for v in spectrum)
@@ -219,3 +224,12 @@ def test_cli_ablate_bad_grid_is_one_clear_error(capsys):
         main(["ablate", "--grid", "1,-2,0"])
     assert exit_info.value.code == 2
     assert "mu = -2" in capsys.readouterr().err
+
+
+def test_random_init_baseline_is_the_untrained_network(one_thread):
+    first = ablation.evaluate_random_init(TINY, probe_epochs=2)
+    again = ablation.evaluate_random_init(TINY, probe_epochs=2)
+    assert first == again  # seeded: the same initialisation every time
+    assert len(first["std_per_dim"]) == 32 and first["verdict"] in ("complete", "dimensional", "ok")
+    other_seed = ablation.evaluate_random_init(dataclasses.replace(TINY, seed=5), probe_epochs=2)
+    assert other_seed["std_per_dim"] != first["std_per_dim"]

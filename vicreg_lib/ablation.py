@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+import torch
+
 from . import train
 from .data import load_dataset
 from .diagnostics import collapse_report, effective_rank, per_dim_std, singular_values
@@ -45,6 +47,7 @@ __all__ = [
     "PAPER_SOURCE",
     "AblationTable",
     "run_ablation",
+    "evaluate_random_init",
     "parse_grid",
     "plot_std_history",
     "plot_std_per_dim",
@@ -166,6 +169,11 @@ def _load_cached(path: Path, key: str) -> dict[str, Any] | None:
 def _evaluate_setting(model, config: train.TrainConfig, probe: dict[str, Any], device: str) -> dict[str, Any]:
     """Diagnostics of the trained model on the held-out (test) split, and its kNN / linear accuracy."""
     train_images, train_labels, classes = load_dataset(config.data, "train", config.data_root)
+    if probe["train_images"] is not None and probe["train_images"] < train_images.shape[0]:
+        # a seeded random subset of the labelled images, the same for every setting
+        keep = torch.randperm(train_images.shape[0], generator=torch.Generator().manual_seed(0))
+        keep = keep[: probe["train_images"]].sort().values
+        train_images, train_labels = train_images[keep], train_labels[keep]
     test_images, test_labels, _ = load_dataset(config.data, "test", config.data_root)
     z = extract_features(model, test_images, device=device, which="embedding")  # (m, d)
     h_train = extract_features(model, train_images, device=device, which="representation")  # (n, D)
@@ -214,6 +222,7 @@ def run_ablation(
     config: train.TrainConfig,
     cache_dir: str | os.PathLike | None = None,
     probe_epochs: int = 50,
+    probe_train_images: int | None = None,
     progress: bool = True,
     pretrain: Callable[[train.TrainConfig], Any] | None = None,
 ) -> AblationTable:
@@ -224,6 +233,9 @@ def run_ablation(
     cache_dir:    results go to cache_dir/<setting>-<key>/result.json and the run's files
                   to .../run/ (default: $VICREG_RUNS/ablation).
     probe_epochs: epochs of the linear probe; the kNN uses config.knn_k neighbours.
+    probe_train_images: kNN and probe learn from a seeded random subset of this many
+                  train-split images (default: the whole train split); both are
+                  measured on the whole test split.
     pretrain:     the training function (default ``train.pretrain``); tests pass a spy.
 
     Returns an AblationTable with one row per setting, in grid order.
@@ -237,7 +249,11 @@ def run_ablation(
         raise ValueError(f"probe_epochs must be an integer >= 1, got {probe_epochs!r}")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     pretrain = pretrain or train.pretrain
-    probe = {"probe_epochs": probe_epochs, "knn_k": config.knn_k, "held_out": "test"}
+    if probe_train_images is not None and (isinstance(probe_train_images, bool) or
+                                           not isinstance(probe_train_images, int) or probe_train_images < 1):
+        raise ValueError(f"probe_train_images must be an integer >= 1 or None (all), got {probe_train_images!r}")
+    probe = {"probe_epochs": probe_epochs, "knn_k": config.knn_k, "train_images": probe_train_images,
+             "held_out": "test"}
 
     start = time.perf_counter()
     rows = []
@@ -256,6 +272,19 @@ def run_ablation(
                                                               "config": setting_config.to_dict(), "row": row})
             rows.append({**row, "cached": cached, "folder": str(folder)})
     return AblationTable(rows, elapsed_s=time.perf_counter() - start)
+
+
+def evaluate_random_init(config: train.TrainConfig, probe_epochs: int = 50,
+                         probe_train_images: int | None = None) -> dict[str, Any]:
+    """The same diagnostics and accuracies for the untrained network (config's seed):
+    the baseline a useful setting has to beat. Returns a row without loss terms or history."""
+    config = config.resolved()
+    probe = {"probe_epochs": probe_epochs, "knn_k": config.knn_k, "train_images": probe_train_images,
+             "held_out": "test"}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)  # the initialisation pretrain starts from
+        model = train.build_model(config)
+    return _evaluate_setting(model, config, probe, config.device)
 
 
 # ----------------------------------------------------------------------------- the table
@@ -458,9 +487,13 @@ def plot_spectra(table: AblationTable, ax=None):
     return ax
 
 
-def plot_accuracy(table: AblationTable, ax=None):
-    """kNN and linear-probe top-1 (%) on the held-out split, a pair of bars per setting."""
+def plot_accuracy(table: AblationTable, ax=None, baseline: dict[str, Any] | None = None):
+    """kNN and linear-probe top-1 (%) on the held-out split, a pair of bars per setting;
+    ``baseline`` (from ``evaluate_random_init``) adds the untrained network's linear top-1 as a line."""
     ax = _axes(ax)
+    if baseline is not None:
+        ax.axhline(baseline["linear_top1"], color="gray", linestyle="--", linewidth=1,
+                   label=f"random init, linear ({baseline['linear_top1']:.1f} %)")
     names = [f"({r['lam']:g},{r['mu']:g},{r['nu']:g})" for r in table]
     positions = range(len(names))
     ax.bar([p - 0.2 for p in positions], [r["knn_top1"] for r in table], width=0.4, label="kNN")
