@@ -11,7 +11,7 @@
 - Our achieved fraction = floor / our measured epoch time, with the epoch time read
   from train_throughput.py's JSON (same device, width and batch) or measured here.
 
-    python benchmarks/flops_floor.py                      # device auto, ResNet-18 width 64, batch 256
+    python benchmarks/flops_floor.py                      # device auto, train_throughput.py's sizes
     python benchmarks/flops_floor.py --smoke              # tiny sizes, a few seconds
 """
 from __future__ import annotations
@@ -35,19 +35,19 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, size: int, repeats: in
     return 2 * size**3 / seconds
 
 
-def count_step_flops(width: int, batch_size: int, projector: str) -> dict[str, float]:
+def count_step_flops(width: int, batch_size: int, projector: str, device: torch.device) -> dict[str, float]:
     """Counted FLOPs of one training step (forward + backward, both views) on a batch.
 
-    Counted on the CPU in float32 (FLOPs do not depend on device or dtype). Returns totals
-    for the batch: "model" (encoder + projector, forward + backward) and "step" (model +
-    the VICReg loss, forward + backward).
+    Counted in float32 (the count depends on the shapes only, not on device or dtype).
+    Returns totals for the batch: "model" (encoder + projector, forward + backward) and
+    "step" (model + the VICReg loss, forward + backward).
     """
     import train_throughput  # builds the model the same way the training benchmark does
 
-    model = train_throughput.build_model(width, projector, torch.device("cpu"))
+    model = train_throughput.build_model(width, projector, device)
     loss_fn = train_throughput.loss_function()
-    x1 = torch.randn(batch_size, 3, 32, 32)
-    x2 = torch.randn(batch_size, 3, 32, 32)
+    x1 = torch.randn(batch_size, 3, 32, 32, device=device)
+    x2 = torch.randn(batch_size, 3, 32, 32, device=device)
 
     # model only: backward with a unit gradient on the embeddings, no loss in the count
     with FlopCounterMode(display=False) as counter:
@@ -96,8 +96,8 @@ def measure_training_epoch_s(
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = common.base_parser(__doc__.splitlines()[0], "flops_floor.json")
-    parser.add_argument("--width", type=int, default=64, help="ResNet-18 base width (default %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=256, help="images per step (default %(default)s)")
+    parser.add_argument("--width", type=int, default=None, help="ResNet-18 base width (default: GPU 64, CPU 16)")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per step (default 256)")
     parser.add_argument("--projector", default=None, help="projector spec (default: TrainConfig's)")
     parser.add_argument("--matmul-size", type=int, default=None, help="side of the timed square matmul")
     parser.add_argument(
@@ -116,22 +116,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     device = common.resolve_device(args.device)
     on_gpu = device.type == "cuda"
-    if args.smoke:
-        args.width, args.batch_size = 8, 8
-        args.matmul_size = args.matmul_size or 256
+    default_width, default_batch, default_steps = train_throughput.default_sizes(device, args.smoke)
+    args.width, args.batch_size = args.width or default_width, args.batch_size or default_batch
+    steps = args.steps or default_steps
     projector = args.projector or train_throughput.default_projector(args.width, smoke=args.smoke)
-    matmul_size = args.matmul_size or (8192 if on_gpu else 2048)
-    steps = args.steps or (1 if args.smoke else 20 if on_gpu else 2)
+    matmul_size = args.matmul_size or (256 if args.smoke else 8192 if on_gpu else 2048)
     name = common.device_name(device)
 
     # 1. counted FLOPs
-    flops = count_step_flops(args.width, args.batch_size, projector)
+    flops = count_step_flops(args.width, args.batch_size, projector, device)
     flops_per_image = flops["step"] / args.batch_size
     model_flops_per_image = flops["model"] / args.batch_size
 
     # 2. measured matmul rate
     dtype = torch.bfloat16 if on_gpu else torch.float32
-    rate = matmul_rate(device, dtype, matmul_size)
+    rate = matmul_rate(device, dtype, matmul_size, repeats=20 if on_gpu else 5)
 
     # 3. the floor and our share of it
     floor_epoch_s = flops_per_image * common.EPOCH_IMAGES / rate
