@@ -87,6 +87,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", type=int, nargs="+", default=sorted({0, 2, os.cpu_count() or 1}))
     parser.add_argument("--device", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []),
                         help="devices for BatchAugment (default: cpu, and cuda if available)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of the main process (default 1; 0 keeps torch's default). DataLoader "
+                             "workers use 1 thread each, so by default BatchAugment gets one core while the "
+                             "per-image pipeline gets one per worker: a conservative comparison. On a busy "
+                             "machine more threads than free cores spin-wait on each other and run 10x slower")
     parser.add_argument("--recipe", default="paper")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, runs in seconds (CI)")
@@ -94,6 +99,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.smoke:
         args.n_images, args.batch_size, args.workers = 64, 32, [0]
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     images, spec = load_images(args.n_images)
     rows = []
     for workers in args.workers:
