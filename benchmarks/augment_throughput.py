@@ -9,6 +9,7 @@ An image counts once per pair of views. Images come from VICREG_DATA when it is 
     python benchmarks/augment_throughput.py --n-images 4096 --json runs/augment_throughput.json
     python benchmarks/augment_throughput.py --smoke        # a few seconds, for CI
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from vicreg_lib.augment import BatchAugment, two_views_transform  # noqa: E402
-from vicreg_lib.data import load_dataset  # noqa: E402
+from vicreg_lib.augment import BatchAugment, two_views_transform
+from vicreg_lib.data import load_dataset
 
 
 class TransformedImages(Dataset):
@@ -50,8 +51,12 @@ def load_images(n: int) -> tuple[torch.Tensor, str]:
 
 def per_image_throughput(images: torch.Tensor, recipe: str, batch_size: int, workers: int) -> float:
     """Images/s through a DataLoader, timed from the first batch (worker start-up excluded)."""
-    loader = DataLoader(TransformedImages(images, two_views_transform(recipe)), batch_size=batch_size,
-                        num_workers=workers, shuffle=False)
+    loader = DataLoader(
+        TransformedImages(images, two_views_transform(recipe)),
+        batch_size=batch_size,
+        num_workers=workers,
+        shuffle=False,
+    )
     iterator = iter(loader)
     first_view, _ = next(iterator)
     start, counted = time.perf_counter(), 0
@@ -75,23 +80,33 @@ def batched_throughput(images: torch.Tensor, recipe: str, batch_size: int, devic
     sync()
     start = time.perf_counter()
     for begin in range(0, len(images), batch_size):
-        augment(images[begin:begin + batch_size], generator=generator)
+        augment(images[begin : begin + batch_size], generator=generator)
     sync()
     return len(images) / (time.perf_counter() - start)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n-images", type=int, default=4096)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, nargs="+", default=sorted({0, 2, os.cpu_count() or 1}))
-    parser.add_argument("--device", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []),
-                        help="devices for BatchAugment (default: cpu, and cuda if available)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads of the main process (default 1; 0 keeps torch's default). DataLoader "
-                             "workers use 1 thread each, so by default BatchAugment gets one core while the "
-                             "per-image pipeline gets one per worker: a conservative comparison. On a busy "
-                             "machine more threads than free cores spin-wait on each other and run 10x slower")
+    parser.add_argument(
+        "--device",
+        nargs="+",
+        default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []),
+        help="devices for BatchAugment (default: cpu, and cuda if available)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the main process (default 1; 0 keeps torch's default). DataLoader "
+        "workers use 1 thread each, so by default BatchAugment gets one core while the "
+        "per-image pipeline gets one per worker: a conservative comparison. On a busy "
+        "machine more threads than free cores spin-wait on each other and run 10x slower",
+    )
     parser.add_argument("--recipe", default="paper")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, runs in seconds (CI)")
@@ -104,27 +119,49 @@ def main(argv: list[str] | None = None) -> dict:
     images, spec = load_images(args.n_images)
     rows = []
     for workers in args.workers:
-        rows.append({"pipeline": "per-image DataLoader", "device": "cpu", "workers": workers,
-                     "images_per_s": per_image_throughput(images, args.recipe, args.batch_size, workers)})
+        rows.append(
+            {
+                "pipeline": "per-image DataLoader",
+                "device": "cpu",
+                "workers": workers,
+                "images_per_s": per_image_throughput(images, args.recipe, args.batch_size, workers),
+            }
+        )
     for device in args.device:
-        rows.append({"pipeline": "BatchAugment", "device": device, "workers": None,
-                     "images_per_s": batched_throughput(images, args.recipe, args.batch_size, device)})
+        rows.append(
+            {
+                "pipeline": "BatchAugment",
+                "device": device,
+                "workers": None,
+                "images_per_s": batched_throughput(images, args.recipe, args.batch_size, device),
+            }
+        )
 
     best_per_image = max(r["images_per_s"] for r in rows if r["pipeline"] != "BatchAugment")
-    batched_cpu = next((r["images_per_s"] for r in rows if r["pipeline"] == "BatchAugment" and r["device"] == "cpu"),
-                       None)
+    batched_cpu = next(
+        (r["images_per_s"] for r in rows if r["pipeline"] == "BatchAugment" and r["device"] == "cpu"), None
+    )
     speedup = batched_cpu / best_per_image if batched_cpu else None
-    print(f"recipe {args.recipe!r}, {args.n_images} images from {spec}, batch {args.batch_size}, "
-          f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}")
+    print(
+        f"recipe {args.recipe!r}, {args.n_images} images from {spec}, batch {args.batch_size}, "
+        f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
+    )
     print(f"{'pipeline':<22} {'device':<7} {'workers':>7} {'images/s':>10}")
     for r in rows:
         workers = "" if r["workers"] is None else r["workers"]
         print(f"{r['pipeline']:<22} {r['device']:<7} {workers:>7} {r['images_per_s']:>10.0f}")
     if speedup is not None:
         print(f"speed-up, BatchAugment on cpu vs the best per-image DataLoader: {speedup:.1f}x")
-    result = {"recipe": args.recipe, "n_images": args.n_images, "batch_size": args.batch_size, "data": spec,
-              "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "results": rows,
-              "speedup_cpu_vs_best_per_image": speedup}
+    result = {
+        "recipe": args.recipe,
+        "n_images": args.n_images,
+        "batch_size": args.batch_size,
+        "data": spec,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "results": rows,
+        "speedup_cpu_vs_best_per_image": speedup,
+    }
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))

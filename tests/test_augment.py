@@ -21,7 +21,9 @@ def unnormalise(views: torch.Tensor) -> torch.Tensor:
 
 
 def random_images(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, 256, (n, 3, size, size), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+    return torch.randint(
+        0, 256, (n, 3, size, size), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8
+    )
 
 
 def within(measured: float, p: float, n: int, sigmas: float = 5.0) -> bool:
@@ -73,7 +75,9 @@ def test_seeded_generator_is_reproducible():
 
 def test_every_image_gets_its_own_parameters():
     images = random_images(1).expand(64, -1, -1, -1)  # 64 copies of one image
-    view1, view2, (params1, _) = BatchAugment("paper")(images, torch.Generator().manual_seed(0), return_params=True)
+    view1, view2, (params1, _) = BatchAugment("paper")(
+        images, torch.Generator().manual_seed(0), return_params=True
+    )
     assert len({tuple(box) for box in params1["crop_box"].tolist()}) > 32
     for key in ("flipped", "jittered", "gray"):
         assert 0 < params1[key].sum() < 64, key  # both decisions occur within one batch
@@ -137,20 +141,27 @@ def test_single_ops_are_exact():
     torch.testing.assert_close(unnormalise(unchanged), pixels, atol=1e-5, rtol=0)
 
     solarize_only = BatchAugment((dataclasses.replace(IDENTITY, solarize_p=1.0), IDENTITY))
-    torch.testing.assert_close(unnormalise(solarize_only(images, generator)[0]),
-                               torch.where(pixels >= 0.5, 1 - pixels, pixels), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        unnormalise(solarize_only(images, generator)[0]),
+        torch.where(pixels >= 0.5, 1 - pixels, pixels),
+        atol=1e-5,
+        rtol=0,
+    )
 
     gray_only = BatchAugment((dataclasses.replace(IDENTITY, gray_p=1.0), IDENTITY))
     luma = 0.2989 * pixels[:, 0] + 0.587 * pixels[:, 1] + 0.114 * pixels[:, 2]
-    torch.testing.assert_close(unnormalise(gray_only(images, generator)[0]),
-                               luma[:, None].expand(-1, 3, -1, -1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        unnormalise(gray_only(images, generator)[0]), luma[:, None].expand(-1, 3, -1, -1), atol=1e-5, rtol=0
+    )
 
 
 def coordinate_image(size: int = 32) -> torch.Tensor:
     """(3, size, size) float: red rises left to right, green top to bottom, blue constant, all in
     [0.55, 0.95], so solarizing (x >= 0.5 -> 1 - x) always inverts the whole image, never part of it."""
     ramp = 0.55 + 0.4 * (torch.arange(size) + 0.5) / size
-    return torch.stack((ramp.expand(size, size), ramp[:, None].expand(size, size), torch.full((size, size), 0.7)))
+    return torch.stack(
+        (ramp.expand(size, size), ramp[:, None].expand(size, size), torch.full((size, size), 0.7))
+    )
 
 
 def measure_decisions(pixels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -172,12 +183,15 @@ def test_decision_rates_match_recipe_and_torchvision_pipeline():
     n = 2000
     probe = dataclasses.replace(RECIPES["paper"][1], jitter_p=0.0, blur_p=0.0, solarize_p=0.3)
     images = coordinate_image()[None].expand(n, -1, -1, -1)
-    batched, _, (params, _) = BatchAugment((probe, IDENTITY))(images, torch.Generator().manual_seed(0),
-                                                             return_params=True)
+    batched, _, (params, _) = BatchAugment((probe, IDENTITY))(
+        images, torch.Generator().manual_seed(0), return_params=True
+    )
     batched = measure_decisions(unnormalise(batched))
     torch.manual_seed(0)
     per_image_transform = two_views_transform((probe, IDENTITY))
-    per_image = measure_decisions(unnormalise(torch.stack([per_image_transform(image)[0] for image in images])))
+    per_image = measure_decisions(
+        unnormalise(torch.stack([per_image_transform(image)[0] for image in images]))
+    )
 
     for key, p in (("solarized", probe.solarize_p), ("gray", probe.gray_p), ("flipped", probe.flip_p)):
         assert torch.equal(batched[key], params[key]), key  # the measurement reads the decisions exactly
@@ -195,9 +209,13 @@ def test_jitter_and_blur_rates_match_torchvision_pipeline():
     """Jitter and blur change an image or leave it exactly as it was: count the changed outputs."""
     n = 400  # per-image colour jitter is slow; 5 sigma is still +-0.1 at p = 0.8
     image = random_images(1, seed=4)[0]
-    for probe, p in ((dataclasses.replace(IDENTITY, jitter_p=0.8), 0.8),
-                     (dataclasses.replace(IDENTITY, blur_p=0.5), 0.5)):
-        batched = BatchAugment((probe, IDENTITY))(image.expand(n, -1, -1, -1), torch.Generator().manual_seed(0))[0]
+    for probe, p in (
+        (dataclasses.replace(IDENTITY, jitter_p=0.8), 0.8),
+        (dataclasses.replace(IDENTITY, blur_p=0.5), 0.5),
+    ):
+        batched = BatchAugment((probe, IDENTITY))(
+            image.expand(n, -1, -1, -1), torch.Generator().manual_seed(0)
+        )[0]
         torch.manual_seed(0)
         transform = two_views_transform((probe, IDENTITY))
         per_image = torch.stack([transform(image)[0] for _ in range(n)])
@@ -212,10 +230,16 @@ def test_crop_sampling_matches_random_resized_crop():
 
     n, generator = 4000, torch.Generator().manual_seed(0)
     boxes = sample_crop_boxes(n, 32, 32, (0.2, 1.0), (3 / 4, 4 / 3), generator)
-    assert (boxes[:, :2] >= 0).all() and (boxes[:, 0] + boxes[:, 2] <= 32).all() and (boxes[:, 1] + boxes[:, 3] <= 32).all()
+    assert (
+        (boxes[:, :2] >= 0).all()
+        and (boxes[:, 0] + boxes[:, 2] <= 32).all()
+        and (boxes[:, 1] + boxes[:, 3] <= 32).all()
+    )
     torch.manual_seed(0)
     image = torch.zeros(3, 32, 32)
-    reference = torch.tensor([v2.RandomResizedCrop.get_params(image, [0.2, 1.0], [3 / 4, 4 / 3]) for _ in range(n)])
+    reference = torch.tensor(
+        [v2.RandomResizedCrop.get_params(image, [0.2, 1.0], [3 / 4, 4 / 3]) for _ in range(n)]
+    )
     for column in range(4):  # top, left, height, width: same means within sampling error
         ours, theirs = boxes[:, column].float(), reference[:, column].float()
         assert abs(ours.mean() - theirs.mean()) < 5 * math.sqrt((ours.var() + theirs.var()) / n), column

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from vicreg_lib import data
 from vicreg_lib.data import DataSpecError, default_data_spec, load_dataset
 
 
@@ -43,7 +42,10 @@ def test_npz_without_classes_names_them_by_index(tmp_path):
 
 
 def shared_subset() -> Path | None:
-    candidates = [Path("/work/shared/data/cifar10_mini.npz"), Path(__file__).parents[2] / "shared/data/cifar10_mini.npz"]
+    candidates = [
+        Path("/work/shared/data/cifar10_mini.npz"),
+        Path(__file__).parents[2] / "shared/data/cifar10_mini.npz",
+    ]
     spec = os.environ.get("VICREG_DATA", "")
     if spec.startswith("npz:"):
         candidates.insert(0, Path(spec[4:]))
@@ -116,14 +118,17 @@ def test_default_spec_reads_env(monkeypatch):
     assert load_dataset()[0].shape[0] == 20
 
 
-@pytest.mark.parametrize("spec, split, message", [
-    ("imagenet", "train", "malformed data spec 'imagenet'"),
-    ("npz:", "train", "malformed data spec"),
-    ("synthetic:ten", "train", "malformed data spec 'synthetic:ten'"),
-    ("synthetic", "validation", "unknown split 'validation'"),
-    ("npz:/no/such/file.npz", "train", "does not exist"),
-    ("folder:/no/such/folder", "train", "does not exist"),
-])
+@pytest.mark.parametrize(
+    "spec, split, message",
+    [
+        ("imagenet", "train", "malformed data spec 'imagenet'"),
+        ("npz:", "train", "malformed data spec"),
+        ("synthetic:ten", "train", "malformed data spec 'synthetic:ten'"),
+        ("synthetic", "validation", "unknown split 'validation'"),
+        ("npz:/no/such/file.npz", "train", "does not exist"),
+        ("folder:/no/such/folder", "train", "does not exist"),
+    ],
+)
 def test_bad_specs(spec, split, message):
     with pytest.raises(DataSpecError, match=message) as info:
         load_dataset(spec, split)
@@ -137,12 +142,15 @@ def test_npz_missing_arrays(tmp_path):
     assert load_dataset(f"npz:{tmp_path / 't.npz'}", "train")[0].shape[0] == 6
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"train_images": np.zeros((6, 8, 8, 3), dtype=np.float32)}, "expected uint8"),
-    ({"train_images": np.zeros((6, 3, 8, 8), dtype=np.uint8)}, r"expected uint8 \(N, H, W, 3\)"),
-    ({"train_labels": np.zeros(5, dtype=np.int64)}, "expected integers of shape"),
-    ({"train_labels": np.zeros(6, dtype=np.float32)}, "expected integers"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"train_images": np.zeros((6, 8, 8, 3), dtype=np.float32)}, "expected uint8"),
+        ({"train_images": np.zeros((6, 3, 8, 8), dtype=np.uint8)}, r"expected uint8 \(N, H, W, 3\)"),
+        ({"train_labels": np.zeros(5, dtype=np.int64)}, "expected integers of shape"),
+        ({"train_labels": np.zeros(6, dtype=np.float32)}, "expected integers"),
+    ],
+)
 def test_npz_wrong_shape_or_dtype(tmp_path, overrides, message):
     write_npz(tmp_path / "t.npz", **overrides)
     with pytest.raises(DataSpecError, match=message):
@@ -194,7 +202,9 @@ def test_successful_download_is_moved_into_place(tmp_path, monkeypatch):
         batch = {"data": np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072) % 251, "labels": [3, 7]}
         for name, _ in self.train_list + self.test_list:
             (folder / name).write_bytes(pickle.dumps(batch))
-        (folder / self.meta["filename"]).write_bytes(pickle.dumps({"label_names": [f"c{k}" for k in range(10)]}))
+        (folder / self.meta["filename"]).write_bytes(
+            pickle.dumps({"label_names": [f"c{k}" for k in range(10)]})
+        )
 
     monkeypatch.setattr(datasets.CIFAR10, "download", fake_download)
     monkeypatch.setattr(datasets.cifar, "check_integrity", lambda *args: True)  # fake files, fake md5s
@@ -202,4 +212,9 @@ def test_successful_download_is_moved_into_place(tmp_path, monkeypatch):
     assert images.shape == (2, 3, 32, 32) and labels.tolist() == [3, 7] and classes[3] == "c3"
     assert images[0, 0, 0, :3].tolist() == [0, 1, 2]  # CHW layout of the raw rows
     assert [p.name for p in tmp_path.iterdir()] == [datasets.CIFAR10.base_folder]
-    assert load_dataset("cifar10", "train", root=tmp_path)[0].shape == (10, 3, 32, 32)  # 5 batches, no download
+    assert load_dataset("cifar10", "train", root=tmp_path)[0].shape == (
+        10,
+        3,
+        32,
+        32,
+    )  # 5 batches, no download

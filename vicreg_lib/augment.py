@@ -9,6 +9,7 @@ A recipe is two `ViewRecipe`s, one per branch. Both implementations apply, in th
 `BatchAugment(recipe)` does the same on a whole batch (N, 3, H, W) with a few batched tensor ops,
 drawing independent random parameters for every image, on any device.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,11 +49,15 @@ class ViewRecipe:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"ViewRecipe.{name} = {getattr(self, name)} is not a probability in [0, 1]")
         if self.blur_kernel < 1 or self.blur_kernel % 2 == 0:
-            raise ValueError(f"ViewRecipe.blur_kernel = {self.blur_kernel} must be a positive odd number, e.g. 3")
+            raise ValueError(
+                f"ViewRecipe.blur_kernel = {self.blur_kernel} must be a positive odd number, e.g. 3"
+            )
 
 
 # The blog post that started this project: both views identical, no flip, no grayscale.
-_BLOG_VIEW = ViewRecipe(crop_scale=(0.2, 1.0), flip_p=0.0, jitter_p=0.8, gray_p=0.0, blur_p=0.5, solarize_p=0.2)
+_BLOG_VIEW = ViewRecipe(
+    crop_scale=(0.2, 1.0), flip_p=0.0, jitter_p=0.8, gray_p=0.0, blur_p=0.5, solarize_p=0.2
+)
 
 # The official VICReg augmentations (main_vicreg.py, after BYOL), adapted to 32x32 images: the paper's
 # ImageNet crops cover 8-100% of the image (scale 0.08-1), but a 32x32 crop of 8% is a 9x9 patch with
@@ -75,7 +80,11 @@ def get_recipe(recipe: str | tuple[ViewRecipe, ViewRecipe]) -> tuple[ViewRecipe,
         if recipe not in RECIPES:
             raise ValueError(f"unknown augmentation recipe {recipe!r}: use one of {sorted(RECIPES)}")
         return RECIPES[recipe]
-    if isinstance(recipe, (tuple, list)) and len(recipe) == 2 and all(isinstance(v, ViewRecipe) for v in recipe):
+    if (
+        isinstance(recipe, (tuple, list))
+        and len(recipe) == 2
+        and all(isinstance(v, ViewRecipe) for v in recipe)
+    ):
         return recipe[0], recipe[1]
     raise ValueError(
         f"augmentation recipe must be a name in {sorted(RECIPES)} or a pair of ViewRecipe, got {recipe!r}"
@@ -86,21 +95,23 @@ def get_recipe(recipe: str | tuple[ViewRecipe, ViewRecipe]) -> tuple[ViewRecipe,
 
 
 def view_transform(view: ViewRecipe, size: int = 32):
-    """The torchvision v2 pipeline of one view: one image (PIL or uint8 (3, H, W)) -> float (3, size, size)."""
+    """The torchvision v2 pipeline of one view: image (PIL or uint8 (3, H, W)) -> float (3, size, size)."""
     from torchvision.transforms import v2
 
     brightness, contrast, saturation, hue = view.jitter
-    return v2.Compose([
-        v2.ToImage(),
-        v2.RandomResizedCrop(size, scale=view.crop_scale, ratio=view.crop_ratio, antialias=True),
-        v2.RandomHorizontalFlip(view.flip_p),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.RandomApply([v2.ColorJitter(brightness, contrast, saturation, hue)], p=view.jitter_p),
-        v2.RandomGrayscale(view.gray_p),
-        v2.RandomApply([v2.GaussianBlur(view.blur_kernel, sigma=view.blur_sigma)], p=view.blur_p),
-        v2.RandomSolarize(SOLARIZE_THRESHOLD, p=view.solarize_p),
-        v2.Normalize(CIFAR10_MEAN, CIFAR10_STD),
-    ])
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RandomResizedCrop(size, scale=view.crop_scale, ratio=view.crop_ratio, antialias=True),
+            v2.RandomHorizontalFlip(view.flip_p),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.RandomApply([v2.ColorJitter(brightness, contrast, saturation, hue)], p=view.jitter_p),
+            v2.RandomGrayscale(view.gray_p),
+            v2.RandomApply([v2.GaussianBlur(view.blur_kernel, sigma=view.blur_sigma)], p=view.blur_p),
+            v2.RandomSolarize(SOLARIZE_THRESHOLD, p=view.solarize_p),
+            v2.Normalize(CIFAR10_MEAN, CIFAR10_STD),
+        ]
+    )
 
 
 class TwoViews:
@@ -160,9 +171,13 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     red, green, blue = x[:, 0:1], x[:, 1:2], x[:, 2:3]
     value = x.amax(1, keepdim=True)
     chroma = value - x.amin(1, keepdim=True)
-    hue6 = torch.where(value == red, green - blue,
-                       torch.where(value == green, (blue - red).add_(chroma, alpha=2.0),
-                                   (red - green).add_(chroma, alpha=4.0)))
+    hue6 = torch.where(
+        value == red,
+        green - blue,
+        torch.where(
+            value == green, (blue - red).add_(chroma, alpha=2.0), (red - green).add_(chroma, alpha=4.0)
+        ),
+    )
     # grey pixels (C = 0) have numerator 0 and drop out below, any non-zero divisor will do
     hue6.div_(chroma.clamp_min(1e-12)).add_(6.0 * shift.view(-1, 1, 1, 1))
     m = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
@@ -216,17 +231,24 @@ def resized_crop_flip(x: torch.Tensor, box: torch.Tensor, flip: torch.Tensor) ->
     grid_x = ((2 * left + width) / w - 1)[:, None] + x_scale[:, None] * u  # (n, w)
     grid_y = ((2 * top + height) / h - 1)[:, None] + (height / h)[:, None] * v  # (n, h)
     # keep samples inside the crop's outer pixel centres, as resizing the cropped image would
-    grid_x = torch.minimum(torch.maximum(grid_x, ((2 * left + 1) / w - 1)[:, None]),
-                           ((2 * (left + width) - 1) / w - 1)[:, None])
-    grid_y = torch.minimum(torch.maximum(grid_y, ((2 * top + 1) / h - 1)[:, None]),
-                           ((2 * (top + height) - 1) / h - 1)[:, None])
+    grid_x = torch.minimum(
+        torch.maximum(grid_x, ((2 * left + 1) / w - 1)[:, None]), ((2 * (left + width) - 1) / w - 1)[:, None]
+    )
+    grid_y = torch.minimum(
+        torch.maximum(grid_y, ((2 * top + 1) / h - 1)[:, None]), ((2 * (top + height) - 1) / h - 1)[:, None]
+    )
     grid = torch.stack((grid_x[:, None, :].expand(n, h, w), grid_y[:, :, None].expand(n, h, w)), -1)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def sample_crop_boxes(
-    n: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
-    generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+    n: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """RandomResizedCrop's box sampling for n images at once -> (n, 4) int (top, left, height, width).
 
@@ -236,7 +258,8 @@ def sample_crop_boxes(
     area = height * width
     target_area = area * torch.empty(n, CROP_TRIES, device=device).uniform_(*scale, generator=generator)
     log_ratio = torch.empty(n, CROP_TRIES, device=device).uniform_(
-        math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+        math.log(ratio[0]), math.log(ratio[1]), generator=generator
+    )
     aspect = torch.exp(log_ratio)
     crop_w = torch.round(torch.sqrt(target_area * aspect))
     crop_h = torch.round(torch.sqrt(target_area / aspect))
@@ -278,8 +301,12 @@ class BatchAugment(nn.Module):
     device when no generator is given), so a CPU generator gives the same views on CPU and GPU.
     """
 
-    def __init__(self, recipe: str | tuple[ViewRecipe, ViewRecipe] = "paper",
-                 mean: tuple[float, float, float] = CIFAR10_MEAN, std: tuple[float, float, float] = CIFAR10_STD):
+    def __init__(
+        self,
+        recipe: str | tuple[ViewRecipe, ViewRecipe] = "paper",
+        mean: tuple[float, float, float] = CIFAR10_MEAN,
+        std: tuple[float, float, float] = CIFAR10_STD,
+    ):
         super().__init__()
         self.views = get_recipe(recipe)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
@@ -288,34 +315,52 @@ class BatchAugment(nn.Module):
     def extra_repr(self) -> str:
         return f"view1={self.views[0]},\nview2={self.views[1]}"
 
-    def sample_params(self, n: int, height: int, width: int, generator: torch.Generator | None = None,
-                      device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def sample_params(
+        self,
+        n: int,
+        height: int,
+        width: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Draw the per-image parameters of both views: two dicts of (n,) or (n, k) tensors."""
         return tuple(sample_view_params(view, n, height, width, generator, device) for view in self.views)
 
-    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None, return_params: bool = False):
+    def forward(
+        self, images: torch.Tensor, generator: torch.Generator | None = None, return_params: bool = False
+    ):
         if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"BatchAugment expects a batch of RGB images (n, 3, h, w), got shape "
-                             f"{tuple(images.shape)}; add a batch dimension with images[None] or convert to RGB")
+            raise ValueError(
+                f"BatchAugment expects a batch of RGB images (n, 3, h, w), got shape "
+                f"{tuple(images.shape)}; add a batch dimension with images[None] or convert to RGB"
+            )
         if images.dtype == torch.uint8:
             x = images.float().div_(255.0)
         elif images.is_floating_point():
             x = images.float()
         else:
-            raise ValueError(f"BatchAugment expects uint8 (0..255) or float (0..1) images, got {images.dtype}")
+            raise ValueError(
+                f"BatchAugment expects uint8 (0..255) or float (0..1) images, got {images.dtype}"
+            )
         n, _, height, width = x.shape
         param_device = generator.device if generator is not None else x.device
         params = self.sample_params(n, height, width, generator, param_device)
         params = tuple({key: value.to(x.device) for key, value in p.items()} for p in params)
         view1, view2 = (apply_view(x, p, view) for p, view in zip(params, self.views))
-        view1 = view1.sub_(self.mean).div_(self.std)
-        view2 = view2.sub_(self.mean).div_(self.std)
+        mean, std = self.mean.to(x.device), self.std.to(x.device)  # works without .to(device) on the module
+        view1 = view1.sub_(mean).div_(std)
+        view2 = view2.sub_(mean).div_(std)
         return (view1, view2, params) if return_params else (view1, view2)
 
 
-def sample_view_params(view: ViewRecipe, n: int, height: int, width: int,
-                       generator: torch.Generator | None = None,
-                       device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+def sample_view_params(
+    view: ViewRecipe,
+    n: int,
+    height: int,
+    width: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> dict[str, torch.Tensor]:
     """Per-image parameters of one view for n images of size (height, width).
 
     crop_box (n, 4) (top, left, h, w), crop_area and crop_aspect (n,), flipped (n,) bool,
@@ -323,6 +368,7 @@ def sample_view_params(view: ViewRecipe, n: int, height: int, width: int,
     jitter_order (n, 4) (a permutation of 0..3 per image), gray, blurred (n,) bool, blur_sigma (n,),
     solarized (n,) bool.
     """
+
     def coin(p: float) -> torch.Tensor:
         return torch.rand(n, device=device, generator=generator) < p
 
@@ -331,12 +377,15 @@ def sample_view_params(view: ViewRecipe, n: int, height: int, width: int,
 
     box = sample_crop_boxes(n, height, width, view.crop_scale, view.crop_ratio, generator, device)
     brightness, contrast, saturation, hue = view.jitter
-    factors = torch.stack((
-        uniform(max(0.0, 1 - brightness), 1 + brightness),
-        uniform(max(0.0, 1 - contrast), 1 + contrast),
-        uniform(max(0.0, 1 - saturation), 1 + saturation),
-        uniform(-hue, hue),
-    ), 1)
+    factors = torch.stack(
+        (
+            uniform(max(0.0, 1 - brightness), 1 + brightness),
+            uniform(max(0.0, 1 - contrast), 1 + contrast),
+            uniform(max(0.0, 1 - saturation), 1 + saturation),
+            uniform(-hue, hue),
+        ),
+        1,
+    )
     # a random permutation per image: argsort of uniform noise
     order = torch.rand(n, 4, device=device, generator=generator).argsort(1)
     return {
@@ -373,7 +422,9 @@ def apply_view(x: torch.Tensor, params: dict[str, torch.Tensor], view: ViewRecip
         x.index_copy_(0, rows, grayscale(x.index_select(0, rows)).expand(-1, 3, -1, -1))
     rows = torch.nonzero(params["blurred"]).squeeze(1)
     if rows.numel():
-        x.index_copy_(0, rows, gaussian_blur(x.index_select(0, rows), params["blur_sigma"][rows], view.blur_kernel))
+        x.index_copy_(
+            0, rows, gaussian_blur(x.index_select(0, rows), params["blur_sigma"][rows], view.blur_kernel)
+        )
     rows = torch.nonzero(params["solarized"]).squeeze(1)
     if rows.numel():
         chosen = x.index_select(0, rows)

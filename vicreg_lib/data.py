@@ -13,6 +13,7 @@ One entry point, `load_dataset(spec, split)`, where `spec` says where the images
 Every failure (no network, missing file, malformed spec or file) is one `DataSpecError`
 that names the spec and the ways out.
 """
+
 from __future__ import annotations
 
 import math
@@ -80,7 +81,9 @@ def load_dataset(
 # ----------------------------------------------------------------------------- cifar (torchvision)
 
 
-def _load_torchvision_cifar(name: str, split: str, root: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def _load_torchvision_cifar(
+    name: str, split: str, root: Path
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """CIFAR-10/100 via torchvision. A first use downloads into a temporary folder inside
     `root` and moves the extracted data into place only once it is complete and verified."""
     from torchvision import datasets
@@ -119,13 +122,16 @@ def _load_npz(spec: str, path: Path, split: str) -> tuple[torch.Tensor, torch.Te
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
     except Exception as error:
-        raise DataSpecError(f"data spec {spec!r}: cannot read {str(path)!r} as .npz ({error}); {WAYS_OUT}") from error
+        raise DataSpecError(
+            f"data spec {spec!r}: cannot read {str(path)!r} as .npz ({error}); {WAYS_OUT}"
+        ) from error
     image_key, label_key = f"{split}_images", f"{split}_labels"
     missing = [key for key in (image_key, label_key) if key not in arrays]
     if missing:
         raise DataSpecError(
-            f"data spec {spec!r}: {str(path)!r} lacks array(s) {missing} (has {sorted(arrays)}); an npz needs "
-            f"train_images/test_images (N, H, W, 3) uint8 and train_labels/test_labels (N,); {WAYS_OUT}"
+            f"data spec {spec!r}: {str(path)!r} lacks array(s) {missing} (has {sorted(arrays)}); "
+            "an npz needs train_images/test_images (N, H, W, 3) uint8 and train_labels/test_labels (N,); "
+            f"{WAYS_OUT}"
         )
     images, labels = arrays[image_key], arrays[label_key]
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
@@ -161,8 +167,10 @@ def _load_folder(spec: str, arg: str, split: str) -> tuple[torch.Tensor, torch.T
     if query:
         key, _, value = query.partition("=")
         if key != "size" or not value.isdigit() or int(value) < 1:
-            raise DataSpecError(f"data spec {spec!r}: unknown option {query!r}; the only option is ?size=S, e.g. "
-                                f"folder:{path_text}?size=64")
+            raise DataSpecError(
+                f"data spec {spec!r}: unknown option {query!r}; the only option is ?size=S, e.g. "
+                f"folder:{path_text}?size=64"
+            )
         size = int(value)
     path = Path(path_text).expanduser()
     if not path.is_dir():
@@ -201,8 +209,10 @@ def _load_synthetic(spec: str, arg: str, split: str) -> tuple[torch.Tensor, torc
     if arg:
         parts = arg.split(",")
         if len(parts) > 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-            raise DataSpecError(f"malformed data spec {spec!r}: use synthetic, synthetic:N (N train, N//4 test "
-                                f"images) or synthetic:N,M (N train, M test images)")
+            raise DataSpecError(
+                f"malformed data spec {spec!r}: use synthetic, synthetic:N (N train, N//4 test "
+                f"images) or synthetic:N,M (N train, M test images)"
+            )
         sizes = [int(parts[0]), int(parts[1]) if len(parts) == 2 else max(1, int(parts[0]) // 4)]
     n = sizes[SPLITS.index(split)]
     images, labels = make_synthetic(n, seed=0 if split == "train" else 1)
