@@ -12,6 +12,7 @@ writes a JSON file. This module keeps the four things they all do in one place:
 Scripts are run from the repository root (`python benchmarks/x.py`); `import common`
 works because Python puts the script's folder first on sys.path.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,12 +40,17 @@ EPOCH_IMAGES = 50_000  # images in one CIFAR-10 training epoch
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu; anything else must be a device torch knows."""
+    """argparse type: "auto" -> cuda when available, else cpu; else "cpu", "cuda" or "cuda:N"."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name!r}: no CUDA device is visible here; use --device cpu or auto")
+        raise argparse.ArgumentTypeError(f"{name!r}: no CUDA device is visible here; use --device cpu or auto")
     return device
 
 
@@ -164,12 +170,29 @@ def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     return path
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1, else one clear error."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer; give a whole number >= 1")
+    return value
+
+
 def base_parser(description: str, default_json: str) -> argparse.ArgumentParser:
     """Options every benchmark takes: --device, --json, --smoke."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1")
     parser.add_argument(
-        "--json", default=str(RESULTS_DIR / default_json), help="where to write the results (default: %(default)s)"
+        "--device", default="auto", type=resolve_device, help="auto (cuda if available, else cpu), cpu, cuda, cuda:1"
     )
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds: checks the script runs")
+    parser.add_argument(
+        "--json",
+        default=str(RESULTS_DIR / default_json),
+        help="where to write the results (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes, a few seconds: checks the script runs"
+    )
     return parser

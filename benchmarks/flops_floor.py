@@ -14,6 +14,7 @@
     python benchmarks/flops_floor.py                      # device auto, train_throughput.py's sizes
     python benchmarks/flops_floor.py --smoke              # tiny sizes, a few seconds
 """
+
 from __future__ import annotations
 
 import json
@@ -63,15 +64,23 @@ def count_step_flops(width: int, batch_size: int, projector: str, device: torch.
     return {"model": float(model_flops), "step": float(counter.get_total_flops())}
 
 
-def read_training_epoch_s(path: Path, device_name: str, width: int, batch_size: int) -> tuple[float, str] | None:
+def read_training_epoch_s(
+    path: Path, device_name: str, width: int, batch_size: int
+) -> tuple[float, str] | None:
     """Our fastest epoch time from train_throughput.py's JSON, if it matches this device and model."""
     if not path.is_file():
         return None
     result = json.loads(path.read_text())
     settings = result.get("settings", {})
-    if (result.get("device"), settings.get("width"), settings.get("batch_size")) != (device_name, width, batch_size):
+    if (result.get("device"), settings.get("width"), settings.get("batch_size")) != (
+        device_name,
+        width,
+        batch_size,
+    ):
         return None
-    ours = [row for row in result.get("variants", []) if row.get("pipeline") == "batched" and row.get("epoch_s")]
+    ours = [
+        row for row in result.get("variants", []) if row.get("pipeline") == "batched" and row.get("epoch_s")
+    ]
     if not ours:
         return None
     best = min(ours, key=lambda row: row["epoch_s"])
@@ -96,25 +105,31 @@ def measure_training_epoch_s(
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = common.base_parser(__doc__.splitlines()[0], "flops_floor.json")
-    parser.add_argument("--width", type=int, default=None, help="ResNet-18 base width (default: GPU 64, CPU 16)")
-    parser.add_argument("--batch-size", type=int, default=None, help="images per step (default 256)")
+    parser.add_argument(
+        "--width", type=common.positive_int, default=None, help="ResNet-18 base width (default: GPU 64, CPU 16)"
+    )
+    parser.add_argument("--batch-size", type=common.positive_int, default=None, help="images per step (default 256)")
     parser.add_argument("--projector", default=None, help="projector spec (default: TrainConfig's)")
-    parser.add_argument("--matmul-size", type=int, default=None, help="side of the timed square matmul")
+    parser.add_argument("--matmul-size", type=common.positive_int, default=None, help="side of the timed square matmul")
     parser.add_argument(
         "--training-json",
         default=str(common.RESULTS_DIR / "train_throughput.json"),
         help="train_throughput.py's results to read our epoch time from (default %(default)s)",
     )
-    parser.add_argument("--measure", action="store_true", help="measure our epoch time here even if the JSON matches")
     parser.add_argument(
-        "--steps", type=int, default=None,
+        "--measure", action="store_true", help="measure our epoch time here even if the JSON matches"
+    )
+    parser.add_argument(
+        "--steps",
+        type=common.positive_int,
+        default=None,
         help="training steps timed when measuring here, after as many warm-up steps (default: 20 GPU, 2 CPU)",
     )
     args = parser.parse_args(argv)
 
     import train_throughput
 
-    device = common.resolve_device(args.device)
+    device = args.device
     on_gpu = device.type == "cuda"
     default_width, default_batch, default_steps = train_throughput.default_sizes(device, args.smoke)
     args.width, args.batch_size = args.width or default_width, args.batch_size or default_batch
@@ -134,8 +149,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # 3. the floor and our share of it
     floor_epoch_s = flops_per_image * common.EPOCH_IMAGES / rate
-    training = None if (args.measure or args.smoke) else read_training_epoch_s(
-        Path(args.training_json), name, args.width, args.batch_size
+    training = (
+        None
+        if (args.measure or args.smoke)
+        else read_training_epoch_s(Path(args.training_json), name, args.width, args.batch_size)
     )
     if training is None:
         training = measure_training_epoch_s(args.width, args.batch_size, projector, device, steps)
@@ -147,10 +164,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"our epoch time from: {epoch_source}")
     print(f"epoch = {common.EPOCH_IMAGES:,} images, extrapolated from the measured steps")
     rows = [
-        {"quantity": "counted FLOPs per image (2 views): model fwd+bwd", "value": model_flops_per_image, "unit": "FLOP"},
+        {
+            "quantity": "counted FLOPs per image (2 views): model fwd+bwd",
+            "value": model_flops_per_image,
+            "unit": "FLOP",
+        },
         {"quantity": "counted FLOPs per image (2 views): + loss", "value": flops_per_image, "unit": "FLOP"},
-        {"quantity": f"measured {str(dtype)[6:]} matmul rate ({matmul_size}^2)", "value": rate / 1e12,
-         "unit": "TFLOP/s"},
+        {
+            "quantity": f"measured {str(dtype)[6:]} matmul rate ({matmul_size}^2)",
+            "value": rate / 1e12,
+            "unit": "TFLOP/s",
+        },
         {"quantity": "floor: epoch at the matmul rate", "value": floor_epoch_s, "unit": "s"},
         {"quantity": "ours: measured epoch", "value": epoch_s, "unit": "s"},
         {"quantity": "ours: achieved rate", "value": achieved_rate / 1e12, "unit": "TFLOP/s"},

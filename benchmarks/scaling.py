@@ -14,6 +14,7 @@ process per configuration makes the peak memory honest:
     python benchmarks/scaling.py --widths 16 32 64 --batch-sizes 128 256
     python benchmarks/scaling.py --smoke          # tiny sizes, a few seconds
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,7 +51,11 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     if on_gpu:
         torch.cuda.reset_peak_memory_stats(device)
     row = train_throughput.measure_variant(
-        variant, width=spec["width"], batch_size=spec["batch_size"], projector=spec["projector"], device=device,
+        variant,
+        width=spec["width"],
+        batch_size=spec["batch_size"],
+        projector=spec["projector"],
+        device=device,
         steps=spec["steps"],
     )
     result = {
@@ -78,21 +83,30 @@ def measure_in_subprocess(spec: dict[str, Any]) -> dict[str, Any]:
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if done.returncode != 0 or not lines:
         raise RuntimeError(
-            f"configuration {spec} failed (exit code {done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+            f"configuration {spec} failed (exit code {done.returncode}):\n"
+            f"{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
         )
-    return json.loads(lines[-1][len(RESULT_PREFIX):])
+    return json.loads(lines[-1][len(RESULT_PREFIX) :])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = common.base_parser(__doc__.splitlines()[0], "scaling.json")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: the child process
-    parser.add_argument("--widths", type=int, nargs="+", default=None, help="backbone widths, at --base-batch-size")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="batch sizes, at --base-width")
-    parser.add_argument("--base-width", type=int, default=None, help="width of the batch-size sweep")
-    parser.add_argument("--base-batch-size", type=int, default=None, help="batch size of the width sweep")
+    parser.add_argument(
+        "--widths", type=common.positive_int, nargs="+", default=None, help="backbone widths, at --base-batch-size"
+    )
+    parser.add_argument(
+        "--batch-sizes", type=common.positive_int, nargs="+", default=None, help="batch sizes, at --base-width"
+    )
+    parser.add_argument("--base-width", type=common.positive_int, default=None, help="width of the batch-size sweep")
+    parser.add_argument("--base-batch-size", type=common.positive_int, default=None, help="batch size of the width sweep")
     parser.add_argument("--projector", default=None, help="projector spec (default: TrainConfig's)")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per configuration (after as many warm-up)")
-    parser.add_argument("--compile", action="store_true", help="also torch.compile (slow to start, each config)")
+    parser.add_argument(
+        "--steps", type=common.positive_int, default=None, help="timed steps per configuration (after as many warm-up)"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="also torch.compile (slow to start, each config)"
+    )
     args = parser.parse_args(argv)
 
     if args.one is not None:  # child process: one configuration
@@ -101,15 +115,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import train_throughput
 
-    device = common.resolve_device(args.device)
+    device = args.device
     on_gpu = device.type == "cuda"
     if args.smoke:
         defaults = dict(widths=[4], batch_sizes=[8, 16], base_width=4, base_batch_size=8, steps=1)
     elif on_gpu:
-        defaults = dict(widths=[16, 32, 64, 128], batch_sizes=[64, 128, 256, 512, 1024], base_width=64,
-                        base_batch_size=256, steps=20)
+        defaults = dict(
+            widths=[16, 32, 64, 128],
+            batch_sizes=[64, 128, 256, 512, 1024],
+            base_width=64,
+            base_batch_size=256,
+            steps=20,
+        )
     else:  # 2 shared cores: keep the sweep to a few minutes
-        defaults = dict(widths=[8, 16, 32], batch_sizes=[32, 64, 128], base_width=16, base_batch_size=64, steps=2)
+        defaults = dict(
+            widths=[8, 16, 32], batch_sizes=[32, 64, 128], base_width=16, base_batch_size=64, steps=2
+        )
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -118,19 +139,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     configs = [(args.base_width, b) for b in args.batch_sizes]
     configs += [(w, args.base_batch_size) for w in args.widths if (w, args.base_batch_size) not in configs]
     print(f"device: {common.device_name(device)}")
-    print(f"projector {projector}; {args.steps} timed steps per configuration after as many warm-up steps, "
-          f"extrapolated to an epoch of {common.EPOCH_IMAGES:,} images; one fresh process per configuration")
+    print(
+        f"projector {projector}; {args.steps} timed steps per configuration after as many warm-up steps, "
+        f"extrapolated to an epoch of {common.EPOCH_IMAGES:,} images; one fresh process per configuration"
+    )
     rows = []
     for width, batch_size in configs:
         print(f"running width {width}, batch {batch_size} ...", flush=True)
-        spec = dict(width=width, batch_size=batch_size, projector=projector, device=str(device), steps=args.steps,
-                    compile=args.compile)
+        spec = dict(
+            width=width,
+            batch_size=batch_size,
+            projector=projector,
+            device=str(device),
+            steps=args.steps,
+            compile=args.compile,
+        )
         rows.append(measure_in_subprocess(spec))
     columns = ["width", "batch_size", "images_per_s", "epoch_s", "peak_memory_mib"]
     if not on_gpu:
         columns.append("rss_after_imports_mib")
-    title = (f"scaling ({rows[0]['setup']}; memory: {rows[0]['memory_kind']}; epoch_s extrapolated to "
-             f"{common.EPOCH_IMAGES:,} images)")
+    title = (
+        f"scaling ({rows[0]['setup']}; memory: {rows[0]['memory_kind']}; epoch_s extrapolated to "
+        f"{common.EPOCH_IMAGES:,} images)"
+    )
     common.print_table(rows, columns, title=title)
 
     result = {
@@ -150,7 +181,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rows": rows,
     }
     for row in rows:
-        assert all(math.isfinite(row[k]) and row[k] > 0 for k in ("images_per_s", "epoch_s", "peak_memory_mib")), row
+        assert all(
+            math.isfinite(row[k]) and row[k] > 0 for k in ("images_per_s", "epoch_s", "peak_memory_mib")
+        ), row
     common.write_json(args.json, result)
     return result
 

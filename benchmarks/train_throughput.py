@@ -22,13 +22,13 @@ steps that favours our pipeline slightly; use more --steps to shrink it.
     python benchmarks/train_throughput.py --device cpu     # CPU: width 16, batch 256, 2 timed steps
     python benchmarks/train_throughput.py --smoke          # tiny sizes, a few seconds
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -53,7 +53,11 @@ class Variant:
     compile: bool = False
 
     def describe(self) -> str:
-        parts = [f"dataloader, {self.num_workers} workers" if self.pipeline == "dataloader" else "batched on device"]
+        parts = [
+            f"dataloader, {self.num_workers} workers"
+            if self.pipeline == "dataloader"
+            else "batched on device"
+        ]
         parts.append("bf16" if self.amp else "fp32")
         parts += ["channels-last"] * self.channels_last + ["compile"] * self.compile
         return ", ".join(parts)
@@ -154,25 +158,40 @@ def measure_variant(
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = common.base_parser(__doc__.splitlines()[0], "train_throughput.json")
-    parser.add_argument("--width", type=int, default=None, help="ResNet-18 base width (default: GPU 64, CPU 16)")
-    parser.add_argument("--batch-size", type=int, default=None, help="images per step (default 256)")
+    parser.add_argument(
+        "--width", type=common.positive_int, default=None, help="ResNet-18 base width (default: GPU 64, CPU 16)"
+    )
+    parser.add_argument("--batch-size", type=common.positive_int, default=None, help="images per step (default 256)")
     parser.add_argument("--projector", default=None, help="projector spec (default: TrainConfig's)")
     parser.add_argument(
-        "--steps", type=int, default=None, help="timed steps per variant, after as many warm-up steps "
-        "(default: 20 on GPU, 2 on CPU, 1 smoke)"
+        "--steps",
+        type=common.positive_int,
+        default=None,
+        help="timed steps per variant, after as many warm-up steps (default: 20 on GPU, 2 on CPU, 1 smoke)",
     )
-    parser.add_argument("--workers", type=int, default=None, help="the many-worker DataLoader (default: CPU count)")
-    parser.add_argument("--recipe", default="paper", help="augmentation recipe of every variant (default %(default)s)")
     parser.add_argument(
-        "--skip", action="append", default=None, metavar="WORD",
+        "--workers", type=common.positive_int, default=None, help="the many-worker DataLoader (default: CPU count)"
+    )
+    parser.add_argument(
+        "--recipe", default="paper", help="augmentation recipe of every variant (default %(default)s)"
+    )
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=None,
+        metavar="WORD",
         help="skip variants whose name contains WORD (repeatable; default on CPU: compile)",
     )
     args = parser.parse_args(argv)
 
-    device = common.resolve_device(args.device)
+    device = args.device
     on_gpu = device.type == "cuda"
     default_width, default_batch, default_steps = default_sizes(device, args.smoke)
-    width, batch_size, steps = args.width or default_width, args.batch_size or default_batch, args.steps or default_steps
+    width, batch_size, steps = (
+        args.width or default_width,
+        args.batch_size or default_batch,
+        args.steps or default_steps,
+    )
     projector = args.projector or default_projector(width, smoke=args.smoke)
     workers = args.workers or common.cpu_count()
     skip = args.skip if args.skip is not None else ([] if on_gpu else ["compile"])
@@ -181,13 +200,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     print(f"device: {common.device_name(device)}")
     print(f"model: ResNet-18 width {width} + projector {projector}, batch {batch_size}, recipe {args.recipe}")
-    print(f"timing: {steps} steps per variant after {steps} warm-up steps, extrapolated to an epoch of "
-          f"{common.EPOCH_IMAGES:,} images (synthetic data)")
+    print(
+        f"timing: {steps} steps per variant after {steps} warm-up steps, extrapolated to an epoch of "
+        f"{common.EPOCH_IMAGES:,} images (synthetic data)"
+    )
 
     rows, seen = [], set()
     for variant in variants(workers):
-        key = (variant.pipeline, variant.num_workers if variant.pipeline == "dataloader" else 0, variant.amp,
-               variant.channels_last, variant.compile)
+        key = (
+            variant.pipeline,
+            variant.num_workers if variant.pipeline == "dataloader" else 0,
+            variant.amp,
+            variant.channels_last,
+            variant.compile,
+        )
         if key in seen:
             print(f"skipped {variant.name!r}: the same settings as a row above")
             continue
@@ -201,7 +227,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for row in rows:
         row["speedup_vs_blog"] = blog["epoch_s"] / row["epoch_s"]
     common.print_table(
-        rows, ["name", "setup", "images_per_s", "step_s", "epoch_s", "speedup_vs_blog"],
+        rows,
+        ["name", "setup", "images_per_s", "step_s", "epoch_s", "speedup_vs_blog"],
         title=f"training throughput (epoch_s = {common.EPOCH_IMAGES:,} images / images_per_s, extrapolated)",
     )
 
@@ -212,25 +239,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if best is None:
         checks.append(common.skipped_check("ours vs blog loop", "no batched variant was run"))
     elif on_gpu:
-        checks.append(common.check(
-            f"our epoch >= {GPU_TARGET_SPEEDUP:g}x faster than the blog loop (2 workers) on this GPU",
-            best["speedup_vs_blog"] >= GPU_TARGET_SPEEDUP,
-            f"{best['name']}: {best['epoch_s']:.2f} s vs {blog['epoch_s']:.2f} s = {best['speedup_vs_blog']:.1f}x",
-        ))
+        checks.append(
+            common.check(
+                f"our epoch >= {GPU_TARGET_SPEEDUP:g}x faster than the blog loop (2 workers) on this GPU",
+                best["speedup_vs_blog"] >= GPU_TARGET_SPEEDUP,
+                f"{best['name']}: {best['epoch_s']:.2f} s vs {blog['epoch_s']:.2f} s "
+                f"= {best['speedup_vs_blog']:.1f}x",
+            )
+        )
     else:
-        checks.append(common.skipped_check(
-            f"our epoch >= {GPU_TARGET_SPEEDUP:g}x faster than the blog loop", "a GPU target; this run is on the CPU"
-        ))
+        checks.append(
+            common.skipped_check(
+                f"our epoch >= {GPU_TARGET_SPEEDUP:g}x faster than the blog loop",
+                "a GPU target; this run is on the CPU",
+            )
+        )
     is_h100 = on_gpu and "H100" in common.device_name(device)
     if best is not None and is_h100 and headline:
-        checks.append(common.check(
-            f"epoch < {H100_TARGET_EPOCH_S:g} s for ResNet-18 width 64, batch 256 on an H100",
-            best["epoch_s"] < H100_TARGET_EPOCH_S, f"{best['name']}: {best['epoch_s']:.2f} s",
-        ))
+        checks.append(
+            common.check(
+                f"epoch < {H100_TARGET_EPOCH_S:g} s for ResNet-18 width 64, batch 256 on an H100",
+                best["epoch_s"] < H100_TARGET_EPOCH_S,
+                f"{best['name']}: {best['epoch_s']:.2f} s",
+            )
+        )
     else:
-        checks.append(common.skipped_check(
-            f"epoch < {H100_TARGET_EPOCH_S:g} s on an H100", "needs an H100 and width 64, batch 256 (the defaults)"
-        ))
+        checks.append(
+            common.skipped_check(
+                f"epoch < {H100_TARGET_EPOCH_S:g} s on an H100",
+                "needs an H100 and width 64, batch 256 (the defaults)",
+            )
+        )
 
     result = {
         "benchmark": "train_throughput",

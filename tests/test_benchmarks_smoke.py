@@ -4,8 +4,10 @@ For every script: it exits 0, prints a table (a header row over a `-+-` rule), a
 valid JSON with the keys the docs describe, whose measured numbers are positive and finite.
 The scripts run in a subprocess with this interpreter, exactly as a user runs them.
 """
+
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -50,7 +52,9 @@ def run_smoke(script: str, tmp_path: Path, common_format: bool = True) -> tuple[
 def assert_positive(record: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
     for key in keys:
         value = record.get(key)
-        assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, f"{where}: {key}={value!r}"
+        assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, (
+            f"{where}: {key}={value!r}"
+        )
 
 
 def test_train_throughput_smoke(tmp_path: Path) -> None:
@@ -63,7 +67,9 @@ def test_train_throughput_smoke(tmp_path: Path) -> None:
     for row in rows:
         assert_positive(row, ("images_per_s", "step_s", "epoch_s", "speedup_vs_blog"), row["name"])
         # the epoch is extrapolated from the measured rate to 50,000 images
-        assert math.isclose(row["epoch_s"] * row["images_per_s"], result["settings"]["epoch_images"], rel_tol=1e-6)
+        assert math.isclose(
+            row["epoch_s"] * row["images_per_s"], result["settings"]["epoch_images"], rel_tol=1e-6
+        )
     assert result["settings"]["epoch_images"] == 50_000 and result["settings"]["extrapolated"] is True
     assert "extrapolated" in stdout
     # GPU targets cannot be judged on the CPU: they are reported as skipped, not passed
@@ -74,14 +80,23 @@ def test_train_throughput_smoke(tmp_path: Path) -> None:
 def test_flops_floor_smoke(tmp_path: Path) -> None:
     _, result = run_smoke("flops_floor.py", tmp_path)
     assert result["benchmark"] == "flops_floor"
-    keys = ("flops_per_image_model", "flops_per_image_step", "matmul_flops_per_s", "floor_epoch_s", "epoch_s",
-            "achieved_flops_per_s", "fraction_of_floor")
+    keys = (
+        "flops_per_image_model",
+        "flops_per_image_step",
+        "matmul_flops_per_s",
+        "floor_epoch_s",
+        "epoch_s",
+        "achieved_flops_per_s",
+        "fraction_of_floor",
+    )
     assert_positive(result, keys, "flops_floor")
     # the loss adds FLOPs on top of the model; the floor is the step's FLOPs at the matmul rate
     assert result["flops_per_image_step"] > result["flops_per_image_model"]
     expected_floor = result["flops_per_image_step"] * 50_000 / result["matmul_flops_per_s"]
     assert math.isclose(result["floor_epoch_s"], expected_floor, rel_tol=1e-6)
-    assert math.isclose(result["fraction_of_floor"], result["floor_epoch_s"] / result["epoch_s"], rel_tol=1e-6)
+    assert math.isclose(
+        result["fraction_of_floor"], result["floor_epoch_s"] / result["epoch_s"], rel_tol=1e-6
+    )
 
 
 def test_scaling_smoke(tmp_path: Path) -> None:
@@ -109,3 +124,24 @@ def test_augment_throughput_smoke(tmp_path: Path) -> None:
     for row in rows:
         assert_positive(row, ("images_per_s",), f"{row['pipeline']} on {row['device']}")
     assert_positive(result, ("speedup_cpu_vs_best_per_image",), "augment_throughput")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--steps", "0"], "'0' is not a positive integer; give a whole number >= 1"),
+        (["--width", "wide"], "'wide' is not a positive integer"),
+        (["--device", "tpu"], "unknown device 'tpu': use auto, cpu, cuda or cuda:N"),
+    ],
+)
+def test_bad_options_give_one_clear_error(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    spec = importlib.util.spec_from_file_location("benchmarks_common", BENCHMARKS / "common.py")
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    parser = common.base_parser("test", "x.json")
+    parser.add_argument("--steps", type=common.positive_int)
+    parser.add_argument("--width", type=common.positive_int)
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
