@@ -13,7 +13,6 @@ An image counts once per pair of views. Images come from VICREG_DATA when it is 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -23,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from common import check, run_info, write_json  # noqa: E402  (the script folder is on sys.path)
 from vicreg_lib.augment import BatchAugment, two_views_transform
 from vicreg_lib.data import load_dataset
 
@@ -150,9 +150,13 @@ def main(argv: list[str] | None = None) -> dict:
     for r in rows:
         workers = "" if r["workers"] is None else r["workers"]
         print(f"{r['pipeline']:<22} {r['device']:<7} {workers:>7} {r['images_per_s']:>10.0f}")
+    checks = []
     if speedup is not None:
         print(f"speed-up, BatchAugment on cpu vs the best per-image DataLoader: {speedup:.1f}x")
+        checks.append(check("CPU: batched augmentation >= 5x the per-image pipeline", speedup >= 5,
+                            f"{speedup:.1f}x"))
     result = {
+        **run_info(torch.device("cpu")),
         "recipe": args.recipe,
         "n_images": args.n_images,
         "batch_size": args.batch_size,
@@ -161,10 +165,10 @@ def main(argv: list[str] | None = None) -> dict:
         "torch_threads": torch.get_num_threads(),
         "results": rows,
         "speedup_cpu_vs_best_per_image": speedup,
+        "checks": checks,
     }
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        write_json(args.json, result)
     return result
 
 
