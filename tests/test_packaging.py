@@ -67,3 +67,24 @@ def test_environment_parser_sees_every_entry():
     env = environment_requirements()
     assert {"torch", "torchvision", "numpy", "nbval"} <= set(env)
     assert env["torch"].startswith(">=")
+
+
+def test_package_import_leaves_optional_packages_unloaded():
+    # the GPU machines and slim installs may lack umap-learn, matplotlib or ipywidgets: importing
+    # vicreg_lib must not need them (they are imported inside the functions that use them)
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, vicreg_lib; "
+        "print(','.join(m for m in ('umap', 'matplotlib', 'ipywidgets', 'sklearn') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_public_names_resolve():
+    import vicreg_lib
+
+    missing = [name for name in vicreg_lib.__all__ if not hasattr(vicreg_lib, name)]
+    assert missing == []

@@ -22,8 +22,12 @@ from .diagnostics import (
 from .distributed import gather_with_grad, init_distributed, is_main_process
 from .evaluate import evaluate_checkpoint, extract_features, knn_accuracy, label_efficiency, linear_probe
 from .loss import VICRegLoss, covariance_loss, invariance_loss, variance_loss, vicreg_loss
+from .visualize import nearest_neighbors, plot_embedding_scatter, plot_retrieval, plot_thumbnails, umap_2d
 from .model import VICReg, Projector, parse_projector_spec, resnet18_cifar
+from .monitor import launch, plot_metrics, pretrain_command, watch_run
+from .plotting import show_image_grid, to_display
 from .progress import progress_bar
+from .supervised import train_supervised
 from .train import PretrainResult, TrainConfig, TrainingDiverged, pretrain, read_metrics
 
 __version__ = "0.1.0"
@@ -37,4 +41,6 @@ __all__ = [
     "load_checkpoint", "load_dataset", "load_pretrained", "parse_projector_spec", "per_dim_std", "pretrain",
     "progress_bar", "read_metrics", "resnet18_cifar", "run_ablation", "save_checkpoint", "singular_values",
     "two_views_transform", "variance_loss", "vicreg_loss",
+    "launch", "plot_metrics", "pretrain_command", "watch_run", "show_image_grid", "to_display", "train_supervised",
+    "nearest_neighbors", "plot_embedding_scatter", "plot_retrieval", "plot_thumbnails", "umap_2d",
 ]
