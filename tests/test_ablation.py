@@ -77,7 +77,8 @@ def test_unchanged_config_loads_from_cache_without_training(sweep):
     assert spy.calls == []
     assert all(row["cached"] for row in again)
     for old, new in zip(first, again):
-        assert {k: v for k, v in old.items() if k != "cached"} == {k: v for k, v in new.items() if k != "cached"}
+        differing = {k for k in old if old[k] != new[k]}
+        assert differing == {"cached"} and old.keys() == new.keys()
 
 
 def test_changed_config_or_probe_reruns(sweep):
@@ -145,8 +146,8 @@ def test_parse_grid():
 
 def _row(setting, verdict, linear):
     lam, mu, nu = setting
-    return {"lam": float(lam), "mu": float(mu), "nu": float(nu), "loss": 1.0, "invariance": 0.1, "variance": 0.2,
-            "covariance": 0.3, "std_mean": 0.5, "effective_rank": 7.0, "verdict": verdict,
+    return {"lam": float(lam), "mu": float(mu), "nu": float(nu), "loss": 1.0, "invariance": 0.1,
+            "variance": 0.2, "covariance": 0.3, "std_mean": 0.5, "effective_rank": 7.0, "verdict": verdict,
             "knn_top1": linear - 1, "linear_top1": linear}
 
 

@@ -1,6 +1,7 @@
 """Coefficient sweeps: pretrain once per (lam, mu, nu), diagnose collapse, cache every result.
 
-    table = run_ablation([(1, 0, 0), (25, 25, 1)], TrainConfig(width=16, epochs=20), cache_dir="runs/ablation")
+    config = TrainConfig(width=8, projector="512-512-512", batch_size=64, lr=1e-3, epochs=6)
+    table = run_ablation([(1, 0, 0), (25, 25, 1)], config, cache_dir="runs/ablation")
     print(table.compare_with_paper())
 
 Each setting is one short pretraining run through ``train.pretrain`` (the config with
@@ -251,7 +252,8 @@ def run_ablation(
     pretrain = pretrain or train.pretrain
     if probe_train_images is not None and (isinstance(probe_train_images, bool) or
                                            not isinstance(probe_train_images, int) or probe_train_images < 1):
-        raise ValueError(f"probe_train_images must be an integer >= 1 or None (all), got {probe_train_images!r}")
+        raise ValueError(f"probe_train_images must be an integer >= 1 or None (all), "
+                         f"got {probe_train_images!r}")
     probe = {"probe_epochs": probe_epochs, "knn_k": config.knn_k, "train_images": probe_train_images,
              "held_out": "test"}
 
@@ -268,8 +270,9 @@ def run_ablation(
             if row is None:
                 row = _run_setting(setting, setting_config, folder / RUN_NAME, probe, pretrain)
                 # Written only now, complete: an interruption never leaves a half result behind.
-                _write_json_atomically(folder / RESULT_NAME, {"format": RESULT_FORMAT, "key": key, "probe": probe,
-                                                              "config": setting_config.to_dict(), "row": row})
+                payload = {"format": RESULT_FORMAT, "key": key, "probe": probe,
+                           "config": setting_config.to_dict(), "row": row}
+                _write_json_atomically(folder / RESULT_NAME, payload)
             rows.append({**row, "cached": cached, "folder": str(folder)})
     return AblationTable(rows, elapsed_s=time.perf_counter() - start)
 
@@ -420,7 +423,8 @@ class AblationTable:
     def __str__(self) -> str:
         headers, body = self._cells()
         widths = [max(len(cells[i]) for cells in [headers] + body) for i in range(len(headers))]
-        lines = ["  ".join(cell.rjust(width) for cell, width in zip(cells, widths)) for cells in [headers] + body]
+        lines = ["  ".join(cell.rjust(width) for cell, width in zip(cells, widths))
+                 for cells in [headers] + body]
         lines.insert(1, "  ".join("-" * width for width in widths))
         return "\n".join(lines)
 
@@ -499,6 +503,8 @@ def plot_accuracy(table: AblationTable, ax=None, baseline: dict[str, Any] | None
     ax.bar([p - 0.2 for p in positions], [r["knn_top1"] for r in table], width=0.4, label="kNN")
     ax.bar([p + 0.2 for p in positions], [r["linear_top1"] for r in table], width=0.4, label="linear")
     ax.set_xticks(list(positions), names, rotation=20)
+    tallest = max([r["knn_top1"] for r in table] + [r["linear_top1"] for r in table] + [1.0])
+    ax.set_ylim(0, 1.3 * tallest)  # room for the legend above the bars
     ax.set(xlabel="(λ, μ, ν)", ylabel="top-1 accuracy (%)", title="Accuracy on the held-out split")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", ncol=3)
     return ax
