@@ -234,3 +234,14 @@ def test_random_init_baseline_is_the_untrained_network(one_thread):
     assert len(first["std_per_dim"]) == 32 and first["verdict"] in ("complete", "dimensional", "ok")
     other_seed = ablation.evaluate_random_init(dataclasses.replace(TINY, seed=5), probe_epochs=2)
     assert other_seed["std_per_dim"] != first["std_per_dim"]
+
+
+def test_paper_collapse_means_a_complete_verdict():
+    # the paper writes "collapse" where training failed and a number where it learned:
+    # a dimensional collapse learned (along few directions), so it agrees with a number
+    rows = [_row((1, 1, 0), "dimensional", 30.0), _row((25, 0, 1), "dimensional", 20.0),
+            _row((25, 0, 1), "complete", 20.0)]
+    lines = [AblationTable([row]).compare_with_paper().to_markdown().splitlines()[-1] for row in rows]
+    assert lines[0].endswith("| yes |")
+    assert lines[1].endswith("| NO |")
+    assert lines[2].endswith("| yes |")

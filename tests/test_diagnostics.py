@@ -127,7 +127,7 @@ def test_report_thresholds_are_used_and_recorded() -> None:
     z = 3.0 * _rank_k(256, 64, 2)
     report = collapse_report(z, rank_fraction_threshold=0.01)
     assert report["verdict"] == "ok"
-    assert report["thresholds"] == {"std_threshold": 1e-2, "rank_fraction_threshold": 0.01}
+    assert report["thresholds"] == {"std_threshold": 0.05, "rank_fraction_threshold": 0.01}
     assert collapse_report(z, std_threshold=100.0)["verdict"] == "complete"
 
 
@@ -143,7 +143,27 @@ def test_report_numbers_agree_with_the_functions() -> None:
     assert 0 < report["fraction_low_std"] < 1
     assert report["effective_rank"] == pytest.approx(effective_rank(z))
     assert report["max_rank"] == 16
+    assert report["rms_std"] == pytest.approx(std.pow(2).mean().sqrt().item())
     assert report["rank_fraction"] == pytest.approx(effective_rank(z) / 16)
+
+
+def test_one_straggler_dimension_does_not_hide_a_complete_collapse() -> None:
+    # every dimension collapsed but one that keeps 2% of the target spread: still complete
+    z = 1e-3 * _randn(256, 64)
+    z[:, 0] *= 20.0
+    report = collapse_report(z)
+    assert report["max_std"] > 0.015
+    assert report["verdict"] == "complete"
+
+
+def test_a_few_live_dimensions_are_dimensional_not_complete() -> None:
+    # 8 of 512 dimensions carry unit spread, the rest none: most dims are dead, yet the
+    # batch still separates inputs along 8 directions
+    z = torch.zeros(256, 512, dtype=torch.float64)
+    z[:, :8] = _randn(256, 8)
+    report = collapse_report(z)
+    assert report["fraction_low_std"] > 0.9
+    assert report["verdict"] == "dimensional"
 
 
 # ---- bad input --------------------------------------------------------------

@@ -127,25 +127,31 @@ def _check_threshold(value: float, name: str, upper: float) -> None:
 @torch.no_grad()
 def collapse_report(
     z: torch.Tensor,
-    std_threshold: float = 1e-2,
+    std_threshold: float = 0.05,
     rank_fraction_threshold: float = 0.1,
 ) -> dict:
     """Diagnose a batch of embeddings z: (n, d) and give the numbers behind the verdict.
 
     verdict:
-      - "complete": every dimension's std is below ``std_threshold``. The
-        default 1e-2 is 1% of VICReg's target std gamma = 1, so it suits
+      - "complete": the total spread is below ``std_threshold``. The spread is
+        the root-mean-square of the per-dimension stds, rms_std =
+        sqrt(trace C(Z) / d): every dimension together, so one straggler
+        dimension cannot hide a collapse (as it would with the max std), and a
+        few live dimensions among many dead ones are not called complete (as
+        they would be with a threshold on most dimensions) but dimensional.
+        The default 0.05 is 5% of VICReg's target std gamma = 1, so it suits
         projector outputs; pass a threshold in your data's units for other
-        features (e.g. 1e-2 * a healthy model's mean std).
+        features (e.g. 0.05 * a healthy model's rms_std).
       - "dimensional": not complete, but rank_fraction = effective_rank /
         min(n - 1, d) is below ``rank_fraction_threshold`` (default 0.1): the spread
         lives in under a tenth of the directions available. For scale, an
         isotropic Gaussian batch scores about 0.8 at n = d and about 1 when
         n >> d, so 0.1 flags a spectrum far from "uses its dimensions" without
-        firing on ordinary finite-sample anisotropy.
+        firing on ordinary finite-sample anisotropy. The effective rank ignores
+        scale, which is why complete collapse is judged on the spread first.
       - "ok": neither.
 
-    The numbers: n, d, mean_std / min_std / max_std (``per_dim_std``),
+    The numbers: n, d, rms_std, mean_std / min_std / max_std (``per_dim_std``),
     fraction_low_std (dims with std below ``std_threshold``), effective_rank
     (``effective_rank``), max_rank = min(n - 1, d) (centring removes one degree
     of freedom, so n - 1 is the most a batch of n can reach), rank_fraction =
@@ -162,6 +168,7 @@ def collapse_report(
     report = {
         "n": n,
         "d": d,
+        "rms_std": std.pow(2).mean().sqrt().item(),  # sqrt(trace C(Z) / d)
         "mean_std": std.mean().item(),
         "min_std": std.min().item(),
         "max_std": std.max().item(),
@@ -171,7 +178,7 @@ def collapse_report(
         "rank_fraction": rank / max_rank,
         "thresholds": {"std_threshold": std_threshold, "rank_fraction_threshold": rank_fraction_threshold},
     }
-    if report["max_std"] < std_threshold:
+    if report["rms_std"] < std_threshold:
         report["verdict"] = "complete"
     elif report["rank_fraction"] < rank_fraction_threshold:
         report["verdict"] = "dimensional"
