@@ -11,18 +11,22 @@ j-th column of ``Z`` (one embedding dimension across the batch):
     (5) s(Z,Z')  = 1/n  sum_i ||z_i - z'_i||_2^2
     (6) l(Z,Z')  = lam s(Z,Z') + mu [v(Z) + v(Z')] + nu [c(Z) + c(Z')]
 
-Paper vs. official code vs. blog posts -- they do not compute the same numbers:
+Paper vs. official code vs. the blog post -- they do not compute the same numbers.
+The blog post is the CIFAR-10 tutorial this project started from ("Self-Supervised
+Learning of Image Representations With VICReg", sigmoid prime, 2023, and its code in
+github.com/augustwester/vicreg):
 
-- eps sits inside the square root everywhere (paper eq. 2, the official
-  ``main_vicreg.py``: ``sqrt(x.var(dim=0) + 0.0001)``, and the tutorials).
+- eps: inside the square root in the paper (eq. 2) and the official
+  ``main_vicreg.py`` (``sqrt(x.var(dim=0) + 0.0001)``); the blog post has none, it
+  takes ``z.std(0)``, whose gradient is undefined (NaN) once a dimension collapses.
   ``Var`` is the unbiased (n-1) variance, as ``torch.var`` computes it.
 - invariance: the paper's s is a sum over the d dimensions divided by n; the
-  official code uses ``F.mse_loss``, a mean over all n*d entries, i.e. s/d.
-- variance: the paper *sums* v(Z) + v(Z'); the official code *averages* them,
-  (v(Z) + v(Z'))/2.
-- covariance: both sum c(Z) + c(Z').
-- Blog-post tutorials (e.g. the Imbue / Generally Intelligent VICReg tutorial,
-  2022) present the official code's formulation.
+  official code and the blog post use ``F.mse_loss``, a mean over all n*d
+  entries, i.e. s/d.
+- variance: the paper and the blog post *sum* v(Z) + v(Z'); the official code
+  *averages* them, (v(Z) + v(Z'))/2, so the blog post's mu = 25 weighs the
+  variance term twice as much as the official code's.
+- covariance: all three sum c(Z) + c(Z').
 
 This module follows the **official code**, because the coefficients
 lam = mu = 25, nu = 1 reported in the paper were tuned with it. Under the
