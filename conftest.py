@@ -1,4 +1,5 @@
-"""Test-session settings shared by the unit tests and nbval.
+"""Test-session settings shared by the unit tests and nbval (at the root, so that
+`pytest notebooks/NN.ipynb` alone gets them too).
 
 The notebooks read their settings from the environment, and nbval's kernels inherit
 this process's environment, so the defaults set here reach them too:
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parent
 SHARED_MINI = REPO.parent / "shared" / "data" / "cifar10_mini.npz"
 
 os.environ.setdefault("VICREG_FAST", "1")
