@@ -30,7 +30,6 @@ import json
 import math
 import numbers
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -38,6 +37,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 
 from . import train
+from .checkpoint import atomic_write
 from .data import load_dataset
 from .diagnostics import collapse_report, effective_rank, per_dim_std, singular_values
 from .evaluate import extract_features, knn_accuracy, linear_probe
@@ -139,21 +139,6 @@ def default_cache_dir() -> Path:
 
 
 # ----------------------------------------------------------------------------- one setting
-
-
-def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
-    """Write to a temporary file in the same folder, then rename: readers see all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _load_cached(path: Path, key: str) -> dict[str, Any] | None:
@@ -272,7 +257,7 @@ def run_ablation(
                 # Written only now, complete: an interruption never leaves a half result behind.
                 payload = {"format": RESULT_FORMAT, "key": key, "probe": probe,
                            "config": setting_config.to_dict(), "row": row}
-                _write_json_atomically(folder / RESULT_NAME, payload)
+                atomic_write(folder / RESULT_NAME, lambda handle: json.dump(payload, handle), mode="w")
             rows.append({**row, "cached": cached, "folder": str(folder)})
     return AblationTable(rows, elapsed_s=time.perf_counter() - start)
 

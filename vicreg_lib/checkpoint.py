@@ -21,7 +21,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 import numpy as np
 import torch
@@ -87,19 +87,16 @@ def cpu_copy(obj: Any) -> Any:
     return obj
 
 
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically: a reader sees the old file or the new one, never half.
-
-    torch.save into a temporary file in the same folder, fsync, then os.replace onto ``path``.
-    ``format`` and ``format_version`` are added. Returns ``path``.
-    """
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str = "wb") -> Path:
+    """Call ``write(file)`` on a temporary file in ``path``'s folder, fsync, then os.replace onto
+    ``path``: a reader sees the old file or the new one, never half of one, even after a crash.
+    A failed write removes the temporary file and leaves ``path`` as it was. Returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
+        with os.fdopen(fd, mode) as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
@@ -115,6 +112,13 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     except OSError:
         pass
     return path
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``state`` to ``path`` atomically (``atomic_write``), with ``format`` and
+    ``format_version`` added. Returns ``path``."""
+    state = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
+    return atomic_write(path, lambda handle: torch.save(state, handle))
 
 
 # ----------------------------------------------------------------------------- load

@@ -41,6 +41,7 @@ from torch import nn
 from .augment import BatchAugment, two_views_transform
 from .checkpoint import (
     CheckpointError,
+    atomic_write,
     capture_rng_state,
     cpu_copy,
     load_checkpoint,
@@ -248,9 +249,8 @@ def _append_metrics(out_dir: Path, record: dict[str, Any]) -> None:
 
 
 def _rewrite_metrics(out_dir: Path, records: list[dict[str, Any]]) -> None:
-    tmp = out_dir / f".{METRICS_NAME}.tmp"
-    tmp.write_text("".join(json.dumps(record) + "\n" for record in records))
-    os.replace(tmp, out_dir / METRICS_NAME)
+    text = "".join(json.dumps(record) + "\n" for record in records)
+    atomic_write(out_dir / METRICS_NAME, lambda handle: handle.write(text), mode="w")
 
 
 # ----------------------------------------------------------------------------- input pipelines
