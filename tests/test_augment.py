@@ -274,3 +274,18 @@ def test_bad_input_errors():
         ViewRecipe(flip_p=1.5)
     with pytest.raises(ValueError, match="blur_kernel = 4 must be a positive odd number"):
         ViewRecipe(blur_kernel=4)
+
+
+def test_accelerator_path_gives_the_same_views(monkeypatch):
+    # on a GPU the ops run on every row and torch.where keeps the chosen ones (no host syncs);
+    # forced here on the CPU, it must give the views the row-selecting CPU path gives
+    from functools import partial
+
+    from vicreg_lib import augment
+
+    images = torch.randint(0, 256, (48, 3, 32, 32), dtype=torch.uint8)
+    rows_path = BatchAugment("paper")(images, generator=torch.Generator().manual_seed(3))
+    monkeypatch.setattr(augment, "_apply_to_rows", partial(augment._apply_to_rows, compute_all=True))
+    where_path = BatchAugment("paper")(images, generator=torch.Generator().manual_seed(3))
+    for a, b in zip(rows_path, where_path):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)

@@ -403,30 +403,38 @@ def sample_view_params(
     }
 
 
+def _apply_to_rows(x: torch.Tensor, chosen: torch.Tensor, op, compute_all: bool | None = None) -> torch.Tensor:
+    """x (n, 3, h, w) with ``op(rows_of_x, index)`` applied to the rows where ``chosen`` (n,) is True.
+
+    ``index`` selects the matching rows of per-image parameters. On the CPU only the chosen rows
+    are computed (finding them is free there); on an accelerator every row is computed and the
+    chosen ones kept, because finding the rows (nonzero) would make the host wait for the device
+    at every op, some 40 times a training step. ``compute_all`` overrides that choice (tests).
+    """
+    if compute_all is None:
+        compute_all = x.device.type != "cpu"
+    if not compute_all:
+        rows = torch.nonzero(chosen).squeeze(1)
+        if rows.numel():
+            x.index_copy_(0, rows, op(x.index_select(0, rows), rows))
+        return x
+    return torch.where(chosen.view(-1, 1, 1, 1), op(x, slice(None)), x)
+
+
 def apply_view(x: torch.Tensor, params: dict[str, torch.Tensor], view: ViewRecipe) -> torch.Tensor:
     """Augment x (n, 3, h, w) float in [0, 1] with the drawn params -> (n, 3, h, w) in [0, 1].
 
-    Ops that only some images get run on those images only: select the rows, apply, copy them back.
+    Ops that only some images get run on those images only (``_apply_to_rows``).
     """
     x = resized_crop_flip(x, params["crop_box"], params["flipped"])
     # colour jitter: at each of the 4 positions, each op runs on the images whose order puts it there
     jittered, order, factors = params["jittered"], params["jitter_order"], params["jitter_factors"]
-    if bool(jittered.any()):
-        for position in range(4):
-            for op_index, op in enumerate(JITTER_OPS):
-                rows = torch.nonzero(jittered & (order[:, position] == op_index)).squeeze(1)
-                if rows.numel():
-                    x.index_copy_(0, rows, op(x.index_select(0, rows), factors[rows, op_index]))
-    rows = torch.nonzero(params["gray"]).squeeze(1)
-    if rows.numel():
-        x.index_copy_(0, rows, grayscale(x.index_select(0, rows)).expand(-1, 3, -1, -1))
-    rows = torch.nonzero(params["blurred"]).squeeze(1)
-    if rows.numel():
-        x.index_copy_(
-            0, rows, gaussian_blur(x.index_select(0, rows), params["blur_sigma"][rows], view.blur_kernel)
-        )
-    rows = torch.nonzero(params["solarized"]).squeeze(1)
-    if rows.numel():
-        chosen = x.index_select(0, rows)
-        x.index_copy_(0, rows, torch.where(chosen >= SOLARIZE_THRESHOLD, 1.0 - chosen, chosen))
-    return x
+    for position in range(4):
+        for op_index, op in enumerate(JITTER_OPS):
+            x = _apply_to_rows(x, jittered & (order[:, position] == op_index),
+                               lambda v, rows, op=op, k=op_index: op(v, factors[rows, k]))
+    x = _apply_to_rows(x, params["gray"], lambda v, rows: grayscale(v).expand(-1, 3, -1, -1))
+    sigma = params["blur_sigma"]
+    x = _apply_to_rows(x, params["blurred"], lambda v, rows: gaussian_blur(v, sigma[rows], view.blur_kernel))
+    return _apply_to_rows(x, params["solarized"],
+                          lambda v, rows: torch.where(v >= SOLARIZE_THRESHOLD, 1.0 - v, v))
