@@ -94,3 +94,12 @@ def test_python_dash_m_entry_point(monkeypatch, capsys):
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
     assert "pretrain" in printed and "evaluate" in printed
+
+
+def test_ablate_rejects_the_options_it_sets_per_setting(capsys):
+    # lam/mu/nu and the run folder come from --grid and --cache-dir; accepting and ignoring them would mislead
+    for option in (["--lam", "3"], ["--out-dir", "elsewhere"], ["--resume"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["ablate", *option])
+        assert exit_info.value.code == 2
+        assert "unrecognized arguments" in capsys.readouterr().err

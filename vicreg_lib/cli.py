@@ -4,8 +4,7 @@
     python -m vicreg_lib evaluate runs/vicreg/checkpoint.pt
 
 Each subcommand is a pair of functions, ``add_arguments(parser)`` and ``run(args) -> exit
-code``, registered in SUBCOMMANDS; adding one (e.g. ``ablate``) is one more pair and one
-more entry. The pretrain options are generated from TrainConfig's fields, so the
+code``, registered in SUBCOMMANDS; adding one is one more pair and one more entry. The pretrain options are generated from TrainConfig's fields, so the
 command line always matches the config (``--batch-size 256`` sets ``batch_size``).
 """
 
@@ -46,10 +45,13 @@ def _optional_value(kind: type) -> Callable[[str], object]:
     return parse
 
 
-def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
-    """One ``--kebab-case`` option per TrainConfig field, with its default, help and choices."""
+def add_pretrain_arguments(parser: argparse.ArgumentParser, exclude: frozenset[str] = frozenset()) -> None:
+    """One ``--kebab-case`` option per TrainConfig field (but those in ``exclude``), with its
+    default, help and choices."""
     hints = typing.get_type_hints(TrainConfig)
     for config_field in dataclasses.fields(TrainConfig):
+        if config_field.name in exclude:
+            continue
         flag = "--" + config_field.name.replace("_", "-")
         help_text = config_field.metadata.get("help", "")
         choices = config_field.metadata.get("choices")
@@ -133,19 +135,26 @@ def run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 # ----------------------------------------------------------------------------- ablate
 
 
+# set per setting by run_ablation, so the ablate command does not offer them
+ABLATION_SETS = frozenset({"lam", "mu", "nu", "out_dir", "resume", "overwrite"})
+
+
 def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--grid", default="1,0,0;25,0,1;1,1,0;5,5,1;25,25,1;50,50,1",
-                        help="settings lam,mu,nu separated by ';' (default: the paper's six)")
+    from .ablation import PAPER_ABLATION
+
+    paper_grid = ";".join(",".join(f"{c:g}" for c in setting) for setting in PAPER_ABLATION)
+    parser.add_argument("--grid", default=paper_grid,
+                        help=f"settings lam,mu,nu separated by ';' (default: the paper's six, {paper_grid})")
     parser.add_argument("--cache-dir", default=None,
                         help="one folder per setting and config (default: $VICREG_RUNS/ablation)")
     parser.add_argument("--probe-epochs", type=int, default=50, help="epochs of the linear probe")
-    add_pretrain_arguments(parser)  # shared by every run; --lam/--mu/--nu/--out-dir are set per setting
+    add_pretrain_arguments(parser, exclude=ABLATION_SETS)  # shared by every setting's run
 
 
 def run_ablate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .ablation import parse_grid, run_ablation
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in ABLATION_SETS}
     try:
         grid = parse_grid(args.grid)
         config = TrainConfig(**values)
@@ -166,7 +175,7 @@ def run_ablate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 Subcommand = tuple[str, Callable[[argparse.ArgumentParser], None],
                    Callable[[argparse.Namespace, argparse.ArgumentParser], int]]
 
-# name -> (one-line help, add_arguments, run). Add "ablate" here.
+# name -> (one-line help, add_arguments, run)
 SUBCOMMANDS: dict[str, Subcommand] = {
     "pretrain": ("pretrain a VICReg model (options mirror TrainConfig)", add_pretrain_arguments, run_pretrain),
     "evaluate": ("kNN, linear-probe and label-efficiency table of a checkpoint", add_evaluate_arguments,

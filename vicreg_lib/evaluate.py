@@ -58,6 +58,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import CIFAR10_MEAN, CIFAR10_STD
+from .distributed import resolve_device
 
 __all__ = [
     "normalize_images",
@@ -76,13 +77,6 @@ WHICH = ("representation", "embedding")
 
 # ----------------------------------------------------------------------------
 # small helpers
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    """'auto' -> CUDA when available, else CPU."""
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> Iterable:
@@ -235,7 +229,7 @@ def extract_features(
         raise ValueError("images is empty; pass at least one image")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = _resolve_device(device)
+    device = resolve_device(device)
 
     chunks = []
     starts = range(0, images.shape[0], batch_size)
@@ -344,7 +338,7 @@ def linear_probe(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n_classes = _num_classes(train_labels, test_labels, num_classes)
-    device = _resolve_device(device)
+    device = resolve_device(device)
 
     x_train = train_features.to(device).float()  # (n, d)
     x_test = test_features.to(device).float()  # (m, d)
@@ -443,7 +437,7 @@ def linear_probe_augmented(
     if train_images.shape[0] < 2:
         raise ValueError("linear_probe_augmented needs at least 2 training images (its head has a BatchNorm)")
     n_classes = _num_classes(train_labels, test_labels, num_classes)
-    device = _resolve_device(device)
+    device = resolve_device(device)
     features_of = _feature_fn(encoder, "representation")
     generator = torch.Generator().manual_seed(seed)
     if transform is None:
@@ -588,7 +582,7 @@ def _frozen_feature_metrics(
 ) -> dict[str, float]:
     """kNN, linear probe and label-efficiency numbers for one set of features."""
     pair = (train_features, train_labels, test_features, test_labels)
-    on_device = [t.to(_resolve_device(device)) for t in pair]  # kNN is one big matmul per test batch
+    on_device = [t.to(resolve_device(device)) for t in pair]  # kNN is one big matmul per test batch
     metrics = dict(knn_accuracy(*on_device, k=(20, 200), num_classes=num_classes))
     probe = linear_probe(*pair, epochs=probe_epochs, num_classes=num_classes, device=device, seed=seed)
     metrics["linear_top1"] = probe["top1"]

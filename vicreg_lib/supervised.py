@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .distributed import resolve_device
 from .evaluate import normalize_images
 from .model import resnet18_cifar
 from .progress import progress_bar
@@ -102,7 +103,7 @@ def train_supervised(
     Returns a SupervisedResult whose `encoder` is in eval mode on `device`.
     """
     _check_inputs(images, labels, epochs, time_budget_s)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device)
+    device = resolve_device(device)
     num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
     torch.manual_seed(seed)  # weight init
     generator = torch.Generator(device=device).manual_seed(seed)  # shuffling and augmentation
