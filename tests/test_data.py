@@ -218,3 +218,18 @@ def test_successful_download_is_moved_into_place(tmp_path, monkeypatch):
         32,
         32,
     )  # 5 batches, no download
+
+
+def test_random_subset_is_seeded_ordered_and_paired():
+    from vicreg_lib.data import random_subset
+
+    images = torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1).expand(20, 3, 2, 2).contiguous()
+    labels = torch.arange(20)
+    sub_images, sub_labels = random_subset(images, labels, 7, seed=1)
+    assert sub_labels.shape == (7,) and sub_labels.unique().numel() == 7
+    assert torch.equal(sub_labels, sub_labels.sort().values)  # the set's original order is kept
+    assert torch.equal(sub_images[:, 0, 0, 0].long(), sub_labels)  # images stay with their labels
+    assert torch.equal(random_subset(images, labels, 7, seed=1)[1], sub_labels)
+    assert not torch.equal(random_subset(images, labels, 7, seed=2)[1], sub_labels)
+    assert random_subset(images, labels, None)[0] is images
+    assert random_subset(images, labels, 50)[1] is labels

@@ -10,7 +10,7 @@ from __future__ import annotations
 from .ablation import PAPER_ABLATION, run_ablation
 from .augment import RECIPES, BatchAugment, two_views_transform
 from .checkpoint import CheckpointError, load_checkpoint, load_pretrained, save_checkpoint
-from .data import CIFAR10_MEAN, CIFAR10_STD, DataSpecError, default_data_spec, load_dataset
+from .data import CIFAR10_MEAN, CIFAR10_STD, DataSpecError, default_data_spec, load_dataset, random_subset
 from .diagnostics import (
     collapse_report,
     correlation_matrix,
@@ -41,6 +41,6 @@ __all__ = [
     "load_checkpoint", "load_dataset", "load_pretrained", "parse_projector_spec", "per_dim_std", "pretrain",
     "progress_bar", "read_metrics", "resnet18_cifar", "run_ablation", "save_checkpoint", "singular_values",
     "two_views_transform", "variance_loss", "vicreg_loss",
-    "launch", "plot_metrics", "pretrain_command", "watch_run", "show_image_grid", "to_display", "train_supervised",
+    "random_subset", "launch", "plot_metrics", "pretrain_command", "watch_run", "show_image_grid", "to_display", "train_supervised",
     "nearest_neighbors", "plot_embedding_scatter", "plot_retrieval", "plot_thumbnails", "umap_2d",
 ]

@@ -38,7 +38,7 @@ import torch
 
 from . import train
 from .checkpoint import atomic_write
-from .data import load_dataset
+from .data import load_dataset, random_subset
 from .diagnostics import collapse_report, effective_rank, per_dim_std, singular_values
 from .evaluate import extract_features, knn_accuracy, linear_probe
 from .progress import progress_bar
@@ -155,11 +155,8 @@ def _load_cached(path: Path, key: str) -> dict[str, Any] | None:
 def _evaluate_setting(model, config: train.TrainConfig, probe: dict[str, Any], device: str) -> dict[str, Any]:
     """Diagnostics of the trained model on the held-out (test) split, and its kNN / linear accuracy."""
     train_images, train_labels, classes = load_dataset(config.data, "train", config.data_root)
-    if probe["train_images"] is not None and probe["train_images"] < train_images.shape[0]:
-        # a seeded random subset of the labelled images, the same for every setting
-        keep = torch.randperm(train_images.shape[0], generator=torch.Generator().manual_seed(0))
-        keep = keep[: probe["train_images"]].sort().values
-        train_images, train_labels = train_images[keep], train_labels[keep]
+    # a seeded random subset of the labelled images, the same for every setting
+    train_images, train_labels = random_subset(train_images, train_labels, probe["train_images"], seed=0)
     test_images, test_labels, _ = load_dataset(config.data, "test", config.data_root)
     z = extract_features(model, test_images, device=device, which="embedding")  # (m, d)
     h_train = extract_features(model, train_images, device=device, which="representation")  # (n, D)

@@ -81,6 +81,17 @@ def load_dataset(
 # ----------------------------------------------------------------------------- cifar (torchvision)
 
 
+def random_subset(
+    images: torch.Tensor, labels: torch.Tensor, size: int | None, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random subset of ``size`` images (N, 3, H, W) and their labels (N,), kept in the
+    set's original order; all of them when ``size`` is None or not smaller than N."""
+    if size is None or size >= images.shape[0]:
+        return images, labels
+    keep = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:size].sort().values
+    return images[keep], labels[keep]
+
+
 def _load_torchvision_cifar(
     name: str, split: str, root: Path
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:

@@ -621,7 +621,7 @@ def evaluate_checkpoint(
     architecture at random initialisation are added under "random_init".
     """
     from .checkpoint import load_pretrained
-    from .data import default_data_spec, load_dataset
+    from .data import default_data_spec, load_dataset, random_subset
 
     if max_train_images is not None and max_train_images < 1:
         raise ValueError(f"max_train_images must be >= 1 or None, got {max_train_images}")
@@ -630,10 +630,7 @@ def evaluate_checkpoint(
     root = data_root or getattr(config, "data_root", None)
     train_images, train_labels, classes = load_dataset(spec, "train", root)
     test_images, test_labels, _ = load_dataset(spec, "test", root)
-    if max_train_images is not None and max_train_images < train_images.shape[0]:
-        keep = torch.randperm(train_images.shape[0], generator=torch.Generator().manual_seed(seed))
-        keep = keep[:max_train_images].sort().values
-        train_images, train_labels = train_images[keep], train_labels[keep]
+    train_images, train_labels = random_subset(train_images, train_labels, max_train_images, seed)
     num_classes = max(len(classes), _num_classes(train_labels, test_labels, None))
 
     def metrics_of(encoder: nn.Module) -> tuple[dict[str, float], int]:

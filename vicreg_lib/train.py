@@ -48,7 +48,7 @@ from .checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from .data import default_data_spec, load_dataset
+from .data import default_data_spec, load_dataset, random_subset
 from .diagnostics import effective_rank, per_dim_std
 from .distributed import DistInfo, gather_with_grad, init_distributed
 from .evaluate import extract_features, knn_accuracy
@@ -427,10 +427,7 @@ def pretrain(config: TrainConfig) -> PretrainResult:
 
     # ---- data: the training images as one uint8 tensor on the training device
     train_images, train_labels, classes = load_dataset(config.data, "train", config.data_root)
-    if config.max_train_images is not None and config.max_train_images < train_images.shape[0]:
-        keep = torch.randperm(train_images.shape[0], generator=torch.Generator().manual_seed(config.seed))
-        keep = keep[: config.max_train_images].sort().values
-        train_images, train_labels = train_images[keep], train_labels[keep]
+    train_images, train_labels = random_subset(train_images, train_labels, config.max_train_images, config.seed)
     num_images = train_images.shape[0]
     steps_per_epoch = num_images // config.batch_size
     if steps_per_epoch == 0:
