@@ -12,6 +12,13 @@ so layer4 still sees a 4x4 map instead of 1x1. ``width`` scales every stage
 The projector follows the official ``main_vicreg.py``: (layers-1) x [Linear,
 BatchNorm1d, ReLU] then a final Linear without bias; the official ImageNet
 setting is ``--mlp 8192-8192-8192``.
+
+``backbone="blog"`` builds the network of the blog post's code (augustwester/vicreg):
+``torchvision.models.resnet18(num_classes=512)`` with a 3x3 stride-1 ``conv1`` with
+padding 0 and a bias (30x30 maps), no max-pool, the fc layer kept (h is a 512 -> 512
+Linear output), no zero-init of the residual BatchNorms; its projector ends in a biased Linear.
+
+``build_model(**arch)`` rebuilds any model from the ``arch`` dict a checkpoint stores.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ class CifarResNet18(ResNet):
     and ``fc`` removed (same parameter names and shapes).
     """
 
-    def __init__(self, width: int = 64, zero_init_residual: bool = True) -> None:
+    def __init__(self, width: int = 64, zero_init_residual: bool = True, blog_stem: bool = False) -> None:
         # ResNet.__init__ hard-codes 64/128/256/512 channels, so set up the
         # attributes its _make_layer and forward rely on ourselves.
         nn.Module.__init__(self)
@@ -39,8 +46,9 @@ class CifarResNet18(ResNet):
         self.base_width = 64  # BasicBlock only accepts the default
         self.inplanes = width
 
-        # 32x32 images: keep full resolution in the stem (no 7x7/2 conv, no max-pool)
-        self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+        # 32x32 images: keep full resolution in the stem (no 7x7/2 conv, no max-pool). The blog's
+        # stem has padding 0 and a bias (30x30 maps after it).
+        self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=0 if blog_stem else 1, bias=blog_stem)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.Identity()
@@ -49,7 +57,8 @@ class CifarResNet18(ResNet):
         self.layer3 = self._make_layer(BasicBlock, 4 * width, 2, stride=2)  # 8x8
         self.layer4 = self._make_layer(BasicBlock, 8 * width, 2, stride=2)  # 4x4
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Identity()  # forward() returns the pooled representation
+        # forward() returns the pooled representation; the blog keeps torchvision's fc (8w -> 8w)
+        self.fc = nn.Linear(8 * width, 8 * width) if blog_stem else nn.Identity()
         self.width = width
         self.out_dim = 8 * width
 
@@ -68,7 +77,7 @@ class CifarResNet18(ResNet):
                     nn.init.zeros_(module.bn2.weight)
 
 
-def resnet18_cifar(width: int = 64, zero_init_residual: bool = True) -> CifarResNet18:
+def resnet18_cifar(width: int = 64, zero_init_residual: bool = True, blog_stem: bool = False) -> CifarResNet18:
     """ResNet-18 for 32x32 images; x: (n, 3, 32, 32) -> h: (n, 8*width).
 
     ``width=64`` is the standard 512-d ResNet-18 (11.2M parameters);
@@ -76,7 +85,7 @@ def resnet18_cifar(width: int = 64, zero_init_residual: bool = True) -> CifarRes
     """
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         raise ValueError(f"width must be an integer >= 1 (64 is the standard ResNet-18), got {width!r}")
-    return CifarResNet18(width, zero_init_residual=zero_init_residual)
+    return CifarResNet18(width, zero_init_residual=zero_init_residual, blog_stem=blog_stem)
 
 
 def parse_projector_spec(spec: str) -> list[int]:
@@ -105,12 +114,12 @@ class Projector(nn.Sequential):
     """MLP from representation h: (n, in_dim) to embedding z: (n, out_dim).
 
     (layers-1) x [Linear, BatchNorm1d, ReLU], then Linear(bias=False) to out_dim
-    (the official code drops that bias; BatchNorm makes the hidden biases
-    redundant too, but they are kept as the official code keeps them).
+    (the official code drops that bias, the blog's code keeps it: ``final_bias``; BatchNorm
+    makes the hidden biases redundant too, but they are kept as the official code keeps them).
     ``layers=1`` is a single Linear.
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, layers: int = 3) -> None:
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, layers: int = 3, final_bias: bool = False) -> None:
         _check_dim(in_dim, "in_dim")
         _check_dim(hidden_dim, "hidden_dim")
         _check_dim(out_dim, "out_dim")
@@ -120,7 +129,7 @@ class Projector(nn.Sequential):
         for _ in range(layers - 1):
             blocks += [nn.Linear(width, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
             width = hidden_dim
-        blocks.append(nn.Linear(width, out_dim, bias=False))
+        blocks.append(nn.Linear(width, out_dim, bias=final_bias))
         super().__init__(*blocks)
         self.in_dim = in_dim
         self.hidden_dim = hidden_dim
@@ -128,7 +137,7 @@ class Projector(nn.Sequential):
         self.layers = layers
 
     @classmethod
-    def from_spec(cls, in_dim: int, spec: str) -> Projector:
+    def from_spec(cls, in_dim: int, spec: str, final_bias: bool = False) -> Projector:
         """Build from an official-style spec: ``Projector.from_spec(512, "2048-2048-2048")``.
 
         All hidden widths must be equal (as in every setting of the paper).
@@ -141,7 +150,7 @@ class Projector(nn.Sequential):
                 "Projector uses one hidden width, e.g. '2048-2048-2048'"
             )
         hidden_dim = hidden[0] if hidden else out_dim
-        return cls(in_dim, hidden_dim, out_dim, layers=len(widths))
+        return cls(in_dim, hidden_dim, out_dim, layers=len(widths), final_bias=final_bias)
 
 
 class VICReg(nn.Module):
@@ -186,3 +195,28 @@ class VICReg(nn.Module):
             z1, z2 = self.embed(torch.cat([x1, x2])).chunk(2)
             return z1, z2
         return self.embed(x1), self.embed(x2)
+
+
+BACKBONES = ("cifar", "blog")
+
+
+def build_model(
+    backbone: str = "cifar",
+    width: int = 64,
+    projector: str = "2048-2048-2048",
+    projector_bias: bool = False,
+    concat_views: bool = False,
+) -> VICReg:
+    """A freshly initialised VICReg network; ``build_model(**checkpoint["arch"])`` rebuilds a stored one.
+
+    backbone "cifar": ``resnet18_cifar(width)`` (3x3 stem, zero-init residuals, no fc);
+    "blog": the blog code's ResNet-18 (stem padding 0 with bias, fc kept, no zero-init).
+    projector: the official ``--mlp`` spec; projector_bias keeps the final Linear's bias (blog).
+    concat_views: one forward pass over both views (blog) instead of two (official).
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}: use one of {', '.join(BACKBONES)}")
+    blog = backbone == "blog"
+    encoder = resnet18_cifar(width, zero_init_residual=not blog, blog_stem=blog)
+    return VICReg(encoder, Projector.from_spec(encoder.out_dim, projector, final_bias=projector_bias),
+                  concat_views=concat_views)

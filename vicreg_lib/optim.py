@@ -1,10 +1,11 @@
-"""Optimizers and the learning-rate schedule used for pretraining.
+"""Optimizers and the one learning-rate schedule of the package.
 
-Two choices, as in the two reference implementations:
+- ``adam``: the blog post's optimizer (with a constant learning rate there).
+- ``lars``: the official code's (LARS, base lr 0.2 scaled by batch/256, eta 0.001);
+  solo-learn's CIFAR setting uses eta 0.02 with the adaptive rate clipped at the lr.
 
-- ``adam``: the blog post's setting, a constant learning rate.
-- ``lars``: the official code's setting (LARS, base lr 0.2 scaled by batch/256,
-  linear warmup then cosine decay to 1/1000 of the peak).
+The schedule is a setting of its own (``SCHEDULES``), used by pretraining, the linear
+probes and the supervised baseline alike: ``lr_at_step``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 OPTIMIZERS = ("adam", "lars")
+SCHEDULES = ("constant", "cosine", "warmup_cosine")
 
 
 def exclude_bias_and_norm(p: torch.Tensor) -> bool:
@@ -31,6 +33,10 @@ class LARS(torch.optim.Optimizer):
         g <- g * eta * ||w|| / ||g||                   (trust ratio, not for biases / norms)
         m <- momentum * m + g
         w <- w - lr * m
+
+    ``clip=True`` caps the trust ratio at 1: a weight tensor's step is lr * min(trust, 1), so no
+    layer moves faster than plain momentum SGD at lr would move it (the idea of solo-learn's
+    ``clip_lr``, used with eta 0.02 in its CIFAR recipes).
     """
 
     def __init__(
@@ -40,9 +46,10 @@ class LARS(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         momentum: float = 0.9,
         eta: float = 0.001,
+        clip: bool = False,
         exclude=exclude_bias_and_norm,
     ) -> None:
-        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta)
+        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta, clip=clip)
         super().__init__(params, defaults)
         self.exclude = exclude
 
@@ -68,6 +75,8 @@ class LARS(torch.optim.Optimizer):
                         torch.where(update_norm > 0.0, group["eta"] * param_norm / update_norm, one),
                         one,
                     )
+                    if group["clip"]:
+                        trust = torch.clamp(trust, max=1.0)
                     dp = dp.mul(trust)
                 state = self.state[p]
                 if "mu" not in state:
@@ -85,42 +94,43 @@ def default_lr(optimizer: str, batch_size: int) -> float:
     return 0.2 * batch_size / 256
 
 
-def default_weight_decay(optimizer: str) -> float:
-    """1e-6 for both, as in the official code and the blog post."""
-    return 1e-6
-
-
-def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """The optimizer called ``name`` ("adam" | "lars") over all parameters of ``model``."""
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, eta: float = 0.001,
+                    clip: bool = False) -> torch.optim.Optimizer:
+    """The optimizer called ``name`` ("adam" | "lars") over all parameters of ``model``;
+    eta and clip are LARS's (see ``LARS``)."""
     if name == "adam":
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     if name == "lars":
-        return LARS(model.parameters(), lr=lr, weight_decay=weight_decay)
+        return LARS(model.parameters(), lr=lr, weight_decay=weight_decay, eta=eta, clip=clip)
     raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
 
 
 def lr_at_step(
     step: int,
     *,
-    optimizer: str,
+    schedule: str,
     peak_lr: float,
     total_steps: int,
-    warmup_steps: int,
-    final_ratio: float = 0.001,
+    warmup_steps: int = 0,
+    final_ratio: float = 0.0,
 ) -> float:
-    """Learning rate for optimizer step ``step`` (0-based).
+    """Learning rate for optimizer step ``step`` (0-based) of ``total_steps``.
 
-    Adam: constant ``peak_lr``. LARS: ``peak_lr * step / warmup_steps`` during warmup,
-    then ``peak_lr * q + end_lr * (1 - q)`` with ``q = (1 + cos(pi * t / T)) / 2``
-    and ``end_lr = final_ratio * peak_lr`` (the official adjust_learning_rate).
+    constant:      peak_lr.
+    cosine:        peak_lr * q + end_lr * (1 - q), q = (1 + cos(pi * step / total_steps)) / 2,
+                   end_lr = final_ratio * peak_lr (the official adjust_learning_rate uses 0.001).
+    warmup_cosine: peak_lr * step / warmup_steps for the first warmup_steps, then the cosine
+                   over the remaining steps.
     """
-    if optimizer == "adam":
+    if schedule == "constant":
         return peak_lr
-    if step < warmup_steps:
-        return peak_lr * step / warmup_steps
-    t = step - warmup_steps
-    decay_steps = max(total_steps - warmup_steps, 1)
-    q = 0.5 * (1.0 + math.cos(math.pi * min(t, decay_steps) / decay_steps))
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    warmup = warmup_steps if schedule == "warmup_cosine" else 0
+    if step < warmup:
+        return peak_lr * step / warmup
+    decay_steps = max(total_steps - warmup, 1)
+    q = 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, decay_steps) / decay_steps))
     end_lr = peak_lr * final_ratio
     return peak_lr * q + end_lr * (1.0 - q)
 
