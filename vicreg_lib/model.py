@@ -218,5 +218,9 @@ def build_model(
         raise ValueError(f"unknown backbone {backbone!r}: use one of {', '.join(BACKBONES)}")
     blog = backbone == "blog"
     encoder = resnet18_cifar(width, zero_init_residual=not blog, blog_stem=blog)
-    return VICReg(encoder, Projector.from_spec(encoder.out_dim, projector, final_bias=projector_bias),
-                  concat_views=concat_views)
+    model = VICReg(encoder, Projector.from_spec(encoder.out_dim, projector, final_bias=projector_bias),
+                   concat_views=concat_views)
+    # what a checkpoint stores to rebuild it: build_model(**model.arch)
+    model.arch = dict(backbone=backbone, width=width, projector=projector, projector_bias=projector_bias,
+                      concat_views=concat_views)
+    return model
