@@ -18,7 +18,7 @@ github.com/augustwester/vicreg):
 
 - eps: inside the square root in the paper (eq. 2) and the official
   ``main_vicreg.py`` (``sqrt(x.var(dim=0) + 0.0001)``); the blog post has none, it
-  takes ``z.std(0)``, whose gradient is undefined (NaN) once a dimension collapses.
+  takes ``z.std(0)`` (see "About eps and NaN" below).
   ``Var`` is the unbiased (n-1) variance, as ``torch.var`` computes it.
 - invariance: the paper's s is a sum over the d dimensions divided by n; the
   official code and the blog post use ``F.mse_loss``, a mean over all n*d
@@ -28,10 +28,16 @@ github.com/augustwester/vicreg):
   variance term twice as much as the official code's.
 - covariance: all three sum c(Z) + c(Z').
 
-This module follows the **official code**, because the coefficients
-lam = mu = 25, nu = 1 reported in the paper were tuned with it. Under the
-paper's literal equations the same coefficients would weight invariance d
-times more and variance twice as much.
+This module follows the **official code** by default (``convention="official"``).
+Whether the paper's lam = mu = 25, nu = 1 were tuned with the summed (eq. 6) or the
+averaged (code) variance is not stated anywhere we know of (official issues #8 and #26
+ask, unanswered). Under the paper's literal equations the same coefficients would weight
+invariance d times more and variance twice as much. ``convention="blog"`` computes what
+the blog post's code computes: ``relu(1 - z.std(0)).mean()`` per view, the two summed.
+
+About eps and NaN: in torch 2.x the gradient of ``z.std(0)`` at a constant dimension is
+0, not NaN (torch special-cases it); the NaN comes from ``sqrt(var)`` at var = 0, whose
+derivative 1/(2 sqrt(var)) is infinite -- what a no-eps ``sqrt(var + 0)`` computes.
 
 Two details of the official code live elsewhere in this package: it gathers
 embeddings from all GPUs before the variance/covariance terms (see
@@ -49,14 +55,17 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+CONVENTIONS = ("official", "blog")
 
 
-class VICRegLoss(NamedTuple):
+class LossTerms(NamedTuple):
     """The weighted total and the three *unweighted* terms (all float32 scalars)."""
 
     total: torch.Tensor  # lam * invariance + mu * variance + nu * covariance
     invariance: torch.Tensor  # MSE over n*d
-    variance: torch.Tensor  # (v(Z) + v(Z')) / 2
+    variance: torch.Tensor  # (v(Z) + v(Z')) / 2 (official) or v(Z) + v(Z') without eps (blog)
     covariance: torch.Tensor  # c(Z) + c(Z')
 
 
@@ -104,9 +113,14 @@ def variance_loss(z: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4) -> tor
     _check_embeddings(z)
     _check_coefficient(gamma, "gamma")
     _check_coefficient(eps, "eps")
+    return _variance(z, gamma, eps)
+
+
+def _variance(z: torch.Tensor, gamma: float, eps: float | None) -> torch.Tensor:
+    """v(Z) without input checks; eps None: the blog code's ``z.std(0)``."""
     with torch.autocast(device_type=z.device.type, enabled=False):
         z = _float32(z)
-        std = torch.sqrt(z.var(dim=0) + eps)  # S(z^j, eps), (d,)
+        std = z.std(dim=0) if eps is None else torch.sqrt(z.var(dim=0) + eps)  # S(z^j, eps), (d,)
         return F.relu(gamma - std).mean()  # eq. (1)
 
 
@@ -119,8 +133,12 @@ def invariance_loss(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
     z1, z2: (n, d). Returns a float32 scalar.
     """
     _check_pair(z1, z2)
+    return _invariance(z1, z2)
+
+
+def _invariance(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
     with torch.autocast(device_type=z1.device.type, enabled=False):
-        return F.mse_loss(_float32(z1), _float32(z2))
+        return F.mse_loss(_float32(z1), _float32(z2))  # s(Z, Z') / d, eq. (5)
 
 
 def covariance_loss(z: torch.Tensor) -> torch.Tensor:
@@ -132,6 +150,10 @@ def covariance_loss(z: torch.Tensor) -> torch.Tensor:
     paper's and the official code's choice; it makes the term grow with d.
     """
     _check_embeddings(z)
+    return _covariance(z)
+
+
+def _covariance(z: torch.Tensor) -> torch.Tensor:
     with torch.autocast(device_type=z.device.type, enabled=False):
         z = _float32(z)
         n, d = z.shape
@@ -151,6 +173,44 @@ def _check_pair(z1: torch.Tensor, z2: torch.Tensor) -> None:
         )
 
 
+def _check_convention(convention: str) -> None:
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown loss convention {convention!r}: use one of {', '.join(CONVENTIONS)}")
+
+
+class VICRegLoss(nn.Module):
+    """The VICReg objective as a module (as lightly and solo-learn name it); coefficients are
+    checked once here, so the training step computes without re-validating.
+
+    ``VICRegLoss(25, 25, 1)(z1, z2)`` -> ``LossTerms(total, invariance, variance, covariance)``.
+    convention "official": total = lam * MSE(Z, Z') + mu * (v(Z) + v(Z')) / 2 + nu * (c(Z) + c(Z'));
+    "blog": the variance terms use ``z.std(0)`` (no eps) and are summed, not averaged.
+    Compare the paper's eq. (6): lam s(Z,Z') + mu [v(Z) + v(Z')] + nu [c(Z) + c(Z')].
+    """
+
+    def __init__(self, lam: float = 25.0, mu: float = 25.0, nu: float = 1.0, gamma: float = 1.0,
+                 eps: float = 1e-4, convention: str = "official") -> None:
+        super().__init__()
+        for value, name in ((lam, "lam"), (mu, "mu"), (nu, "nu"), (gamma, "gamma"), (eps, "eps")):
+            _check_coefficient(value, name)
+        _check_convention(convention)
+        self.lam, self.mu, self.nu, self.gamma, self.eps, self.convention = lam, mu, nu, gamma, eps, convention
+
+    def extra_repr(self) -> str:
+        return f"lam={self.lam}, mu={self.mu}, nu={self.nu}, convention={self.convention!r}"
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> LossTerms:
+        """z1, z2: (n, d) embeddings of two views (row i of each from the same image)."""
+        invariance = _invariance(z1, z2)
+        if self.convention == "blog":
+            variance = _variance(z1, self.gamma, None) + _variance(z2, self.gamma, None)
+        else:
+            variance = (_variance(z1, self.gamma, self.eps) + _variance(z2, self.gamma, self.eps)) / 2
+        covariance = _covariance(z1) + _covariance(z2)
+        total = self.lam * invariance + self.mu * variance + self.nu * covariance
+        return LossTerms(total, invariance, variance, covariance)
+
+
 def vicreg_loss(
     z1: torch.Tensor,
     z2: torch.Tensor,
@@ -159,22 +219,13 @@ def vicreg_loss(
     nu: float = 1.0,
     gamma: float = 1.0,
     eps: float = 1e-4,
-) -> VICRegLoss:
-    """The VICReg objective with the official code's scaling.
-
-    total = lam * MSE(Z, Z') + mu * (v(Z) + v(Z')) / 2 + nu * (c(Z) + c(Z'))
-
-    compare the paper's eq. (6): lam s(Z,Z') + mu [v(Z) + v(Z')] + nu [c(Z) + c(Z')].
+    convention: str = "official",
+) -> LossTerms:
+    """The VICReg objective (see ``VICRegLoss``), with its inputs checked.
 
     z1, z2: (n, d) embeddings of two views (row i of each from the same image).
-    Returns ``VICRegLoss(total, invariance, variance, covariance)``, float32
+    Returns ``LossTerms(total, invariance, variance, covariance)``, float32
     scalars; the three terms are unweighted, so ``total`` can be rebuilt from them.
     """
     _check_pair(z1, z2)
-    for value, name in ((lam, "lam"), (mu, "mu"), (nu, "nu"), (gamma, "gamma"), (eps, "eps")):
-        _check_coefficient(value, name)
-    invariance = invariance_loss(z1, z2)
-    variance = (variance_loss(z1, gamma, eps) + variance_loss(z2, gamma, eps)) / 2
-    covariance = covariance_loss(z1) + covariance_loss(z2)
-    total = lam * invariance + mu * variance + nu * covariance
-    return VICRegLoss(total, invariance, variance, covariance)
+    return VICRegLoss(lam, mu, nu, gamma, eps, convention)(z1, z2)

@@ -138,3 +138,7 @@ def lr_at_step(
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def default_weight_decay(optimizer: str) -> float:  # TEMPORARY: removed with the train.py redesign
+    return 1e-6

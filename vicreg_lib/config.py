@@ -1,0 +1,257 @@
+"""Every setting of a pretraining run, its validation, and the named presets.
+
+    config = TrainConfig.from_preset("fast", width=16, epochs=20)
+
+Each field carries metadata that the rest of the package derives its lists from, so
+nothing is kept by hand in two places:
+
+- ``help`` and ``choices``: what the command line shows and accepts;
+- ``minimum`` / ``nullable``: what ``validate`` checks;
+- ``resume_safe``: may differ when a run is resumed (it does not change what is trained);
+- ``cache_key``: part of an ablation result's cache key (it changes the result);
+- ``per_setting``: set by the ablation runner for each of its settings, not by its caller.
+
+The presets say what they are (see ``PRESETS`` and docs/design.md):
+
+- ``blog``: the blog post's code (augustwester/vicreg at 89eab04) as
+  ../shared/notes/reference-recipes.md records it.
+- ``paper``: the official code's conventions (facebookresearch/vicreg) adapted to CIFAR-10.
+- ``fast``: our recipe for the most accuracy per GPU-minute, after solo-learn's CIFAR settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from .augment import RECIPES
+from .device import DEVICE_CHOICES, check_device_text
+from .loss import CONVENTIONS
+from .model import BACKBONES, parse_projector_spec
+from .optim import OPTIMIZERS, SCHEDULES
+
+PIPELINES = ("batched", "dataloader")
+AMP_MODES = ("auto", "bf16", "off")
+SWITCH_MODES = ("auto", "on", "off")
+SPLITS = ("train", "test")
+
+
+def _option(default: Any, help: str, *, choices: tuple | None = None, minimum: float | None = None,
+            resume_safe: bool = False, cache_key: bool = True, per_setting: bool = False) -> Any:
+    """A dataclass field with the metadata described in the module docstring."""
+    return field(default=default, metadata={
+        "help": help, "choices": choices, "minimum": minimum, "resume_safe": resume_safe,
+        "cache_key": cache_key, "per_setting": per_setting})
+
+
+def _bookkeeping(default: Any, help: str, **kwargs: Any) -> Any:
+    """A setting that changes neither what is trained nor its result: safe on resume, not in cache keys."""
+    return _option(default, help, resume_safe=True, cache_key=False, **kwargs)
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a pretraining run; each has a default and a help text (shown by the CLI)."""
+
+    preset: str | None = _bookkeeping(None, "the preset these settings started from (a label only)")
+    # data
+    data: str | None = _option(None, "data spec: cifar10, cifar100, npz:PATH, folder:PATH, archive:PATH or "
+                                     "synthetic (default: $VICREG_DATA, else cifar10)")
+    data_root: str | None = _bookkeeping(None, "where downloads and unpacked archives go "
+                                               "(default: $VICREG_DATA_ROOT, else data)")
+    max_train_images: int | None = _option(None, "train on a fixed random subset of this many images "
+                                                 "(default: all)", minimum=1)
+    # model
+    backbone: str = _option("cifar", "cifar: ResNet-18 with a 3x3 stem, no fc; blog: the blog code's "
+                                     "(stem padding 0 with bias, fc kept)", choices=BACKBONES)
+    width: int = _option(64, "ResNet-18 width (64 = the standard 512-d ResNet-18; 8 or 16 for CPU runs)",
+                         minimum=1)
+    projector: str = _option("2048-2048-2048", "projector layer widths, as the official --mlp flag")
+    projector_bias: bool = _option(False, "keep the bias of the projector's last Linear (the blog's code)")
+    concat_views: bool = _option(False, "one forward pass over both views concatenated (the blog's code) "
+                                        "instead of one per view (the official code)")
+    # objective
+    lam: float = _option(25.0, "invariance coefficient lambda", minimum=0.0, per_setting=True)
+    mu: float = _option(25.0, "variance coefficient mu", minimum=0.0, per_setting=True)
+    nu: float = _option(1.0, "covariance coefficient nu", minimum=0.0, per_setting=True)
+    loss: str = _option("official", "official: variance terms averaged, eps 1e-4; blog: summed, no eps",
+                        choices=CONVENTIONS)
+    # optimisation
+    batch_size: int = _option(256, "global batch size (split over processes when distributed)", minimum=2)
+    epochs: int = _option(100, "number of passes over the training images", minimum=1)
+    optimizer: str = _option("lars", "adam (the blog's code) or lars (the official code)", choices=OPTIMIZERS)
+    lr: float | None = _option(None, "peak learning rate (default: adam 2e-4; lars 0.2 * batch_size / 256)",
+                               minimum=0.0)
+    weight_decay: float = _option(1e-6, "weight decay", minimum=0.0)
+    lars_eta: float = _option(0.001, "LARS trust coefficient (official 0.001; solo-learn's CIFAR 0.02)",
+                              minimum=0.0)
+    lars_clip: bool = _option(False, "LARS: cap each layer's adaptive rate at the lr")
+    schedule: str = _option("warmup_cosine", "learning-rate schedule", choices=SCHEDULES)
+    warmup_epochs: int = _option(10, "warmup_cosine: linear warmup epochs before the cosine decay",
+                                 minimum=0)
+    final_lr_ratio: float = _option(0.001, "cosine schedules end at this fraction of the peak lr "
+                                           "(official 0.001)", minimum=0.0)
+    # input pipeline
+    recipe: str = _option("paper", "augmentation recipe", choices=tuple(RECIPES))
+    pipeline: str = _option("batched", "batched: augment whole batches on the device (fast); "
+                                       "dataloader: per-image torchvision transforms in workers",
+                            choices=PIPELINES)
+    num_workers: int = _bookkeeping(2, "dataloader pipeline only: worker processes", minimum=0)
+    seed: int = _option(0, "random seed of the model, the batches and the augmentations", minimum=0)
+    # hardware
+    device: str = _bookkeeping("auto", f"device: {DEVICE_CHOICES}")
+    amp: str = _option("auto", "mixed precision: auto = bf16 on CUDA, off on the CPU", choices=AMP_MODES)
+    channels_last: str = _option("auto", "channels-last memory format: auto = on for CUDA",
+                                 choices=SWITCH_MODES)
+    compile: str = _bookkeeping("off", "torch.compile the model: auto = on for CUDA (the first steps "
+                                       "are slow)", choices=SWITCH_MODES)
+    # bookkeeping
+    out_dir: str = _bookkeeping("runs/vicreg", "folder for config.json, metrics.jsonl and checkpoint.pt",
+                                per_setting=True)
+    checkpoint_every: int = _bookkeeping(10, "save a checkpoint every N epochs (and always at the end); "
+                                             "0: at the end only", minimum=0)
+    eval_every: int = _bookkeeping(10, "kNN accuracy every N epochs and at the end; 0: never", minimum=0)
+    eval_at_start: bool = _bookkeeping(True, "also evaluate the random initialisation (an epoch-0 record)")
+    eval_split: str = _bookkeeping("test", "split whose kNN accuracy is reported", choices=SPLITS)
+    knn_k: int = _bookkeeping(200, "neighbours of the kNN classifier (k=20 is reported beside it)",
+                              minimum=1)
+    max_steps: int | None = _bookkeeping(None, "stop after this many optimizer steps in total", minimum=1)
+    log_every: int = _bookkeeping(10, "refresh the progress bar and check the loss every N steps",
+                                  minimum=1)
+    resume: bool = _bookkeeping(False, "continue the run in out_dir from its checkpoint.pt", per_setting=True)
+    overwrite: bool = _bookkeeping(False, "start afresh even if out_dir already holds a run", per_setting=True)
+    progress: bool = _bookkeeping(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> TrainConfig:
+        """The preset called ``name`` (see ``PRESETS``) with ``overrides`` on top."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
+        unknown = sorted(set(overrides) - set(field_names()))
+        if unknown:
+            raise ValueError(f"unknown setting(s) {', '.join(unknown)}; see TrainConfig's fields")
+        return cls(**{**PRESETS[name], "preset": name, **overrides})
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad setting and what to use instead."""
+        for spec in dataclasses.fields(self):
+            _check_field(spec, getattr(self, spec.name))
+        if self.lr == 0:
+            raise ValueError("lr must be > 0, got 0; leave it unset for the default")
+        if self.data == "":
+            raise ValueError("data is empty: give a data spec (cifar10, npz:PATH, folder:PATH, archive:PATH, "
+                             "synthetic) or leave it unset for $VICREG_DATA")
+        if self.lam == 0 and self.mu == 0 and self.nu == 0:
+            raise ValueError("lam, mu and nu are all 0: the loss would be 0 and nothing would train; "
+                             "set at least one (the paper's setting is 25, 25, 1)")
+        check_device_text(self.device)
+        widths = parse_projector_spec(self.projector)  # ValueError for a malformed spec
+        if len(set(widths[:-1])) > 1:
+            raise ValueError(f"projector {self.projector!r} has different hidden widths {widths[:-1]}; "
+                             f"use one hidden width, e.g. '2048-2048-2048'")
+
+    def resolved(self) -> TrainConfig:
+        """A copy with the defaults that depend on the environment or other fields filled in."""
+        from .data import default_data_spec
+
+        lr = self.lr if self.lr is not None else default_lr(self.optimizer, self.batch_size)
+        return dataclasses.replace(self, data=self.data or default_data_spec(), lr=lr)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def default_lr(optimizer: str, batch_size: int) -> float:
+    """Adam: 2e-4 (the blog's code). LARS: base lr 0.2 scaled by batch_size / 256 (the official code)."""
+    return 2e-4 if optimizer == "adam" else 0.2 * batch_size / 256
+
+
+# ----------------------------------------------------------------------------- field metadata
+
+
+def field_names(flag: str | None = None, value: bool = True) -> tuple[str, ...]:
+    """TrainConfig's field names, all or those whose metadata ``flag`` equals ``value``."""
+    return tuple(spec.name for spec in dataclasses.fields(TrainConfig)
+                 if flag is None or spec.metadata[flag] == value)
+
+
+def field_type(spec: dataclasses.Field) -> tuple[type, bool]:
+    """(the field's value type, whether None is allowed), from its annotation."""
+    hint = typing.get_type_hints(TrainConfig)[spec.name]
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        return next(arg for arg in args if arg is not type(None)), True
+    return hint, False
+
+
+def _check_field(spec: dataclasses.Field, value: Any) -> None:
+    kind, nullable = field_type(spec)
+    name, meta = spec.name, spec.metadata
+    if value is None:
+        if nullable:
+            return
+        raise ValueError(f"{name} must not be None; its default is {spec.default!r}")
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
+    elif kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    elif not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {value!r}")
+    if meta["minimum"] is not None and value < meta["minimum"]:
+        raise ValueError(f"{name} must be >= {meta['minimum']:g}, got {value!r}")
+    if meta["choices"] is not None and value not in meta["choices"]:
+        raise ValueError(f"unknown {name} {value!r}: use one of {', '.join(meta['choices'])}")
+
+
+# ----------------------------------------------------------------------------- presets
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The blog post's code exactly (reference-recipes.md): torchvision resnet18(num_classes=512) with a
+    # 3x3 stem (padding 0, bias) and its fc kept, a 1024-wide projector ending in a biased Linear, one
+    # forward pass over both views, the same augmentation for both views, summed variance terms with
+    # no eps, Adam 2e-4 at a constant lr, weight decay 1e-6, batch 256, 500 epochs.
+    "blog": dict(
+        backbone="blog", width=64, projector="1024-1024-1024-1024", projector_bias=True, concat_views=True,
+        recipe="blog", loss="blog", optimizer="adam", lr=2e-4, weight_decay=1e-6, schedule="constant",
+        warmup_epochs=0, batch_size=256, epochs=500,
+    ),
+    # The official code's conventions (main_vicreg.py) adapted to CIFAR-10 on one GPU:
+    # - ResNet-18 with a 3x3 stem and no max-pool instead of ResNet-50 (32x32 images would shrink
+    #   to 1x1 in ResNet-50's ImageNet stem);
+    # - projector 2048-2048-2048: four times the 512-d representation, as 8192 is four times
+    #   ResNet-50's 2048;
+    # - batch 256 instead of 2048, with the official lr rule base_lr 0.2 * batch / 256;
+    # - the augmentations at 32 px: crop scale 0.2-1 (not 0.08-1), bilinear, blur kernel 3;
+    # - kept: LARS (eta 0.001, weight decay 1e-6, biases and norms excluded), 10 warmup epochs, cosine
+    #   to 0.001 of the peak, variance terms averaged with eps 1e-4, 25/25/1, 100 epochs (the official
+    #   script's default).
+    "paper": dict(
+        backbone="cifar", width=64, projector="2048-2048-2048", projector_bias=False, concat_views=False,
+        recipe="paper", loss="official", optimizer="lars", lr=0.2, weight_decay=1e-6, lars_eta=0.001,
+        lars_clip=False, schedule="warmup_cosine", warmup_epochs=10, final_lr_ratio=0.001,
+        batch_size=256, epochs=100,
+    ),
+    # Ours, for the most accuracy per GPU-minute. Changes from `paper` (after solo-learn's CIFAR-10
+    # VICReg settings, scripts/pretrain/cifar/vicreg.yaml at 9187ea3): the same augmentation for both
+    # views with no blur and solarize 0.1 (recipe "fast"); LARS eta 0.02 with the adaptive rate
+    # clipped, lr 0.3, weight decay 1e-4; 2 warmup epochs (short runs); bf16, channels-last and
+    # torch.compile on a GPU. docs/design.md says what each choice was measured on.
+    "fast": dict(
+        backbone="cifar", width=64, projector="2048-2048-2048", projector_bias=False, concat_views=False,
+        recipe="fast", loss="official", optimizer="lars", lr=0.3, weight_decay=1e-4, lars_eta=0.02,
+        lars_clip=True, schedule="warmup_cosine", warmup_epochs=2, final_lr_ratio=0.001,
+        batch_size=256, epochs=100, compile="auto",
+    ),
+}
