@@ -1,6 +1,8 @@
 """The two-view augmentations of VICReg, per image (torchvision) and batched (tensor ops).
 
-A recipe is two `ViewRecipe`s, one per branch. Both implementations apply, in this order:
+A recipe is two `ViewRecipe`s, one per branch; `RECIPES` names three: "blog" (the blog post's code),
+"paper" (the official code's, adapted to 32x32 images) and "fast" (solo-learn's CIFAR recipe, the
+`fast` preset's). Both implementations apply, in this order:
 
     random resized crop -> horizontal flip -> colour jitter (random op order) -> grayscale
     -> Gaussian blur -> solarize -> normalise with the CIFAR-10 mean/std
@@ -54,23 +56,40 @@ class ViewRecipe:
             )
 
 
-# The blog post that started this project: both views identical, no flip, no grayscale.
+# The blog post's code (augustwester/vicreg, train.py, as of 89eab04): one pipeline for both views,
+# RandomResizedCrop(32, scale 0.2-1) -> flip 0.5 -> ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8 ->
+# grayscale 0.2 -> GaussianBlur(3) p 0.5 -> RandomSolarize(0.5) p 0.2 -> Normalize. Flip and
+# grayscale are in every version of its train.py.
 _BLOG_VIEW = ViewRecipe(
-    crop_scale=(0.2, 1.0), flip_p=0.0, jitter_p=0.8, gray_p=0.0, blur_p=0.5, solarize_p=0.2
+    crop_scale=(0.2, 1.0), flip_p=0.5, jitter_p=0.8, gray_p=0.2, blur_p=0.5, solarize_p=0.2
 )
 
-# The official VICReg augmentations (main_vicreg.py, after BYOL), adapted to 32x32 images: the paper's
-# ImageNet crops cover 8-100% of the image (scale 0.08-1), but a 32x32 crop of 8% is a 9x9 patch with
-# little left to recognise, so CIFAR practice (SimCLR/VICReg CIFAR ports) uses scale 0.2-1. The blur
-# kernel is 3 pixels (10% of 32, as SimCLR sizes it). View 1 always blurs and never solarizes; view 2
-# blurs rarely and solarizes sometimes: the asymmetry of the paper.
+# The official VICReg augmentations (facebookresearch/vicreg, augmentations.py, after BYOL), adapted to
+# 32x32 images. It departs from the official code in three ways:
+# - crop scale 0.2-1, not torchvision's default 0.08-1: a crop of 8% of a 32x32 image is a 9x9 patch
+#   with little left to recognise, so CIFAR setups (the blog's code, solo-learn) use 0.2-1;
+# - bilinear, not bicubic, interpolation of the crop: BatchAugment's one grid_sample reproduces
+#   torchvision's bilinear resized crop to float precision, so the per-image and batched pipelines
+#   give the same views (the tests hold them to it);
+# - a 3x3 Gaussian kernel (about 10% of 32 pixels, as SimCLR sizes it) with sigma 0.1-2, where the
+#   official code blurs with PIL (sigma 0.1-2, no kernel size).
+# View 1 always blurs and never solarizes; view 2 blurs with p 0.1 and solarizes with p 0.2: the
+# official code's asymmetry.
 _PAPER_VIEW = ViewRecipe(crop_scale=(0.2, 1.0), flip_p=0.5, jitter_p=0.8, gray_p=0.2)
+
+# The augmentation of our `fast` preset: solo-learn's CIFAR recipe for VICReg
+# (scripts/pretrain/cifar/vicreg.yaml), the same for both views: crop 0.2-1, flip 0.5,
+# ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2, no blur, solarize p 0.1.
+_FAST_VIEW = ViewRecipe(
+    crop_scale=(0.2, 1.0), flip_p=0.5, jitter_p=0.8, gray_p=0.2, blur_p=0.0, solarize_p=0.1
+)
 RECIPES: dict[str, tuple[ViewRecipe, ViewRecipe]] = {
     "blog": (_BLOG_VIEW, _BLOG_VIEW),
     "paper": (
         dataclasses.replace(_PAPER_VIEW, blur_p=1.0, solarize_p=0.0),
         dataclasses.replace(_PAPER_VIEW, blur_p=0.1, solarize_p=0.2),
     ),
+    "fast": (_FAST_VIEW, _FAST_VIEW),
 }
 
 
