@@ -21,14 +21,16 @@ from .diagnostics import (
 )
 from .distributed import gather_with_grad, init_distributed, is_main_process
 from .evaluate import evaluate_checkpoint, extract_features, knn_accuracy, label_efficiency, linear_probe
-from .loss import VICRegLoss, covariance_loss, invariance_loss, variance_loss, vicreg_loss
+from .config import PRESETS, TrainConfig
+from .loss import LossTerms, VICRegLoss, covariance_loss, invariance_loss, variance_loss, vicreg_loss
 from .visualize import nearest_neighbors, plot_embedding_scatter, plot_retrieval, plot_thumbnails, umap_2d
-from .model import VICReg, Projector, parse_projector_spec, resnet18_cifar
+from .model import VICReg, Projector, build_model, parse_projector_spec, resnet18_cifar
 from .monitor import launch, plot_metrics, pretrain_command, watch_run
 from .plotting import show_image_grid, to_display
 from .progress import progress_bar
 from .supervised import train_supervised
-from .train import PretrainResult, TrainConfig, TrainingDiverged, pretrain, read_metrics
+from .runfolder import read_config, read_metrics
+from .train import PretrainResult, RunInterrupted, TrainingDiverged, pretrain, training_step
 
 __version__ = "0.1.0"
 
@@ -41,6 +43,6 @@ __all__ = [
     "load_checkpoint", "load_dataset", "load_pretrained", "parse_projector_spec", "per_dim_std", "pretrain",
     "progress_bar", "read_metrics", "resnet18_cifar", "run_ablation", "save_checkpoint", "singular_values",
     "two_views_transform", "variance_loss", "vicreg_loss",
-    "random_subset", "launch", "plot_metrics", "pretrain_command", "watch_run", "show_image_grid", "to_display", "train_supervised",
+    "random_subset", "LossTerms", "PRESETS", "build_model", "read_config", "RunInterrupted", "training_step", "launch", "plot_metrics", "pretrain_command", "watch_run", "show_image_grid", "to_display", "train_supervised",
     "nearest_neighbors", "plot_embedding_scatter", "plot_retrieval", "plot_thumbnails", "umap_2d",
 ]

@@ -16,10 +16,12 @@ held-out split:
 - the per-epoch history of the run (std and loss terms over training) for plots.
 
 Every setting's result is one JSON file, written atomically when the setting finishes,
-under ``cache_dir/<setting>-<key>/``, where key hashes the full config (coefficients
-included) and the probe settings. A second call with the same config loads it; any
-changed setting gives a new key and a new run; an interrupted sweep keeps the settings
-it finished.
+under ``cache_dir/<setting>-<key>/``, where key hashes the config's result-changing
+fields (coefficients included; see config.py's ``cache_key`` metadata), the probe
+settings and the data's content (``data.fingerprint``: replacing a file at the same path
+gives a new key). A second call with the same config loads it; any changed setting gives
+a new key and a new run; an interrupted sweep keeps the settings it finished. A setting
+whose run diverges is recorded as "diverged" and the sweep goes on.
 """
 
 from __future__ import annotations
@@ -37,11 +39,14 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 
 from . import train
-from .checkpoint import atomic_write
+from .config import TrainConfig, field_names
 from .data import load_dataset, random_subset
 from .diagnostics import collapse_report, effective_rank, per_dim_std, singular_values
 from .evaluate import extract_features, knn_accuracy, linear_probe
+from .files import atomic_write
+from .model import build_model
 from .progress import progress_bar
+from .runfolder import read_metrics
 
 __all__ = [
     "PAPER_ABLATION",
@@ -74,9 +79,8 @@ PAPER_ABLATION: dict[Setting, float | None] = {
 
 RESULT_NAME = "result.json"
 RUN_NAME = "run"
-RESULT_FORMAT = 2  # bump when the stored row changes, so old caches are recomputed
-# TrainConfig fields that do not change what a run computes: left out of the cache key.
-_NOT_IN_KEY = ("out_dir", "progress", "resume", "overwrite", "log_every", "checkpoint_every")
+RESULT_FORMAT = 3  # bump when the stored row changes, so old caches are recomputed
+ROW_KEYS = ("lam", "mu", "nu", "verdict", "knn_top1", "linear_top1", "history")  # a usable cached row has these
 
 
 # ----------------------------------------------------------------------------- settings
@@ -125,11 +129,13 @@ def setting_name(setting: Setting) -> str:
     return f"lam{lam:g}_mu{mu:g}_nu{nu:g}"
 
 
-def cache_key(config: train.TrainConfig, probe: dict[str, Any]) -> str:
-    """Hash of everything that decides a result: the resolved config (lam/mu/nu included)
-    and the probe settings. 16 hex digits."""
-    fields = {k: v for k, v in config.resolved().to_dict().items() if k not in _NOT_IN_KEY}
-    blob = json.dumps({"config": fields, "probe": probe, "format": RESULT_FORMAT}, sort_keys=True)
+def cache_key(config: TrainConfig, probe: dict[str, Any], data_fingerprint: str) -> str:
+    """Hash of everything that decides a result: the resolved config's result-changing fields
+    (lam/mu/nu included), the probe settings and the data's content. 16 hex digits."""
+    resolved = config.resolved().to_dict()
+    fields = {name: resolved[name] for name in field_names("cache_key")}
+    blob = json.dumps({"config": fields, "probe": probe, "data": data_fingerprint, "format": RESULT_FORMAT},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -147,12 +153,15 @@ def _load_cached(path: Path, key: str) -> dict[str, Any] | None:
         payload = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if payload.get("key") != key or payload.get("format") != RESULT_FORMAT:
+    if not isinstance(payload, dict) or payload.get("key") != key or payload.get("format") != RESULT_FORMAT:
         return None
-    return payload["row"]
+    row = payload.get("row")
+    if not isinstance(row, dict) or not all(name in row for name in ROW_KEYS):
+        return None  # valid JSON of the wrong shape: recompute
+    return row
 
 
-def _evaluate_setting(model, config: train.TrainConfig, probe: dict[str, Any], device: str) -> dict[str, Any]:
+def _evaluate_setting(model, config: TrainConfig, probe: dict[str, Any], device: str) -> dict[str, Any]:
     """Diagnostics of the trained model on the held-out (test) split, and its kNN / linear accuracy."""
     train_images, train_labels, classes = load_dataset(config.data, "train", config.data_root)
     # a seeded random subset of the labelled images, the same for every setting
@@ -177,16 +186,28 @@ def _evaluate_setting(model, config: train.TrainConfig, probe: dict[str, Any], d
     }
 
 
-def _run_setting(setting: Setting, config: train.TrainConfig, run_dir: Path, probe: dict[str, Any],
-                 pretrain: Callable[[train.TrainConfig], Any]) -> dict[str, Any]:
-    """Pretrain with this setting into run_dir, then evaluate: one table row."""
+def _diverged_row(setting: Setting, run_dir: Path, error: Exception, seconds: float) -> dict[str, Any]:
+    lam, mu, nu = setting
+    nan = math.nan
+    return {"lam": lam, "mu": mu, "nu": nu, "verdict": "diverged", "error": str(error),
+            "loss": nan, "invariance": nan, "variance": nan, "covariance": nan, "std_mean": nan,
+            "std_per_dim": [], "effective_rank": nan, "singular_values": [], "knn_top1": nan, "linear_top1": nan,
+            "history": read_metrics(run_dir) if run_dir.is_dir() else [], "train_time_s": seconds, "time_s": seconds}
+
+
+def _run_setting(setting: Setting, config: TrainConfig, run_dir: Path, probe: dict[str, Any],
+                 pretrain: Callable[[TrainConfig], Any]) -> dict[str, Any]:
+    """Pretrain with this setting into run_dir, then evaluate: one table row ("diverged" if it did)."""
     lam, mu, nu = setting
     start = time.perf_counter()
     run_config = dataclasses.replace(config, lam=lam, mu=mu, nu=nu, out_dir=str(run_dir),
                                      resume=False, overwrite=True)  # a half-finished run starts afresh
-    result = pretrain(run_config)
+    try:
+        result = pretrain(run_config)
+    except train.TrainingDiverged as error:
+        return _diverged_row(setting, run_dir, error, time.perf_counter() - start)
     train_time = time.perf_counter() - start
-    history = train.read_metrics(result.out_dir)
+    history = read_metrics(result.out_dir)
     last = next((r for r in reversed(history) if "loss" in r), {})
     row: dict[str, Any] = {"lam": lam, "mu": mu, "nu": nu}
     row.update({name: last.get(name, math.nan) for name in ("loss", "invariance", "variance", "covariance")})
@@ -202,12 +223,12 @@ def _run_setting(setting: Setting, config: train.TrainConfig, run_dir: Path, pro
 
 def run_ablation(
     grid: Sequence[Sequence[float]] | str,
-    config: train.TrainConfig,
+    config: TrainConfig,
     cache_dir: str | os.PathLike | None = None,
     probe_epochs: int = 50,
     probe_train_images: int | None = None,
     progress: bool = True,
-    pretrain: Callable[[train.TrainConfig], Any] | None = None,
+    pretrain: Callable[[TrainConfig], Any] | None = None,
 ) -> AblationTable:
     """One short pretraining run per (lam, mu, nu) in ``grid``, diagnosed and cached.
 
@@ -226,7 +247,7 @@ def run_ablation(
     settings = parse_grid(grid) if isinstance(grid, str) else [_check_setting(s) for s in grid]
     if not settings:
         raise ValueError("grid is empty; pass at least one (lam, mu, nu) setting, e.g. [(25, 25, 1)]")
-    if not isinstance(config, train.TrainConfig):
+    if not isinstance(config, TrainConfig):
         raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
     if isinstance(probe_epochs, bool) or not isinstance(probe_epochs, int) or probe_epochs < 1:
         raise ValueError(f"probe_epochs must be an integer >= 1, got {probe_epochs!r}")
@@ -240,17 +261,24 @@ def run_ablation(
              "held_out": "test"}
 
     start = time.perf_counter()
-    rows = []
+    data_fingerprint = _data_fingerprint(config)
+    rows: list[dict[str, Any]] = []
     with progress_bar(settings, total=len(settings), desc="ablation", disable=not progress) as bar:
         for setting in bar:
             setting_config = dataclasses.replace(config, lam=setting[0], mu=setting[1], nu=setting[2])
-            key = cache_key(setting_config, probe)
+            key = cache_key(setting_config, probe, data_fingerprint)
             folder = cache_dir / f"{setting_name(setting)}-{key}"
             bar.set_postfix(setting=setting_name(setting))
             row = _load_cached(folder / RESULT_NAME, key)
             cached = row is not None
             if row is None:
-                row = _run_setting(setting, setting_config, folder / RUN_NAME, probe, pretrain)
+                try:
+                    row = _run_setting(setting, setting_config, folder / RUN_NAME, probe, pretrain)
+                except KeyboardInterrupt:
+                    raise KeyboardInterrupt(
+                        f"ablation interrupted in setting {setting_name(setting)}: the {len(rows)} settings "
+                        f"before it are cached in {str(cache_dir)!r}; run the same call again to compute the "
+                        f"rest (the interrupted setting starts afresh)") from None
                 # Written only now, complete: an interruption never leaves a half result behind.
                 payload = {"format": RESULT_FORMAT, "key": key, "probe": probe,
                            "config": setting_config.to_dict(), "row": row}
@@ -259,7 +287,17 @@ def run_ablation(
     return AblationTable(rows, elapsed_s=time.perf_counter() - start)
 
 
-def evaluate_random_init(config: train.TrainConfig, probe_epochs: int = 50,
+def _data_fingerprint(config: TrainConfig) -> str:
+    """A hash of the train and test images and labels the settings will see."""
+    from .data import fingerprint  # TODO(redesign): top-level import once data.fingerprint has landed
+
+    resolved = config.resolved()
+    train_split = load_dataset(resolved.data, "train", resolved.data_root)
+    test_split = load_dataset(resolved.data, "test", resolved.data_root)
+    return fingerprint(*train_split[:2], *test_split[:2])
+
+
+def evaluate_random_init(config: TrainConfig, probe_epochs: int = 50,
                          probe_train_images: int | None = None) -> dict[str, Any]:
     """The same diagnostics and accuracies for the untrained network (config's seed):
     the baseline a useful setting has to beat. Returns a row without loss terms or history."""
@@ -268,7 +306,7 @@ def evaluate_random_init(config: train.TrainConfig, probe_epochs: int = 50,
              "held_out": "test"}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # the initialisation pretrain starts from
-        model = train.build_model(config)
+        model = build_model(**config.arch())
     return _evaluate_setting(model, config, probe, config.device)
 
 

@@ -3,11 +3,12 @@
 A checkpoint is one dict saved with ``torch.save``:
 
     format, format_version   identify the file as ours
-    arch                     backbone, width, projector spec, representation / embedding dims
+    arch                     model.build_model's keyword arguments (build_model(**arch))
     config                   the full TrainConfig as a plain dict
     model                    the VICReg state dict (no DDP / torch.compile prefixes)
     optimizer, schedule      optimizer state dict; the learning-rate schedule's settings
-    epoch, step              completed epochs, optimizer steps taken
+    epoch, step              epochs begun, optimizer steps taken; epoch_step: steps done in that
+                             epoch (0 when it is complete); epoch_sums: its loss sums so far
     rng                      torch CPU (+ CUDA), numpy, python random, and the training
                              generators' states, so a resumed run continues bit for bit
 
@@ -19,15 +20,16 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
+from .files import atomic_write
+
 FORMAT = "vicreg_lib.checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: arch is build_model's keyword arguments
 
 
 class CheckpointError(ValueError):
@@ -74,12 +76,9 @@ def _python_state_to_plain(state: tuple) -> list:
 
 
 def cpu_copy(obj: Any) -> Any:
-    """A deep copy of nested dicts / lists of tensors with every tensor cloned to the CPU.
-
-    State dicts hold references to live tensors; a snapshot must not change when training goes on.
-    """
+    """Nested dicts / lists of tensors with every tensor on the CPU (a copy only where it was elsewhere)."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
+        return obj.detach().cpu()
     if isinstance(obj, dict):
         return {key: cpu_copy(value) for key, value in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -87,37 +86,36 @@ def cpu_copy(obj: Any) -> Any:
     return obj
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str = "wb") -> Path:
-    """Call ``write(file)`` on a temporary file in ``path``'s folder, fsync, then os.replace onto
-    ``path``: a reader sees the old file or the new one, never half of one, even after a crash.
-    A failed write removes the temporary file and leaves ``path`` as it was. Returns ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable (not possible on every platform)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-    return path
+def nonfinite_tensors(tree: Any, prefix: str = "") -> list[str]:
+    """Names (dotted paths) of the floating-point tensors in nested dicts / lists that hold NaN or inf."""
+    if isinstance(tree, torch.Tensor):
+        return [prefix] if tree.is_floating_point() and not bool(torch.isfinite(tree).all()) else []
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, (list, tuple)):
+        items = enumerate(tree)
+    else:
+        return []
+    return [name for key, value in items for name in nonfinite_tensors(value, f"{prefix}.{key}" if prefix else str(key))]
+
+
+def _describe(names: list[str], limit: int = 5) -> str:
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return f"{len(names)} tensor(s) hold NaN or inf: {', '.join(names[:limit])}{more}"
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically (``atomic_write``), with ``format`` and
-    ``format_version`` added. Returns ``path``."""
-    state = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
+    """Write ``state`` to ``path`` atomically (``files.atomic_write``), with ``format`` and
+    ``format_version`` added; tensors are moved to the CPU. Returns ``path``.
+
+    Refuses (CheckpointError) a state whose model or optimizer holds NaN or inf: a
+    checkpoint on disk is always one a run can continue from. A failed write (a full disk)
+    leaves the previous file at ``path`` as it was.
+    """
+    bad = nonfinite_tensors({"model": state.get("model"), "optimizer": state.get("optimizer")})
+    if bad:
+        raise CheckpointError(f"not saving {str(path)!r}: {_describe(bad)}")
+    state = cpu_copy({"format": FORMAT, "format_version": FORMAT_VERSION, **state})
     return atomic_write(path, lambda handle: torch.save(state, handle))
 
 
@@ -164,29 +162,37 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
+def _arch(state: dict[str, Any]) -> dict[str, Any]:
+    """build_model's keyword arguments; format 1 stored only the CIFAR backbone's width and projector."""
+    arch = dict(state["arch"])
+    if state.get("format_version") == 1:
+        return dict(backbone="cifar", width=arch["width"], projector=arch["projector"])
+    return arch
+
+
 def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
     """Rebuild the pretrained VICReg model from a checkpoint: returns ``(model, config)``.
 
-    The architecture comes from the stored config (width, projector spec); the weights
-    must fit it exactly, otherwise CheckpointError says which tensors do not. The model
-    is returned in eval mode.
+    ``config`` is the run's settings as a plain dict (TrainConfig's fields). The
+    architecture comes from the stored ``arch``; the weights must fit it exactly and be
+    finite, otherwise CheckpointError says which tensors do not. The model is returned
+    in eval mode.
     """
-    from .train import TrainConfig, build_model  # train imports this module
+    from .model import build_model
 
     state = load_checkpoint(path, map_location=map_location)
+    bad = nonfinite_tensors(state["model"])
+    if bad:
+        raise CheckpointError(f"checkpoint {str(path)!r} is from a diverged run: {_describe(bad)}; "
+                              f"evaluate an earlier checkpoint or pretrain again with a lower lr")
     try:
-        config = TrainConfig(**{**state["config"], "resume": False})
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"checkpoint {str(path)!r} holds a config this version cannot use: {error}") from error
-    model = build_model(config)
-    try:
+        model = build_model(**_arch(state))
         model.load_state_dict(state["model"], strict=True)
-    except RuntimeError as error:
+    except (TypeError, ValueError, RuntimeError) as error:
         raise CheckpointError(
-            f"checkpoint {str(path)!r}: its weights do not fit the architecture rebuilt from its config "
-            f"(width={config.width}, projector={config.projector!r}); was the file edited or written by "
-            f"other code? Details: {error}"
+            f"checkpoint {str(path)!r}: its weights do not fit the architecture it names ({state['arch']}); "
+            f"was the file edited or written by other code? Details: {error}"
         ) from error
     model.to(map_location)
     model.eval()
-    return model, config
+    return model, dict(state["config"])

@@ -5,7 +5,8 @@
 
 Each subcommand is a pair of functions, ``add_arguments(parser)`` and ``run(args) -> exit
 code``, registered in SUBCOMMANDS; adding one is one more pair and one more entry. The pretrain options are generated from TrainConfig's fields, so the
-command line always matches the config (``--batch-size 256`` sets ``batch_size``).
+command line always matches the config (``--batch-size 256`` sets ``batch_size``), and
+``--preset NAME`` starts from one of config.PRESETS. Runtime errors print one line, ``error: ...``.
 """
 
 from __future__ import annotations
@@ -13,21 +14,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import types
-import typing
 from typing import Callable, Sequence
 
-from .train import TrainConfig
+from .config import PRESETS, TrainConfig, field_names, field_type
+from .device import resolve_device
 
 # ----------------------------------------------------------------------------- pretrain
 
 
-def _field_type(annotation) -> type:
-    """``int | None`` -> int; ``str`` -> str."""
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        (inner,) = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return inner
-    return annotation
+def _fail(message: str) -> int:
+    """A runtime error: one clear line (no usage text: the options were fine), exit code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 def _optional_value(kind: type) -> Callable[[str], object]:
@@ -45,36 +43,56 @@ def _optional_value(kind: type) -> Callable[[str], object]:
     return parse
 
 
-def add_pretrain_arguments(parser: argparse.ArgumentParser, exclude: frozenset[str] = frozenset()) -> None:
-    """One ``--kebab-case`` option per TrainConfig field (but those in ``exclude``), with its
-    default, help and choices."""
-    hints = typing.get_type_hints(TrainConfig)
-    for config_field in dataclasses.fields(TrainConfig):
-        if config_field.name in exclude:
+def _preset_help() -> str:
+    lines = [f"{name}: " + ", ".join(f"{key}={value}" for key, value in values.items())
+             for name, values in PRESETS.items()]
+    return ("start from a named preset, then apply the options given (default: TrainConfig's defaults). "
+            + "; ".join(lines))
+
+
+def add_pretrain_arguments(parser: argparse.ArgumentParser, per_setting: bool = True) -> None:
+    """``--preset`` and one ``--kebab-case`` option per TrainConfig field, with its default, help and
+    choices; ``per_setting=False`` leaves out the fields the ablation runner sets per setting."""
+    parser.add_argument("--preset", choices=tuple(PRESETS), default=None, help=_preset_help())
+    hidden = set() if per_setting else set(field_names("per_setting"))
+    for spec in dataclasses.fields(TrainConfig):
+        if spec.name in hidden or spec.name == "preset":
             continue
-        flag = "--" + config_field.name.replace("_", "-")
-        help_text = config_field.metadata.get("help", "")
-        choices = config_field.metadata.get("choices")
-        kind = _field_type(hints[config_field.name])
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=config_field.default,
-                                help=help_text)
+        flag = "--" + spec.name.replace("_", "-")
+        kind, nullable = field_type(spec)
+        help_text = spec.metadata["help"] + ("" if "default" in spec.metadata["help"] else f" (default: {spec.default})")
+        if kind is bool:  # default None: "not given", so a preset's value stays
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            parse = _optional_value(kind) if config_field.default is None else kind
-            parser.add_argument(flag, type=parse, default=config_field.default, choices=choices,
-                                metavar=config_field.name.upper() if choices is None else None, help=help_text)
+            parser.add_argument(flag, type=_optional_value(kind) if nullable else kind, default=None,
+                                choices=spec.metadata["choices"], help=help_text,
+                                metavar=spec.name.upper() if spec.metadata["choices"] is None else None)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig the options describe: the preset (if any) with every option given on top."""
+    given = {name: getattr(args, name) for name in field_names() if getattr(args, name, None) is not None}
+    if args.preset:
+        return TrainConfig.from_preset(args.preset, **given)
+    return TrainConfig(**given)
+
+
+def _slow_cpu_hint(config: TrainConfig) -> str | None:
+    if resolve_device(config.device).type == "cpu" and config.width >= 32:
+        return (f"training a width-{config.width} ResNet-18 on the CPU will be slow; for a quick run try "
+                f"--width 16 --projector 512-512-512 --max-train-images 5000")
+    return None
 
 
 def run_pretrain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .distributed import is_main_process, resolve_device
-    from .train import TrainingDiverged, _slow_cpu_hint, pretrain
+    from .distributed import is_main_process
+    from .train import TrainingDiverged, pretrain
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     try:
-        config = TrainConfig(**values)
-        hint = _slow_cpu_hint(config, resolve_device(config.device))
+        config = config_from_args(args)
+        hint = _slow_cpu_hint(config)
     except ValueError as error:
-        parser.error(str(error))
+        return _fail(str(error))
     if hint:
         print(f"note: {hint}", file=sys.stderr)
     try:
@@ -82,8 +100,8 @@ def run_pretrain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     except TrainingDiverged as error:
         print(f"training diverged: {error}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError) as error:  # bad data spec, checkpoint, out_dir
-        parser.error(str(error))
+    except (ValueError, FileNotFoundError, OSError) as error:  # data spec, checkpoint, out_dir, full disk
+        return _fail(str(error))
     if is_main_process():
         last = result.history[-1] if result.history else {}
         summary = ", ".join(f"{key} {last[key]:.4g}" for key in ("loss", "std", "knn_top1") if key in last)
@@ -135,10 +153,6 @@ def run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 # ----------------------------------------------------------------------------- ablate
 
 
-# set per setting by run_ablation, so the ablate command does not offer them
-ABLATION_SETS = frozenset({"lam", "mu", "nu", "out_dir", "resume", "overwrite"})
-
-
 def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
     from .ablation import PAPER_ABLATION
 
@@ -148,23 +162,22 @@ def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", default=None,
                         help="one folder per setting and config (default: $VICREG_RUNS/ablation)")
     parser.add_argument("--probe-epochs", type=int, default=50, help="epochs of the linear probe")
-    add_pretrain_arguments(parser, exclude=ABLATION_SETS)  # shared by every setting's run
+    add_pretrain_arguments(parser, per_setting=False)  # shared by every setting's run
 
 
 def run_ablate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .ablation import parse_grid, run_ablation
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in ABLATION_SETS}
     try:
         grid = parse_grid(args.grid)
-        config = TrainConfig(**values)
+        config = config_from_args(args)
     except ValueError as error:
-        parser.error(str(error))
+        return _fail(str(error))
     try:
         table = run_ablation(grid, config, cache_dir=args.cache_dir, probe_epochs=args.probe_epochs,
-                             progress=args.progress)
-    except (ValueError, FileNotFoundError) as error:  # bad data spec, probe_epochs
-        parser.error(str(error))
+                             progress=config.progress)
+    except (ValueError, FileNotFoundError, OSError) as error:  # bad data spec, probe_epochs
+        return _fail(str(error))
     print(table.with_paper())
     print(f"{len(table)} settings in {table.elapsed_s:.1f} s ({sum(r['cached'] for r in table)} from the cache)")
     return 0
@@ -210,9 +223,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args, args.subparser)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as error:  # RunInterrupted says what was saved and how to continue
+        print(f"\n{error or 'interrupted'}", file=sys.stderr)
+        return 128 + getattr(error, "signum", 2)
 
 
 if __name__ == "__main__":

@@ -148,6 +148,9 @@ class TrainConfig:
         if self.data == "":
             raise ValueError("data is empty: give a data spec (cifar10, npz:PATH, folder:PATH, archive:PATH, "
                              "synthetic) or leave it unset for $VICREG_DATA")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite contradict each other: --resume continues the run in out_dir, "
+                             "--overwrite deletes it; pass one of them")
         if self.lam == 0 and self.mu == 0 and self.nu == 0:
             raise ValueError("lam, mu and nu are all 0: the loss would be 0 and nothing would train; "
                              "set at least one (the paper's setting is 25, 25, 1)")
@@ -166,6 +169,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def arch(self) -> dict[str, Any]:
+        """model.build_model's keyword arguments for this run (what a checkpoint stores as ``arch``)."""
+        return dict(backbone=self.backbone, width=self.width, projector=self.projector,
+                    projector_bias=self.projector_bias, concat_views=self.concat_views)
 
 
 def default_lr(optimizer: str, batch_size: int) -> float:
@@ -213,6 +221,21 @@ def _check_field(spec: dataclasses.Field, value: Any) -> None:
         raise ValueError(f"{name} must be >= {meta['minimum']:g}, got {value!r}")
     if meta["choices"] is not None and value not in meta["choices"]:
         raise ValueError(f"unknown {name} {value!r}: use one of {', '.join(meta['choices'])}")
+
+
+def resume_differences(stored: dict[str, Any], current: TrainConfig) -> list[str]:
+    """The settings that differ between a checkpoint's config and ``current`` and may not.
+
+    Settings marked resume_safe may change. ``epochs`` may change only with the constant
+    schedule: a cosine schedule is laid out over all epochs, so changing their number would
+    make the learning rate jump back up (start a new run, or finish this one and fine-tune).
+    """
+    now = current.to_dict()
+    allowed = set(field_names("resume_safe"))
+    if now.get("schedule") == "constant":
+        allowed.add("epochs")
+    return [f"{name}: checkpoint {stored.get(name)!r}, now {now[name]!r}"
+            for name in now if name not in allowed and stored.get(name) != now[name]]
 
 
 # ----------------------------------------------------------------------------- presets

@@ -140,5 +140,5 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def default_weight_decay(optimizer: str) -> float:  # TEMPORARY: removed with the train.py redesign
-    return 1e-6
+
+
