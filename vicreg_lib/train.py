@@ -323,11 +323,12 @@ def save_state(run: Run) -> None:
 # ----------------------------------------------------------------------------- one epoch
 
 
-def _diverged(run: Run, means: list[float]) -> TrainingDiverged:
+def _diverged(run: Run, what: str) -> TrainingDiverged:
+    """what: "the loss became nan", "the weights became non-finite", ..."""
     saved = (f"the last checkpoint ({str(run.checkpoint_path)!r}) holds finite weights" if run.checkpoint_path.exists()
              else "no checkpoint was saved")
     return TrainingDiverged(
-        f"the loss became {means[0]} in epoch {run.epoch} by optimizer step {run.step} "
+        f"{what} in epoch {run.epoch} by optimizer step {run.step} "
         f"(lr {run.optimizer.param_groups[0]['lr']:.3g}); lower the learning rate (--lr) or check lam/mu/nu "
         f"(now {run.config.lam}/{run.config.mu}/{run.config.nu}); {saved}")
 
@@ -336,7 +337,7 @@ def _check_loss(run: Run, bar) -> None:
     """Every log_every steps: stop on a non-finite loss, warn on a huge one, refresh the bar."""
     means = (run.epoch_sums / run.epoch_step).tolist()  # waits for the device: only every log_every steps
     if not all(math.isfinite(v) for v in means):
-        raise _diverged(run, means)
+        raise _diverged(run, f"the loss became {means[0]}")
     if means[0] > HUGE_LOSS and not run.warned_huge_loss:
         run.warned_huge_loss = True
         warnings.warn(f"the loss is {means[0]:.3g} in epoch {run.epoch}: far above its usual range (about 1-100); "
@@ -492,12 +493,12 @@ def _finish_epoch(run: Run, train_time: float, wall_start: float) -> None:
     No number is recorded from a model with non-finite weights: that raises TrainingDiverged.
     """
     config, is_last = run.config, run.epoch == run.last_epoch
+    if not _weights_finite(run.model):
+        raise _diverged(run, "the weights became non-finite")
     record = epoch_record(run, train_time)
     steps = run.epoch_step
     run.epoch_step, run.epoch_sums = 0, None
     run.epoch_perm_state = run.perm_generator.get_state()
-    if not _weights_finite(run.model):
-        raise _diverged(run, [float("nan")])
     saved = is_last or bool(config.checkpoint_every and run.epoch % config.checkpoint_every == 0)
     if saved:
         save_state(run)
