@@ -1,4 +1,5 @@
-"""Tests for vicreg_lib.evaluate: frozen features, weighted kNN, linear probe, label efficiency."""
+"""Tests for vicreg_lib.evaluate (weighted kNN, label efficiency, the checkpoint report) and
+vicreg_lib.features (frozen features). The linear protocols are tested in test_linear_eval.py."""
 from __future__ import annotations
 
 import pytest
@@ -9,13 +10,13 @@ from vicreg_lib import evaluate
 from vicreg_lib.data import CIFAR10_MEAN, CIFAR10_STD
 from vicreg_lib.evaluate import (
     class_balanced_subset,
-    extract_features,
+    evaluate_encoder,
     format_table,
+    frozen_feature_report,
     knn_accuracy,
     label_efficiency,
-    linear_probe,
-    normalize_images,
 )
+from vicreg_lib.features import NonFiniteFeaturesError, extract_features, normalize_images
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -212,67 +213,16 @@ def test_knn_errors():
     x, y = torch.randn(10, 4), torch.randint(0, 2, (10,))
     with pytest.raises(ValueError, match="k must be"):
         knn_accuracy(x, y, x, y, k=0)
-    with pytest.raises(ValueError, match="same samples"):
+    with pytest.raises(ValueError, match="one label per sample"):
         knn_accuracy(x, y[:5], x, y)
     with pytest.raises(ValueError, match="empty"):
         knn_accuracy(x, y, x[:0], y[:0])
     with pytest.raises(ValueError, match="dimension"):
         knn_accuracy(x, y, torch.randn(10, 5), y)
-
-
-# ----------------------------------------------------------------------------- linear_probe
-
-
-def test_linear_probe_learns_separable_features():
-    train_x, train_y = gaussian_clusters(30, 10, seed=5)
-    test_x, test_y = gaussian_clusters(10, 10, seed=5)
-    result = linear_probe(train_x, train_y, test_x, test_y, epochs=30, lr=1e-2, batch_size=64, device="cpu")
-    assert result["top1"] >= 95.0 and result["train_top1"] >= 95.0
-    assert result["top5"] >= result["top1"]
-    assert result["num_train"] == 300 and len(result["history"]) == 30
-    assert result["history"][-1] < result["history"][0]
-
-
-def test_linear_probe_on_shuffled_labels_is_near_chance():
-    train_x, train_y = gaussian_clusters(30, 10, seed=6)
-    test_x, test_y = gaussian_clusters(30, 10, seed=6)
-    g = torch.Generator().manual_seed(0)
-    shuffled_train = train_y[torch.randperm(train_y.shape[0], generator=g)]
-    result = linear_probe(train_x, shuffled_train, test_x, test_y,
-                          epochs=30, lr=1e-2, batch_size=64, device="cpu")
-    assert result["top1"] < 25.0  # chance is 10%
-    assert result["top5"] >= result["top1"]
-
-
-def test_linear_probe_is_deterministic_given_seed():
-    train_x, train_y = gaussian_clusters(20, 4, spread=5.0, seed=7)
-    test_x, test_y = gaussian_clusters(10, 4, spread=5.0, seed=7)
-    kwargs = dict(epochs=5, lr=1e-2, batch_size=16, device="cpu")
-    first = linear_probe(train_x, train_y, test_x, test_y, seed=3, **kwargs)
-    again = linear_probe(train_x, train_y, test_x, test_y, seed=3, **kwargs)
-    other = linear_probe(train_x, train_y, test_x, test_y, seed=4, **kwargs)
-    assert first == again
-    assert first["history"] != other["history"]  # the seed drives the minibatch order
-
-
-def test_linear_probe_is_invariant_to_feature_scale():
-    # features are standardised with the train statistics first
-    train_x, train_y = gaussian_clusters(20, 4, spread=5.0, seed=8)
-    test_x, test_y = gaussian_clusters(10, 4, spread=5.0, seed=8)
-    kwargs = dict(epochs=5, lr=1e-2, batch_size=16, device="cpu")
-    base = linear_probe(train_x, train_y, test_x, test_y, **kwargs)
-    scaled = linear_probe(1000 * train_x + 7, train_y, 1000 * test_x + 7, test_y, **kwargs)
-    assert base["top1"] == scaled["top1"]
-
-
-def test_linear_probe_errors():
-    x, y = torch.randn(10, 4), torch.randint(0, 2, (10,))
-    with pytest.raises(ValueError, match="same samples"):
-        linear_probe(x, y, x[:3], y, device="cpu")
-    with pytest.raises(ValueError, match="epochs"):
-        linear_probe(x, y, x, y, epochs=0, device="cpu")
-    with pytest.raises(ValueError, match="num_classes"):
-        linear_probe(x, y + 5, x, y, num_classes=3, device="cpu")
+    with pytest.raises(ValueError, match="labels go up to 6"):  # out of range: caught before the loop
+        knn_accuracy(x, y + 5, x, y, num_classes=3)
+    with pytest.raises(ValueError, match=">= 0"):
+        knn_accuracy(x, y - 1, x, y)
 
 
 # ----------------------------------------------------------------------------- label efficiency
@@ -322,108 +272,79 @@ def test_format_table_aligns_metrics_and_baseline():
     results = {
         "checkpoint": "runs/x/checkpoint.pt",
         "num_train": 100,
+        "protocols": ["fast", "standard"],
+        "probe_epochs": {"fast": 100, "standard": 100},
         "knn_top1@20": 81.234,
-        "linear_top1": 85.0,
+        "knn_top1@200": 80.0,
+        "linear_fast_top1": 85.0,
+        "linear_standard_top1": 86.5,
         "label_1%_top1": 40.5,
-        "random_init": {"knn_top1@20": 30.0, "linear_top1": 35.25, "label_1%_top1": 20.0},
+        "random_init": {"knn_top1@20": 30.0, "linear_fast_top1": 35.25, "label_1%_top1": 20.0},
     }
     table = format_table(results)
     lines = table.splitlines()
     assert "checkpoint: runs/x/checkpoint.pt" in lines and "num_train: 100" in lines
+    assert "protocols: fast, standard" in lines and "probe_epochs: fast 100, standard 100" in lines
     rows = lines[lines.index("") + 1:]
-    assert len(rows) == 2 + 3  # header, rule, three metrics
+    assert len(rows) == 2 + 5  # header, rule, five metrics
     assert len({len(row) for row in rows}) == 1  # every row has the same width
     assert "random init" in rows[0]
-    assert any("81.23" in row and "30.00" in row for row in rows)
+    assert any("k=20)" in row and "81.23" in row and "30.00" in row for row in rows)
+    assert any("k=200)" in row and "80.00" in row and row.endswith("-") for row in rows)
+    assert any("standard protocol" in row and "top-1" in row and "86.50" in row for row in rows)
     assert any("1% labels" in row and "40.50" in row for row in rows)
-    assert "random init" not in format_table({"linear_top1": 85.0})
+    assert "random init" not in format_table({"linear_fast_top1": 85.0})
 
 
-# ----------------------------------------------------------------------------- linear_probe_augmented
+# ----------------------------------------------------------------------------- frozen_feature_report, evaluate_encoder
 
 
-def brightness_classes(n_per_class: int, seed: int = 0):
-    """uint8 images (n, 3, 8, 8) whose class is their brightness band: 0 dark, 1 mid, 2 bright."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(3).repeat_interleave(n_per_class)
-    base = torch.tensor([30, 128, 225])[labels].view(-1, 1, 1, 1)
-    noise = torch.randint(-20, 21, (labels.shape[0], 3, 8, 8), generator=g)
-    return (base + noise).clamp(0, 255).to(torch.uint8), labels
+def test_frozen_feature_report_has_knn_fast_probe_and_label_fractions():
+    train_x, train_y = gaussian_clusters(30, 4, seed=10)
+    test_x, test_y = gaussian_clusters(10, 4, seed=10)
+    report = frozen_feature_report(train_x, train_y, test_x, test_y, probe_epochs=5, label_fractions=(0.1, 0.5),
+                                   device="cpu")
+    assert set(report) == {"knn_top1@20", "knn_top1@200", "linear_fast_top1", "linear_fast_top5",
+                           "label_10%_top1", "label_50%_top1"}
+    assert report["knn_top1@20"] == knn_accuracy(train_x, train_y, test_x, test_y, k=20)["knn_top1@20"]
+    assert report["linear_fast_top1"] >= 95.0
+    without = frozen_feature_report(train_x, train_y, test_x, test_y, linear=False, label_fractions=(),
+                                    knn_k=(5,), device="cpu")
+    assert set(without) == {"knn_top1@5"}
 
 
-def random_flip(x: torch.Tensor) -> torch.Tensor:
-    """A cheap stand-in augmentation: flip every other image, then normalise."""
-    x = x.clone()
-    x[::2] = x[::2].flip(-1)
-    return normalize_images(x)
+def test_evaluate_encoder_runs_the_chosen_protocols(monkeypatch):
+    import vicreg_lib.linear_eval as linear_eval_module
 
+    ran = []
+    real = evaluate.linear_eval
 
-def test_linear_probe_augmented_learns_and_keeps_encoder_frozen():
+    def spy(*args, protocol, **kwargs):
+        ran.append((protocol, kwargs["epochs"]))
+        return real(*args, protocol=protocol, **kwargs)
+
+    monkeypatch.setattr(evaluate, "linear_eval", spy)
     torch.manual_seed(0)
-    encoder = TinyEncoder()
-    encoder.train()
-    before = {k: v.clone() for k, v in encoder.state_dict().items()}
-    train_images, train_labels = brightness_classes(30, seed=0)
-    test_images, test_labels = brightness_classes(10, seed=1)
-    result = evaluate.linear_probe_augmented(
-        encoder, train_images, train_labels, test_images, test_labels,
-        epochs=20, transform=random_flip, lr=1e-2, batch_size=32, device="cpu",
-    )
-    assert result["top1"] >= 90.0 and result["top5"] >= result["top1"]
-    assert len(result["history"]) == 20 and result["history"][-1] < result["history"][0]
-    after = encoder.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before), "encoder weights or BN stats changed"
-    assert encoder.training
+    images = random_images(24)
+    labels = torch.arange(3).repeat(8)
+    result = evaluate_encoder(TinyEncoder(), images, labels, images, labels, protocols=("blog", "standard"),
+                              probe_epochs=2, label_fractions=(), device="cpu")
+    assert ran == [("blog", 2), ("standard", 2)]  # fast runs on the features, not through linear_eval
+    assert {"linear_blog_top1", "linear_blog_top5", "linear_standard_top1", "knn_top1@200"} <= set(result)
+    assert "linear_fast_top1" not in result and result["feature_dim"] == 8
+    assert linear_eval_module.PROTOCOLS == evaluate.PROTOCOLS
 
 
-def test_linear_probe_augmented_normalize_test_switch():
-    # a recording "encoder": the mean pixel of what it is fed, one feature
-    fed_min = []
-
-    def encoder(x: torch.Tensor) -> torch.Tensor:
-        fed_min.append(x.min().item())
-        return x.mean(dim=(2, 3))  # (b, 3)
-
-    train_images, train_labels = brightness_classes(5, seed=0)
-    test_images, test_labels = brightness_classes(2, seed=1)
-    kwargs = dict(epochs=1, transform=random_flip, batch_size=64, device="cpu")
-    evaluate.linear_probe_augmented(encoder, train_images, train_labels, test_images, test_labels, **kwargs)
-    assert fed_min[0] < 0  # test pass first: normalised like the training views (dark pixels < 0)
-    fed_min.clear()
-    evaluate.linear_probe_augmented(encoder, train_images, train_labels, test_images, test_labels,
-                                    normalize_test=False, **kwargs)
-    assert fed_min[0] >= 0  # the blog post's quirk: test images only scaled to [0, 1]
-    assert fed_min[1] < 0  # training views stay normalised
-
-
-def test_linear_probe_augmented_default_recipe_is_seeded():
-    train_images, train_labels = brightness_classes(6, seed=0)
-    test_images, test_labels = brightness_classes(2, seed=1)
-    train_images = torch.nn.functional.interpolate(train_images.float(), size=16).to(torch.uint8)
-    test_images = torch.nn.functional.interpolate(test_images.float(), size=16).to(torch.uint8)
-    torch.manual_seed(0)
-    encoder = TinyEncoder()
-    kwargs = dict(epochs=2, batch_size=8, device="cpu")
-    first = evaluate.linear_probe_augmented(encoder, train_images, train_labels, test_images, test_labels,
-                                            seed=1, **kwargs)
-    again = evaluate.linear_probe_augmented(encoder, train_images, train_labels, test_images, test_labels,
-                                            seed=1, **kwargs)
-    assert first == again
-
-
-def test_linear_probe_augmented_rejects_float_images():
-    images, labels = brightness_classes(2)
-    with pytest.raises(ValueError, match="uint8"):
-        evaluate.linear_probe_augmented(TinyEncoder(), images.float(), labels, images, labels, device="cpu")
-    with pytest.raises(ValueError, match="same samples"):
-        evaluate.linear_probe_augmented(TinyEncoder(), images, labels[:3], images, labels, device="cpu")
-
-
-def test_linear_probe_augmented_skips_a_lone_last_sample():
-    images, labels = brightness_classes(3)  # 9 images, batch 4: the last batch holds one
-    result = evaluate.linear_probe_augmented(TinyEncoder(), images, labels, images, labels, epochs=1,
-                                             transform=random_flip, batch_size=4, device="cpu")
-    assert len(result["history"]) == 1 and result["history"][0] > 0
+def test_evaluate_encoder_refuses_bad_labels_protocols_and_broken_models():
+    images, labels = random_images(6), torch.tensor([0, 1, 2, 0, 1, 2])
+    with pytest.raises(ValueError, match="only 2 classes"):
+        evaluate_encoder(TinyEncoder(), images, labels, images, labels, num_classes=2, device="cpu")
+    with pytest.raises(ValueError, match="unknown linear-evaluation protocol"):
+        evaluate_encoder(TinyEncoder(), images, labels, images, labels, protocols=("paper",), device="cpu")
+    broken = TinyEncoder()
+    nn.init.constant_(broken.conv.weight, float("inf"))
+    with pytest.raises(NonFiniteFeaturesError, match="features of the training images"):
+        evaluate_encoder(broken, images, labels, images, labels, device="cpu")
 
 
 # ----------------------------------------------------------------------------- evaluate_checkpoint
@@ -432,52 +353,63 @@ def test_linear_probe_augmented_skips_a_lone_last_sample():
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     """A real checkpoint: one epoch of pretraining a width-4 ResNet-18 on 64 synthetic images."""
-    train = pytest.importorskip("vicreg_lib.train")
+    from vicreg_lib.config import TrainConfig
+    from vicreg_lib.train import pretrain
+
     out_dir = tmp_path_factory.mktemp("run")
-    config = train.TrainConfig(
+    config = TrainConfig(
         data="synthetic:64,40", width=4, projector="16-16", batch_size=32, epochs=1, device="cpu",
         eval_every=0, eval_at_start=False, progress=False, out_dir=str(out_dir),
     )
-    return train.pretrain(config).checkpoint_path
+    return pretrain(config).checkpoint_path
 
 
 def test_evaluate_checkpoint_end_to_end(tiny_checkpoint):
     from vicreg_lib.checkpoint import load_pretrained
     from vicreg_lib.data import load_dataset
+    from vicreg_lib.model import build_model
 
     results = evaluate.evaluate_checkpoint(
         tiny_checkpoint, device="cpu", batch_size=16, probe_epochs=3, random_init_baseline=True,
     )
-    metrics = ["knn_top1@20", "knn_top1@200", "linear_top1", "linear_top5", "label_1%_top1", "label_10%_top1"]
+    metrics = ["knn_top1@20", "knn_top1@200", "linear_fast_top1", "linear_fast_top5", "label_1%_top1",
+               "label_10%_top1"]
     assert results["data"] == "synthetic:64,40"  # the spec the run was trained on
     assert (results["num_train"], results["num_test"], results["feature_dim"]) == (64, 40, 32)
+    assert results["protocols"] == ["fast"] and results["probe_epochs"] == {"fast": 3}
     for key in metrics:
         assert 0.0 <= results[key] <= 100.0 and 0.0 <= results["random_init"][key] <= 100.0
-    assert results["linear_top5"] >= results["linear_top1"]
+    assert results["linear_fast_top5"] >= results["linear_fast_top1"]
 
-    # the table's kNN figure is the kNN of the checkpoint's own frozen representations
+    # the table's kNN figures are those of the checkpoint's own frozen representations...
     model, _ = load_pretrained(tiny_checkpoint)
     train_images, train_labels, _ = load_dataset("synthetic:64,40", "train")
     test_images, test_labels, _ = load_dataset("synthetic:64,40", "test")
-    expected = knn_accuracy(
-        extract_features(model.encoder, train_images, device="cpu"), train_labels,
-        extract_features(model.encoder, test_images, device="cpu"), test_labels, k=(20, 200), num_classes=10,
-    )
-    assert results["knn_top1@20"] == expected["knn_top1@20"]
-    # the baseline really is another network
-    assert results["random_init"]["knn_top1@20"] != results["knn_top1@20"] or \
-        results["random_init"]["linear_top1"] != results["linear_top1"]
 
+    def knn_of(encoder):
+        return knn_accuracy(
+            extract_features(encoder, train_images, device="cpu"), train_labels,
+            extract_features(encoder, test_images, device="cpu"), test_labels, k=(20, 200), num_classes=10,
+        )
+
+    assert {k: results[k] for k in ("knn_top1@20", "knn_top1@200")} == knn_of(model.encoder)
+    # ...and the baseline's those of the same architecture freshly built (seeded) by build_model
+    torch.manual_seed(0)
+    fresh = build_model(**model.arch).encoder
+    assert {k: results["random_init"][k] for k in ("knn_top1@20", "knn_top1@200")} == knn_of(fresh)
     table = format_table(results)
-    assert "random init" in table and "kNN top-1 (k=20)" in table and "10% labels" in table
+    assert "random init" in table and "kNN top-1 (k=200)" in table and "10% labels" in table
 
 
-def test_evaluate_checkpoint_subsets_and_other_data(tiny_checkpoint):
+def test_evaluate_checkpoint_chooses_protocols_subsets_and_other_data(tiny_checkpoint):
     results = evaluate.evaluate_checkpoint(
-        tiny_checkpoint, data="synthetic:50,20", device="cpu", probe_epochs=1, max_train_images=30,
+        tiny_checkpoint, data="synthetic:50,20", device="cpu", protocols=("blog",), probe_epochs=1,
+        max_train_images=30, label_fractions=(),
     )
     assert (results["num_train"], results["num_test"]) == (30, 20)
-    assert "random_init" not in results
+    assert "random_init" not in results and "linear_fast_top1" not in results
+    assert 0.0 <= results["linear_blog_top1"] <= results["linear_blog_top5"] <= 100.0
+    assert results["probe_epochs"] == {"blog": 1}
 
 
 def test_evaluate_checkpoint_errors(tiny_checkpoint, tmp_path):
@@ -485,3 +417,7 @@ def test_evaluate_checkpoint_errors(tiny_checkpoint, tmp_path):
         evaluate.evaluate_checkpoint(tmp_path / "missing.pt", device="cpu")
     with pytest.raises(ValueError, match="max_train_images"):
         evaluate.evaluate_checkpoint(tiny_checkpoint, device="cpu", max_train_images=0)
+    with pytest.raises(ValueError, match="unknown linear-evaluation protocol"):
+        evaluate.evaluate_checkpoint(tiny_checkpoint, device="cpu", protocols=("fast", "paper"))
+    with pytest.raises(ValueError, match="probe_epochs"):
+        evaluate.evaluate_checkpoint(tiny_checkpoint, device="cpu", probe_epochs=0)
