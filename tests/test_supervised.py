@@ -46,9 +46,9 @@ def test_random_crop_flip_rejects_uint8():
         random_crop_flip(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
 
 
-def _two_colour_classes(n: int = 64, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+def _two_colour_classes(n: int = 64, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Class 0: reddish noisy images, class 1: bluish. Crops and flips keep the colour."""
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % 2
     images = torch.rand(n, 3, size, size, generator=g) * 120
     images[labels == 0, 0] += 130
@@ -56,18 +56,25 @@ def _two_colour_classes(n: int = 64, size: int = 16) -> tuple[torch.Tensor, torc
     return images.to(torch.uint8), labels
 
 
-def test_train_supervised_learns_the_labels():
+def test_train_supervised_trains_the_network_and_learns_the_labels():
+    from vicreg_lib.features import normalize_images
+    from vicreg_lib.model import resnet18_cifar
+
     images, labels = _two_colour_classes(48, 8)
+    held_out, held_out_labels = _two_colour_classes(32, 8, seed=1)
     result = train_supervised(images, labels, width=4, epochs=6, batch_size=16, lr=0.05, device="cpu")
     assert [h["epoch"] for h in result.history] == list(range(1, 7))
     assert result.steps == 6 * 3
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     assert not result.encoder.training
+    torch.manual_seed(0)  # the initial weights train_supervised(seed=0) started from
+    initial = resnet18_cifar(4).state_dict()
+    moved = [name for name, w in result.encoder.state_dict().items()
+             if w.is_floating_point() and not torch.equal(w, initial[name])]
+    assert "conv1.weight" in moved and "layer4.1.conv2.weight" in moved  # the encoder trains, not only the head
     with torch.no_grad():
-        from vicreg_lib.evaluate import normalize_images
-
-        logits = result.classifier(result.encoder(normalize_images(images)))
-    assert (logits.argmax(1) == labels).float().mean() > 0.9
+        logits = result.classifier(result.encoder(normalize_images(held_out)))
+    assert (logits.argmax(1) == held_out_labels).float().mean() > 0.8  # chance is 0.5
     assert result.history[-1]["lr"] < 0.05 * 0.1  # the cosine has decayed to near zero
 
 
@@ -83,10 +90,10 @@ def test_train_supervised_stops_at_the_time_budget(monkeypatch):
     # a fake clock that advances 0.25 s per optimizer step makes "time" a function of the steps
     import types
 
-    import vicreg_lib.supervised as supervised
+    import vicreg_lib.classifier as classifier  # the training loop train_supervised runs
 
     clock = types.SimpleNamespace(now=100.0)
-    monkeypatch.setattr(supervised, "time", types.SimpleNamespace(perf_counter=lambda: clock.now))
+    monkeypatch.setattr(classifier, "time", types.SimpleNamespace(perf_counter=lambda: clock.now))
     sgd_step = torch.optim.SGD.step
 
     def step(self, *args, **kwargs):
@@ -113,3 +120,5 @@ def test_train_supervised_rejects_bad_input():
         train_supervised(images.float(), labels, width=2, epochs=1)
     with pytest.raises(ValueError, match="one label per image"):
         train_supervised(images, labels[:-1], width=2, epochs=1)
+    with pytest.raises(ValueError, match="only 2 classes"):
+        train_supervised(images, labels + 1, width=2, epochs=1, num_classes=2)

@@ -16,18 +16,16 @@ budget does, whatever the machine's speed.
 """
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distributed import resolve_device
-from .evaluate import normalize_images
+from .classifier import ClassifierRecipe, check_labels, fit_classifier
+from .device import resolve_device
+from .features import normalize_images
 from .model import resnet18_cifar
-from .progress import progress_bar
 
 __all__ = ["SupervisedResult", "random_crop_flip", "train_supervised"]
 
@@ -64,20 +62,16 @@ def random_crop_flip(x: torch.Tensor, padding: int = 4, generator: torch.Generat
     return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def _check_inputs(images: torch.Tensor, labels: torch.Tensor, epochs: int | None, time_budget_s: float | None) -> None:
+def _check_inputs(images: torch.Tensor, labels: torch.Tensor, num_classes: int | None) -> int:
+    """Check the data at the door; return the number of classes."""
     if images.ndim != 4 or images.shape[1] != 3 or images.dtype != torch.uint8:
         raise ValueError(f"images must be uint8 (N, 3, H, W) as load_dataset returns them, "
                          f"got {images.dtype} {tuple(images.shape)}")
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
         raise ValueError(f"labels must be (N,) with one label per image: {images.shape[0]} images, "
                          f"labels of shape {tuple(labels.shape)}")
-    if (epochs is None) == (time_budget_s is None):
-        raise ValueError("give exactly one of epochs (a number of passes) or time_budget_s (seconds of training), "
-                         f"got epochs={epochs!r}, time_budget_s={time_budget_s!r}")
-    if epochs is not None and epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    if time_budget_s is not None and not time_budget_s > 0:
-        raise ValueError(f"time_budget_s must be > 0 seconds, got {time_budget_s}")
+    check_labels(labels, images.shape[0], "train", num_classes)
+    return int(labels.max()) + 1 if num_classes is None else num_classes
 
 
 def train_supervised(
@@ -99,73 +93,25 @@ def train_supervised(
 
     images: uint8 (N, 3, H, W); labels: int64 (N,). Give `epochs` (deterministic for a seed) or
     `time_budget_s` (train until that many seconds have passed, possibly mid-epoch).
-    The data sit on the device as one tensor; bf16 autocast on CUDA.
+    The data sit on the device as one tensor; bf16 autocast on CUDA. Training is
+    `classifier.fit_classifier` with SGD (Nesterov momentum) and a cosine to zero.
     Returns a SupervisedResult whose `encoder` is in eval mode on `device`.
     """
-    _check_inputs(images, labels, epochs, time_budget_s)
+    num_classes = _check_inputs(images, labels, num_classes)
+    recipe = ClassifierRecipe(optimizer="sgd", lr=lr, momentum=momentum, nesterov=momentum > 0,
+                              weight_decay=weight_decay, schedule="cosine", batch_size=batch_size)
     device = resolve_device(device)
-    num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
-    torch.manual_seed(seed)  # weight init
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # weight init
+        encoder = resnet18_cifar(width)
+        classifier = nn.Linear(encoder.out_dim, num_classes)
+    network = nn.Sequential(encoder, classifier).to(device)
     generator = torch.Generator(device=device).manual_seed(seed)  # shuffling and augmentation
 
-    encoder = resnet18_cifar(width).to(device)
-    classifier = nn.Linear(encoder.out_dim, num_classes).to(device)
-    params = list(encoder.parameters()) + list(classifier.parameters())
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
+    def augment(x: torch.Tensor) -> torch.Tensor:
+        return random_crop_flip(normalize_images(x), generator=generator)  # (b, 3, H, W)
 
-    x_all = images.to(device)  # uint8 (N, 3, H, W): resident on the device
-    y_all = labels.to(device).long()
-    n = x_all.shape[0]
-    steps_per_epoch = math.ceil(n / batch_size)
-    total_steps = epochs * steps_per_epoch if epochs is not None else None
-
-    def fraction_done(step: int, elapsed: float) -> float:
-        return step / total_steps if total_steps is not None else elapsed / time_budget_s
-
-    bar = progress_bar(total=total_steps if total_steps is not None else round(time_budget_s),
-                       desc="supervised", disable=not progress, unit="step" if total_steps is not None else "s")
-    result = SupervisedResult(encoder, classifier)
-    encoder.train()
-    start = time.perf_counter()
-    step, epoch, done = 0, 0, False
-    while not done:
-        order = torch.randperm(n, generator=generator, device=device)
-        loss_sum, correct, seen = 0.0, 0, 0
-        for first in range(0, n, batch_size):
-            elapsed = time.perf_counter() - start
-            if fraction_done(step, elapsed) >= 1.0:
-                done = True
-                break
-            # cosine decay from lr to 0 over the budget (steps or seconds)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * fraction_done(step, elapsed)))
-            idx = order[first:first + batch_size]
-            x = random_crop_flip(normalize_images(x_all[idx]), generator=generator)  # (b, 3, H, W)
-            y = y_all[idx]
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits = classifier(encoder(x))  # (b, num_classes)
-            loss = F.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            loss_sum += loss.item() * y.shape[0]
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += y.shape[0]
-            if total_steps is not None:
-                bar.update(1)
-            else:
-                bar.update(min(round(time.perf_counter() - start), bar.total) - bar.n)
-        if seen:
-            epoch += 1
-            result.history.append({
-                "epoch": epoch, "loss": loss_sum / seen, "train_top1": 100.0 * correct / seen,
-                "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start,
-            })
-        if total_steps is not None and step >= total_steps:
-            done = True
-    bar.close()
-    result.steps, result.seconds = step, time.perf_counter() - start
-    encoder.eval()
-    classifier.eval()
-    return result
+    fit = fit_classifier(network, images.to(device), labels, recipe, epochs=epochs, time_budget_s=time_budget_s,
+                         prepare=augment, generator=generator, amp=device.type == "cuda", progress=progress,
+                         desc="supervised")
+    return SupervisedResult(encoder, classifier, fit.history, fit.steps, fit.seconds)
