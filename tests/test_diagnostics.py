@@ -4,10 +4,14 @@ import pytest
 import torch
 
 from vicreg_lib.diagnostics import (
+    COLLAPSED,
+    DIMENSIONAL_COLLAPSE,
+    HEALTHY,
     collapse_report,
     correlation_matrix,
     covariance_matrix,
     effective_rank,
+    heldout_batch,
     per_dim_std,
     singular_values,
 )
@@ -102,33 +106,33 @@ def test_effective_rank_by_hand() -> None:
 # ---- collapse report --------------------------------------------------------
 
 
-def test_report_on_a_completely_collapsed_batch() -> None:
+def test_report_on_a_collapsed_batch() -> None:
     z = 4.0 + 1e-4 * _randn(256, 32)  # same vector for every input, plus noise
     report = collapse_report(z)
-    assert report["verdict"] == "complete"
+    assert report["verdict"] == COLLAPSED == "collapsed"
     assert report["fraction_low_std"] == 1.0
 
 
 def test_report_on_a_dimensionally_collapsed_batch() -> None:
     z = 3.0 * _rank_k(256, 64, 2)  # large spread, but along 2 of 64 directions
     report = collapse_report(z)
-    assert report["verdict"] == "dimensional"
+    assert report["verdict"] == DIMENSIONAL_COLLAPSE == "dimensional collapse"
     assert report["max_std"] > 0.1
     assert report["rank_fraction"] < 0.1
 
 
 def test_report_on_a_healthy_batch() -> None:
     report = collapse_report(_randn(256, 64))
-    assert report["verdict"] == "ok"
+    assert report["verdict"] == HEALTHY == "healthy"
     assert report["rank_fraction"] > 0.8
 
 
 def test_report_thresholds_are_used_and_recorded() -> None:
     z = 3.0 * _rank_k(256, 64, 2)
     report = collapse_report(z, rank_fraction_threshold=0.01)
-    assert report["verdict"] == "ok"
+    assert report["verdict"] == HEALTHY
     assert report["thresholds"] == {"std_threshold": 0.05, "rank_fraction_threshold": 0.01}
-    assert collapse_report(z, std_threshold=100.0)["verdict"] == "complete"
+    assert collapse_report(z, std_threshold=100.0)["verdict"] == COLLAPSED
 
 
 def test_report_numbers_agree_with_the_functions() -> None:
@@ -147,23 +151,81 @@ def test_report_numbers_agree_with_the_functions() -> None:
     assert report["rank_fraction"] == pytest.approx(effective_rank(z) / 16)
 
 
-def test_one_straggler_dimension_does_not_hide_a_complete_collapse() -> None:
-    # every dimension collapsed but one that keeps 2% of the target spread: still complete
+def test_one_straggler_dimension_does_not_hide_a_collapse() -> None:
+    # every dimension collapsed but one that keeps 2% of the target spread: still collapsed
     z = 1e-3 * _randn(256, 64)
     z[:, 0] *= 20.0
     report = collapse_report(z)
     assert report["max_std"] > 0.015
-    assert report["verdict"] == "complete"
+    assert report["verdict"] == COLLAPSED
 
 
-def test_a_few_live_dimensions_are_dimensional_not_complete() -> None:
+def test_a_few_live_dimensions_among_dead_ones_are_dimensional_collapse() -> None:
     # 8 of 512 dimensions carry unit spread, the rest none: most dims are dead, yet the
     # batch still separates inputs along 8 directions
     z = torch.zeros(256, 512, dtype=torch.float64)
     z[:, :8] = _randn(256, 8)
     report = collapse_report(z)
     assert report["fraction_low_std"] > 0.9
-    assert report["verdict"] == "dimensional"
+    assert report["verdict"] == DIMENSIONAL_COLLAPSE
+
+
+def _untrained_vicreg(seed: int = 0):
+    from vicreg_lib.model import VICReg, Projector, resnet18_cifar
+
+    torch.manual_seed(seed)
+    encoder = resnet18_cifar(width=4)
+    return VICReg(encoder, Projector.from_spec(encoder.out_dim, "128-128-128"))
+
+
+@torch.no_grad()
+def test_an_untrained_network_is_not_collapsed_when_measured_with_batch_statistics() -> None:
+    model = _untrained_vicreg()
+    images = _randn(256, 3, 32, 32, seed=1)
+    model.train()  # BatchNorm normalises with the batch's statistics, as in training
+    untrained = collapse_report(model.embed(images))
+    assert untrained["verdict"] == HEALTHY
+    # the measurement artefact the module docstring warns about: in eval mode the BatchNorms
+    # still hold their initial running statistics and pass tiny activations through unnormalised
+    model.eval()
+    assert collapse_report(model.embed(images))["verdict"] == COLLAPSED
+    # the collapse that invariance-only training reaches: the last layer shrinks, every
+    # embedding moves towards 0 and keeps its direction (the effective rank does not change)
+    model.train()
+    model.projector[-1].weight.mul_(0.01)
+    shrunk = collapse_report(model.embed(images))
+    assert shrunk["verdict"] == COLLAPSED
+    assert shrunk["effective_rank"] == pytest.approx(untrained["effective_rank"], rel=1e-6)
+
+
+def test_small_scale_judged_against_its_own_healthy_spread_is_not_collapsed() -> None:
+    # features in other units (e.g. an encoder's): the threshold follows the features' scale
+    z = 0.01 * _randn(512, 64)
+    assert collapse_report(z)["verdict"] == COLLAPSED  # against VICReg's gamma = 1
+    assert collapse_report(z, std_threshold=0.05 * 0.01)["verdict"] == HEALTHY
+
+
+# ---- the held-out batch -----------------------------------------------------
+
+
+def test_heldout_batch_is_the_same_seeded_subset_every_time() -> None:
+    images = torch.arange(2000).view(2000, 1, 1, 1).expand(2000, 3, 2, 2)
+    batch = heldout_batch(images)
+    assert batch.shape == (512, 3, 2, 2)
+    ids = batch[:, 0, 0, 0]
+    assert len(set(ids.tolist())) == 512  # no image twice
+    assert (ids[1:] > ids[:-1]).all()  # kept in the split's order
+    assert torch.equal(heldout_batch(images), batch)  # the same batch for every caller
+    assert not torch.equal(heldout_batch(images, seed=1), batch)
+    assert torch.equal(heldout_batch(images, n=2000)[:, 0, 0, 0], torch.arange(2000))
+
+
+def test_heldout_batch_refuses_a_split_smaller_than_n() -> None:
+    with pytest.raises(ValueError, match="has 100 images, fewer than n=512; pass n=100"):
+        heldout_batch(torch.zeros(100, 3, 4, 4))
+    for bad in (1, 2.5, True):
+        with pytest.raises(ValueError, match="n must be"):
+            heldout_batch(torch.zeros(10, 3, 4, 4), n=bad)
 
 
 # ---- bad input --------------------------------------------------------------
