@@ -1,4 +1,4 @@
-"""monitor.py: the command line reproduces the config; watching reads metrics.jsonl and reports failures."""
+"""monitor.py: the command line reproduces the config; watching reads metrics.jsonl, draws it and reports failures."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import pytest
 
 from vicreg_lib.cli import build_parser
-from vicreg_lib.monitor import launch, plot_metrics, pretrain_command, watch_run
+from vicreg_lib.monitor import launch, pretrain_command, watch_run
 from vicreg_lib.train import TrainConfig
 
 
@@ -47,23 +47,14 @@ RECORDS = [
 ]
 
 
-def test_plot_metrics_draws_every_series():
-    fig = plot_metrics(RECORDS, total_epochs=4, title="run")
-    loss_ax, std_ax, rank_ax, knn_ax = fig.axes
-    assert [line.get_label() for line in loss_ax.lines] == ["invariance", "variance", "covariance"]
-    assert list(std_ax.lines[0].get_ydata()) == [0.2, 0.4]
-    assert list(rank_ax.lines[0].get_xdata()) == [1, 2]
-    assert list(knn_ax.lines[0].get_xdata()) == [0, 2]  # only the evaluated epochs
-    assert loss_ax.get_yscale() == "log"
-    plt.close("all")
-
-
 def test_watch_run_returns_the_records_once_the_process_ends(tmp_path):
     _write_metrics(tmp_path / "run", RECORDS)
     process = launch([sys.executable, "-c", "pass"], tmp_path / "log.txt")
+    opened_before = set(plt.get_fignums())
     records = watch_run(tmp_path / "run", process, total_epochs=2, every_s=0.1, timeout_s=30)
     assert records == RECORDS
     assert process.returncode == 0
+    assert set(plt.get_fignums()) == opened_before  # the live figure is closed, not drawn a second time
 
 
 def test_watch_run_reports_a_failed_run_with_its_log(tmp_path):

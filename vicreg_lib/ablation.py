@@ -55,10 +55,6 @@ __all__ = [
     "run_ablation",
     "evaluate_random_init",
     "parse_grid",
-    "plot_std_history",
-    "plot_std_per_dim",
-    "plot_spectra",
-    "plot_accuracy",
 ]
 
 Setting = tuple[float, float, float]  # (lam, mu, nu)
@@ -456,80 +452,3 @@ class AblationTable:
     def __repr__(self) -> str:
         return f"AblationTable({len(self.rows)} settings: {self.settings()})"
 
-
-# ----------------------------------------------------------------------------- plots
-
-
-def _axes(ax):
-    if ax is None:
-        import matplotlib.pyplot as plt
-
-        _, ax = plt.subplots(figsize=(6, 4))
-    return ax
-
-
-def _label(row: dict[str, Any]) -> str:
-    return f"({row['lam']:g}, {row['mu']:g}, {row['nu']:g}) {row['verdict']}"
-
-
-def plot_std_history(table: AblationTable, ax=None):
-    """Mean per-dimension std of the embeddings over training, one line per setting (log scale)."""
-    ax = _axes(ax)
-    for row in table:
-        records = [r for r in row["history"] if "std" in r]
-        ax.plot([r["epoch"] for r in records], [max(r["std"], 1e-8) for r in records], marker=".",
-                label=_label(row))
-    ax.axhline(1.0, color="gray", linestyle=":", linewidth=1)  # the variance term's target gamma = 1
-    ax.set(yscale="log", xlabel="epoch", ylabel="mean std of z over the batch",
-           title="Per-dimension std over training")
-    ax.legend(fontsize=8)
-    return ax
-
-
-def plot_std_per_dim(table: AblationTable, ax=None):
-    """Each dimension's std on the test set after training, sorted, one line per setting."""
-    ax = _axes(ax)
-    for row in table:
-        std = sorted(row["std_per_dim"], reverse=True)
-        ax.plot(range(1, len(std) + 1), [max(s, 1e-8) for s in std], label=_label(row))
-    ax.axhline(1.0, color="gray", linestyle=":", linewidth=1)
-    ax.set(yscale="log", xlabel="dimension (sorted)", ylabel="std over the test set",
-           title="Per-dimension std of the embeddings")
-    ax.legend(fontsize=8)
-    return ax
-
-
-def plot_spectra(table: AblationTable, ax=None):
-    """Singular values of the centred test embeddings, each divided by the largest (log scale).
-
-    Complete collapse: every value is tiny (the curve is missing or at the floor).
-    Dimensional collapse: a few large values, then a sudden drop.
-    """
-    ax = _axes(ax)
-    for row in table:
-        sigma = row["singular_values"]
-        top = sigma[0] if sigma and sigma[0] > 0 else 1.0
-        ax.plot(range(1, len(sigma) + 1), [max(s / top, 1e-12) for s in sigma], label=_label(row))
-    ax.set(yscale="log", xlabel="index k", ylabel="σ_k / σ_1",
-           title="Singular value spectrum of the embeddings")
-    ax.legend(fontsize=8)
-    return ax
-
-
-def plot_accuracy(table: AblationTable, ax=None, baseline: dict[str, Any] | None = None):
-    """kNN and linear-probe top-1 (%) on the held-out split, a pair of bars per setting;
-    ``baseline`` (from ``evaluate_random_init``) adds the untrained network's linear top-1 as a line."""
-    ax = _axes(ax)
-    if baseline is not None:
-        ax.axhline(baseline["linear_top1"], color="gray", linestyle="--", linewidth=1,
-                   label=f"random init, linear ({baseline['linear_top1']:.1f} %)")
-    names = [f"({r['lam']:g},{r['mu']:g},{r['nu']:g})" for r in table]
-    positions = range(len(names))
-    ax.bar([p - 0.2 for p in positions], [r["knn_top1"] for r in table], width=0.4, label="kNN")
-    ax.bar([p + 0.2 for p in positions], [r["linear_top1"] for r in table], width=0.4, label="linear")
-    ax.set_xticks(list(positions), names, rotation=20)
-    tallest = max([r["knn_top1"] for r in table] + [r["linear_top1"] for r in table] + [1.0])
-    ax.set_ylim(0, 1.3 * tallest)  # room for the legend above the bars
-    ax.set(xlabel="(λ, μ, ν)", ylabel="top-1 accuracy (%)", title="Accuracy on the held-out split")
-    ax.legend(fontsize=8, loc="upper left", ncol=3)
-    return ax

@@ -3,10 +3,11 @@
     command = pretrain_command(config)                  # ["python", "-m", "vicreg_lib", "pretrain", ...]
     process = launch(command, log_path)                 # detached: survives a kernel restart
     records = watch_run(out_dir, process, total_epochs)  # live plots until the process ends
-    plot_metrics(records)                               # the same figure, once, from metrics.jsonl
 
 The run itself writes one JSON line per epoch to out_dir/metrics.jsonl (train.py); everything
 here only reads that file, so watching, interrupting the notebook and watching again are safe.
+The figure is ``plotting.plot_metrics`` (draw it once from ``read_metrics(out_dir)``), kept live
+by ``plotting.LiveMetricsFigure``; matplotlib is imported only when ``watch_run`` runs.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Any, Sequence
 from .progress import progress_bar
 from .train import TrainConfig, read_metrics
 
-__all__ = ["pretrain_command", "launch", "plot_metrics", "watch_run"]
+__all__ = ["pretrain_command", "launch", "watch_run"]
 
 
 def pretrain_command(config: TrainConfig, python: str | None = None, **changes: Any) -> list[str]:
@@ -50,43 +51,7 @@ def launch(command: Sequence[str], log_path: str | Path, cwd: str | Path | None 
                                 start_new_session=True)
 
 
-# ----------------------------------------------------------------------------- plots
-
-PANELS = (
-    ("loss terms", ("invariance", "variance", "covariance"), "log"),
-    ("embedding std (mean over dims)", ("std",), "linear"),
-    ("effective rank of z", ("effective_rank",), "linear"),
-    ("kNN top-1 (%)", ("knn_top1",), "linear"),
-)
-
-
-def plot_metrics(records: Sequence[dict], fig=None, total_epochs: int | None = None, title: str | None = None):
-    """Four panels against the epoch: the three loss terms (log scale), the embedding's per-dim std,
-    its effective rank and the kNN accuracy. Draws into `fig` (cleared) or a new Figure; returns it."""
-    import matplotlib.pyplot as plt
-
-    if fig is None:
-        fig = plt.figure(figsize=(13, 3.2))
-    fig.clear()
-    axes = fig.subplots(1, len(PANELS))
-    for ax, (panel_title, keys, scale) in zip(axes, PANELS):
-        for key in keys:
-            points = [(r["epoch"], r[key]) for r in records if key in r and r[key] is not None]
-            if points:
-                epochs, values = zip(*points)
-                ax.plot(epochs, values, marker="o" if len(points) < 30 else None, markersize=3, label=key)
-        ax.set_title(panel_title, fontsize=10)
-        ax.set_xlabel("epoch")
-        if scale == "log" and ax.lines:
-            ax.set_yscale("log")
-        if len(keys) > 1 and ax.lines:
-            ax.legend(fontsize=8)
-        if total_epochs:
-            ax.set_xlim(0, total_epochs)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+# ----------------------------------------------------------------------------- watching
 
 
 def _status(records: Sequence[dict], total_epochs: int | None, elapsed_s: float) -> str:
@@ -107,38 +72,33 @@ def watch_run(
     timeout_s: float | None = None,
     log_path: str | Path | None = None,
 ) -> list[dict]:
-    """Re-read out_dir/metrics.jsonl every `every_s` seconds and redraw `plot_metrics` in place
-    (one notebook output, updated through an IPython display handle) plus a progress bar over
-    the epochs, until `process` exits (or `timeout_s` passes; without a process: one look).
+    """Re-read out_dir/metrics.jsonl every `every_s` seconds and redraw ``plotting.plot_metrics``
+    in place (one notebook output, ``plotting.LiveMetricsFigure``) plus a progress bar over the
+    epochs, until `process` exits (or `timeout_s` passes; without a process: one look).
 
     Interrupting the notebook stops the watching, not the run. Returns the records read last.
     A process that ends with an error raises RuntimeError with the end of `log_path`.
     """
-    import matplotlib.pyplot as plt
+    from .plotting import LiveMetricsFigure
 
-    try:
-        from IPython.display import display
-    except ImportError:  # plain Python: no live figure, the progress bar still moves
-        display = None
     out_dir = Path(out_dir)
     start = time.monotonic()
-    fig = plt.figure(figsize=(13, 3.2))
-    handle = display(fig, display_id=True) if display is not None else None
+    live = LiveMetricsFigure(total_epochs)
     bar = progress_bar(total=total_epochs, desc="epochs", unit="epoch")
     records: list[dict] = []
-    while True:
-        finished = process is None or process.poll() is not None
-        records = read_metrics(out_dir) if out_dir.is_dir() else []
-        bar.update(max((r["epoch"] for r in records), default=0) - bar.n)
-        elapsed = time.monotonic() - start
-        plot_metrics(records, fig, total_epochs, title=_status(records, total_epochs, elapsed))
-        if handle is not None:
-            handle.update(fig)
-        if finished or (timeout_s is not None and elapsed >= timeout_s):
-            break
-        time.sleep(every_s)
-    bar.close()
-    plt.close(fig)  # shown through the handle already; do not draw it a second time
+    try:  # an interrupted watch still closes the bar and the figure (the run goes on)
+        while True:
+            finished = process is None or process.poll() is not None
+            records = read_metrics(out_dir) if out_dir.is_dir() else []
+            bar.update(max((r["epoch"] for r in records), default=0) - bar.n)
+            elapsed = time.monotonic() - start
+            live.update(records, title=_status(records, total_epochs, elapsed))
+            if finished or (timeout_s is not None and elapsed >= timeout_s):
+                break
+            time.sleep(every_s)
+    finally:
+        bar.close()
+        live.close()
     if process is not None and process.poll() not in (None, 0):
         tail = ""
         if log_path is not None and Path(log_path).exists():
@@ -146,3 +106,13 @@ def watch_run(
         raise RuntimeError(f"the pretraining process exited with code {process.returncode}; "
                            f"the end of its log:\n{tail}")
     return records
+
+
+def __getattr__(name: str) -> Any:
+    # Transitional: plot_metrics moved to vicreg_lib.plotting; this forward keeps
+    # `from .monitor import plot_metrics` in vicreg_lib/__init__.py working until it is updated.
+    if name == "plot_metrics":
+        from .plotting import plot_metrics
+
+        return plot_metrics
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

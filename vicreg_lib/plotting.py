@@ -1,21 +1,36 @@
-"""Small plotting helpers for the notebooks: show images and augmented views in a grid.
+"""Every figure of the tutorial, in one place: images and views, embedding maps and retrieval,
+a run's training curves, and the collapse ablation.
 
-    pictures = to_display(views)                       # normalised (n, 3, h, w) -> (n, h, w, 3) in [0, 1]
-    fig = show_image_grid([images, views], ncols=8)   # uint8 images and/or normalised views, in a grid
+    pictures = to_display(views)                        # normalised (n, 3, h, w) -> (n, h, w, 3) in [0, 1]
+    fig = show_image_grid([images, views], ncols=8)    # uint8 images and/or normalised views, in a grid
+    plot_embedding_scatter(coords, labels, classes)     # a UMAP map (embedding_maps.umap_2d), by class
+    plot_thumbnails(coords, images)                     # a few images at their map positions
+    plot_retrieval(query_images, bank_images, indices)  # each query beside its nearest neighbours
+    plot_metrics(records)                               # a run's metrics.jsonl, four panels by epoch
+    plot_ablation_spectra(table)                        # one curve per setting of an ablation.AblationTable
 
-matplotlib is imported inside the functions that draw, so the package imports without it.
+Functions that draw into axes take ``ax=None`` (a new figure) and return the Axes; those that lay
+out their own grid return the Figure. matplotlib is imported inside the functions, so importing
+this module, and the package, does not need it.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 
 from vicreg_lib.data import CIFAR10_MEAN, CIFAR10_STD
 
-__all__ = ["to_display", "show_image_grid"]
+__all__ = [
+    "to_display", "show_image_grid",
+    "plot_embedding_scatter", "plot_thumbnails", "plot_retrieval",
+    "METRIC_PANELS", "plot_metrics", "LiveMetricsFigure",
+    "plot_ablation_std_history", "plot_ablation_std_per_dim", "plot_ablation_spectra", "plot_ablation_accuracy",
+]
+
+# ----------------------------------------------------------------------------- images and views
 
 
 def to_display(
@@ -99,3 +114,298 @@ def show_image_grid(
         fig.suptitle(suptitle)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- embedding maps and retrieval
+
+
+def _coords_array(coords: torch.Tensor | np.ndarray) -> np.ndarray:
+    array = coords.detach().cpu().numpy() if isinstance(coords, torch.Tensor) else np.asarray(coords)
+    if array.ndim != 2 or array.shape[1] != 2:
+        raise ValueError(f"coords must be (n, 2) map positions (from umap_2d), got shape {array.shape}")
+    return array.astype(np.float32, copy=False)
+
+
+def _to_hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    """One image (3, H, W) uint8 -> (H, W, 3) uint8 for imshow."""
+    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if array.ndim != 3 or array.shape[0] != 3:
+        raise ValueError(f"images must be (N, 3, H, W), got an image of shape {array.shape}")
+    return np.ascontiguousarray(array.transpose(1, 2, 0))
+
+
+def plot_embedding_scatter(
+    coords: torch.Tensor | np.ndarray,
+    labels: torch.Tensor | np.ndarray,
+    classes: Sequence[str] | None = None,
+    ax=None,
+    title: str | None = None,
+    point_size: float = 4.0,
+    legend: bool = True,
+):
+    """Scatter coords (n, 2) coloured by integer labels (n,); returns the matplotlib Axes."""
+    import matplotlib.pyplot as plt
+
+    coords = _coords_array(coords)
+    labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+    if labels.shape != (coords.shape[0],):
+        raise ValueError(f"expected one label per point: coords {coords.shape}, labels {labels.shape}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 5))
+    cmap = plt.get_cmap("tab10" if labels.max() < 10 else "tab20")
+    for c in np.unique(labels):
+        name = classes[c] if classes is not None else str(c)
+        here = labels == c
+        ax.scatter(coords[here, 0], coords[here, 1], s=point_size, color=cmap(int(c) % cmap.N), label=name)
+    if title:
+        ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if legend:
+        ax.legend(markerscale=3, fontsize=7, loc="best", frameon=False)
+    return ax
+
+
+def _spread_points(coords: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Indices of up to n points chosen greedily far apart (farthest-point sampling), so
+    thumbnails do not hide each other."""
+    rng = np.random.default_rng(seed)
+    chosen = [int(rng.integers(coords.shape[0]))]
+    nearest = np.linalg.norm(coords - coords[chosen[0]], axis=1)  # distance to the closest chosen point
+    for _ in range(min(n, coords.shape[0]) - 1):
+        chosen.append(int(nearest.argmax()))
+        nearest = np.minimum(nearest, np.linalg.norm(coords - coords[chosen[-1]], axis=1))
+    return np.array(chosen)
+
+
+def plot_thumbnails(
+    coords: torch.Tensor | np.ndarray,
+    images: torch.Tensor | np.ndarray,
+    num_thumbnails: int = 60,
+    ax=None,
+    zoom: float = 0.8,
+    seed: int = 0,
+    title: str | None = None,
+):
+    """Draw a spread-out selection of images (N, 3, H, W) uint8 at their coords (N, 2); returns the Axes."""
+    import matplotlib.pyplot as plt
+    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+
+    coords = _coords_array(coords)
+    if len(images) != coords.shape[0]:
+        raise ValueError(f"expected one image per point: coords {coords.shape}, {len(images)} images")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 7))
+    ax.scatter(coords[:, 0], coords[:, 1], s=1, color="lightgray")
+    for i in _spread_points(coords, num_thumbnails, seed):
+        thumbnail = OffsetImage(_to_hwc(images[i]), zoom=zoom, interpolation="nearest")
+        ax.add_artist(AnnotationBbox(thumbnail, coords[i], frameon=False, pad=0.0))
+    if title:
+        ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return ax
+
+
+def plot_retrieval(
+    query_images: torch.Tensor,
+    bank_images: torch.Tensor,
+    indices: torch.Tensor,
+    query_labels: torch.Tensor | None = None,
+    bank_labels: torch.Tensor | None = None,
+    classes: Sequence[str] | None = None,
+    similarities: torch.Tensor | None = None,
+    cell_size: float = 1.2,
+):
+    """One row per query: the query image (3, H, W) uint8, then its retrieved bank images
+    (``indices`` (q, k) from ``embedding_maps.nearest_neighbors``), titled with ``similarities`` (q, k).
+
+    With labels, each neighbour's frame is green when its class matches the query's, red when not.
+    Returns the matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    q, k = indices.shape
+    if len(query_images) != q:
+        raise ValueError(f"{len(query_images)} query images but indices has {q} rows; pass one row per query")
+    fig, axes = plt.subplots(q, k + 1, figsize=(cell_size * (k + 1), cell_size * q + 0.4), squeeze=False)
+    for row in range(q):
+        axes[row, 0].imshow(_to_hwc(query_images[row]), interpolation="nearest")
+        if query_labels is not None:
+            name = classes[int(query_labels[row])] if classes is not None else str(int(query_labels[row]))
+            axes[row, 0].set_title(f"query: {name}", fontsize=7)
+        for col in range(k):
+            j = int(indices[row, col])
+            ax = axes[row, col + 1]
+            ax.imshow(_to_hwc(bank_images[j]), interpolation="nearest")
+            if similarities is not None:
+                ax.set_title(f"{float(similarities[row, col]):.2f}", fontsize=7)
+            if query_labels is not None and bank_labels is not None:
+                colour = "tab:green" if int(bank_labels[j]) == int(query_labels[row]) else "tab:red"
+                for spine in ax.spines.values():
+                    spine.set_edgecolor(colour)
+                    spine.set_linewidth(2.5)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- a run's training curves
+
+# (panel title, metrics.jsonl keys drawn in it, y scale)
+METRIC_PANELS = (
+    ("loss terms", ("invariance", "variance", "covariance"), "log"),
+    ("embedding std (mean over dims)", ("std",), "linear"),
+    ("effective rank of z", ("effective_rank",), "linear"),
+    ("kNN top-1 (%)", ("knn_top1",), "linear"),
+)
+
+
+def plot_metrics(records: Sequence[dict], fig=None, total_epochs: int | None = None, title: str | None = None):
+    """A run's per-epoch records (metrics.jsonl, ``train.read_metrics``) in four panels against the
+    epoch: the three loss terms (log scale), the embedding's per-dim std, its effective rank and the
+    kNN accuracy. A record without a key leaves a gap in that panel (kNN runs only every few epochs).
+    Draws into ``fig`` (cleared) or a new Figure; returns it."""
+    import matplotlib.pyplot as plt
+
+    if fig is None:
+        fig = plt.figure(figsize=(13, 3.2))
+    fig.clear()
+    axes = fig.subplots(1, len(METRIC_PANELS))
+    for ax, (panel_title, keys, scale) in zip(axes, METRIC_PANELS):
+        for key in keys:
+            points = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
+            if points:
+                epochs, values = zip(*points)
+                ax.plot(epochs, values, marker="o" if len(points) < 30 else None, markersize=3, label=key)
+        ax.set_title(panel_title, fontsize=10)
+        ax.set_xlabel("epoch")
+        if scale == "log" and ax.lines:
+            ax.set_yscale("log")
+        if len(keys) > 1 and ax.lines:
+            ax.legend(fontsize=8)
+        if total_epochs:
+            ax.set_xlim(0, total_epochs)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+class LiveMetricsFigure:
+    """One ``plot_metrics`` figure shown once in a notebook and redrawn in place (through an IPython
+    display handle) at every ``update``; without IPython it is drawn but not shown.
+
+        live = LiveMetricsFigure(total_epochs=100)
+        live.update(records, title="epoch 3/100")   # as often as new records arrive
+        live.close()                                # the output keeps the last drawing
+    """
+
+    def __init__(self, total_epochs: int | None = None) -> None:
+        import matplotlib.pyplot as plt
+
+        try:
+            from IPython.display import display
+        except ImportError:  # plain Python: nothing to show the figure in
+            display = None
+        self.total_epochs = total_epochs
+        self.figure = plt.figure(figsize=(13, 3.2))
+        self._handle = display(self.figure, display_id=True) if display is not None else None
+
+    def update(self, records: Sequence[dict], title: str | None = None) -> None:
+        plot_metrics(records, self.figure, self.total_epochs, title=title)
+        if self._handle is not None:
+            self._handle.update(self.figure)
+
+    def close(self) -> None:
+        import matplotlib.pyplot as plt
+
+        plt.close(self.figure)  # shown through the handle already: do not let the notebook draw it again
+
+
+# ----------------------------------------------------------------------------- the collapse ablation
+# Each function takes the rows of an ``ablation.AblationTable`` (or the table itself): dicts with
+# lam, mu, nu, verdict and the measurements named in each docstring.
+
+
+def _new_axes_if_none(ax):
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        _, ax = plt.subplots(figsize=(6, 4))
+    return ax
+
+
+def _setting_label(row: dict[str, Any]) -> str:
+    return f"({row['lam']:g}, {row['mu']:g}, {row['nu']:g}) {row['verdict']}"
+
+
+def plot_ablation_std_history(table: Iterable[dict[str, Any]], ax=None):
+    """Mean per-dimension std of the embeddings over training (row["history"], the run's records),
+    one line per setting, log scale; the variance term's target gamma = 1 dotted. Returns the Axes."""
+    ax = _new_axes_if_none(ax)
+    for row in table:
+        records = [r for r in row["history"] if "std" in r]
+        # a fully collapsed std of exactly 0 would vanish from a log axis: floor it at 1e-8
+        ax.plot([r["epoch"] for r in records], [max(r["std"], 1e-8) for r in records], marker=".",
+                label=_setting_label(row))
+    ax.axhline(1.0, color="gray", linestyle=":", linewidth=1)
+    ax.set(yscale="log", xlabel="epoch", ylabel="mean std of z over the batch",
+           title="Per-dimension std over training")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_ablation_std_per_dim(table: Iterable[dict[str, Any]], ax=None):
+    """Each dimension's std on the held-out batch after training (row["std_per_dim"] (d,)), sorted,
+    one line per setting, log scale. Returns the Axes."""
+    ax = _new_axes_if_none(ax)
+    for row in table:
+        std = sorted(row["std_per_dim"], reverse=True)
+        ax.plot(range(1, len(std) + 1), [max(s, 1e-8) for s in std], label=_setting_label(row))
+    ax.axhline(1.0, color="gray", linestyle=":", linewidth=1)
+    ax.set(yscale="log", xlabel="dimension (sorted)", ylabel="std over the held-out batch",
+           title="Per-dimension std of the embeddings")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_ablation_spectra(table: Iterable[dict[str, Any]], ax=None):
+    """Singular values of the centred held-out embeddings (row["singular_values"], descending), each
+    divided by the largest, one curve per setting, log scale. Returns the Axes.
+
+    Dimensional collapse shows as a few large values, then a sudden drop. Dividing by sigma_1 hides
+    the overall scale, so a collapse to (nearly) one point is seen in the std plots, not here.
+    """
+    ax = _new_axes_if_none(ax)
+    for row in table:
+        sigma = row["singular_values"]
+        top = sigma[0] if sigma and sigma[0] > 0 else 1.0
+        ax.plot(range(1, len(sigma) + 1), [max(s / top, 1e-12) for s in sigma], label=_setting_label(row))
+    ax.set(yscale="log", xlabel="index k", ylabel="σ_k / σ_1",
+           title="Singular value spectrum of the embeddings")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_ablation_accuracy(table: Iterable[dict[str, Any]], ax=None, baseline: dict[str, Any] | None = None):
+    """kNN and linear-probe top-1 (%) on the held-out split (row["knn_top1"], row["linear_top1"]),
+    a pair of bars per setting; ``baseline`` (``ablation.evaluate_random_init``'s row) adds the
+    untrained network's linear top-1 as a dashed line. Returns the Axes."""
+    ax = _new_axes_if_none(ax)
+    rows = list(table)
+    if baseline is not None:
+        ax.axhline(baseline["linear_top1"], color="gray", linestyle="--", linewidth=1,
+                   label=f"random init, linear ({baseline['linear_top1']:.1f} %)")
+    names = [f"({r['lam']:g},{r['mu']:g},{r['nu']:g})" for r in rows]
+    positions = range(len(names))
+    ax.bar([p - 0.2 for p in positions], [r["knn_top1"] for r in rows], width=0.4, label="kNN")
+    ax.bar([p + 0.2 for p in positions], [r["linear_top1"] for r in rows], width=0.4, label="linear")
+    ax.set_xticks(list(positions), names, rotation=20)
+    tallest = max([r["knn_top1"] for r in rows] + [r["linear_top1"] for r in rows] + [1.0])
+    ax.set_ylim(0, 1.3 * tallest)  # room for the legend above the bars
+    ax.set(xlabel="(λ, μ, ν)", ylabel="top-1 accuracy (%)", title="Accuracy on the held-out split")
+    ax.legend(fontsize=8, loc="upper left", ncol=3)
+    return ax
