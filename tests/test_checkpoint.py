@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from vicreg_lib.checkpoint import CheckpointError, load_checkpoint, load_pretrained, save_checkpoint
-from vicreg_lib.train import TrainConfig, pretrain
+from vicreg_lib.config import TrainConfig
+from vicreg_lib.files import remove_stale_tmp
+from vicreg_lib.train import pretrain
 
 
 @pytest.fixture(scope="module")
@@ -25,15 +27,16 @@ def checkpoint_path(tmp_path_factory):
 def test_load_pretrained_rebuilds_model_and_config(checkpoint_path):
     model, config = load_pretrained(checkpoint_path)
     state = load_checkpoint(checkpoint_path)
-    assert (config.width, config.projector, config.data) == (4, "32-32-32", "synthetic:64,32")
+    assert (config["width"], config["projector"], config["data"]) == (4, "32-32-32", "synthetic:64,32")
     assert not model.training
     for key, value in model.state_dict().items():
         assert torch.equal(value, state["model"][key]), key
     with torch.no_grad():
         z = model.embed(torch.randn(3, 3, 32, 32))
     assert z.shape == (3, 32)
-    assert state["arch"] == {"backbone": "resnet18_cifar", "width": 4, "projector": "32-32-32",
-                             "representation_dim": 32, "embedding_dim": 32}
+    assert state["arch"] == {"backbone": "cifar", "width": 4, "projector": "32-32-32", "projector_bias": False,
+                             "concat_views": False}
+    assert model.arch == state["arch"]
     assert set(state["rng"]) >= {"torch", "numpy", "python", "permutation", "augment"}
 
 
@@ -79,11 +82,29 @@ def test_newer_format_version_is_refused(checkpoint_path, tmp_path):
 
 def test_architecture_mismatch(checkpoint_path, tmp_path):
     state = load_checkpoint(checkpoint_path)
-    state["config"]["width"] = 8  # weights are width 4
+    state["arch"]["width"] = 8  # weights are width 4
     mismatched = tmp_path / "mismatched.pt"
     save_checkpoint({k: v for k, v in state.items() if k not in ("format", "format_version")}, mismatched)
-    with pytest.raises(CheckpointError, match=r"do not fit the architecture.*width=8"):
+    with pytest.raises(CheckpointError, match=r"do not fit the architecture.*'width': 8"):
         load_pretrained(mismatched)
+
+
+def test_non_finite_weights_are_never_saved_and_never_evaluated(checkpoint_path, tmp_path):
+    state = load_checkpoint(checkpoint_path)
+    state["model"]["encoder.conv1.weight"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match=r"not saving.*encoder.conv1.weight"):
+        save_checkpoint({k: v for k, v in state.items() if k not in ("format", "format_version")},
+                        tmp_path / "nan.pt")
+    torch.save(state, tmp_path / "nan.pt")  # written by other means: loading for use refuses it
+    with pytest.raises(CheckpointError, match=r"diverged run: 1 tensor.*encoder.conv1.weight"):
+        load_pretrained(tmp_path / "nan.pt")
+
+
+def test_stale_temporary_files_are_removed(tmp_path):
+    (tmp_path / ".checkpoint.pt.abc123.tmp").write_bytes(b"killed mid-save")
+    (tmp_path / "keep.txt").write_text("x")
+    assert [p.name for p in remove_stale_tmp(tmp_path, "checkpoint.pt")] == [".checkpoint.pt.abc123.tmp"]
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
 def test_save_is_atomic(tmp_path, monkeypatch):

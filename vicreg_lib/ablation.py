@@ -164,6 +164,8 @@ def _evaluate_setting(model, config: TrainConfig, probe: dict[str, Any], device:
     train_images, train_labels = random_subset(train_images, train_labels, probe["train_images"], seed=0)
     test_images, test_labels, _ = load_dataset(config.data, "test", config.data_root)
     z = extract_features(model, test_images, device=device, which="embedding")  # (m, d)
+    if not bool(torch.isfinite(z).all()):
+        raise train.TrainingDiverged("the trained model's embeddings of the test images are not finite")
     h_train = extract_features(model, train_images, device=device, which="representation")  # (n, D)
     h_test = extract_features(model, test_images, device=device, which="representation")  # (m, D)
     report = collapse_report(z)
@@ -200,14 +202,15 @@ def _run_setting(setting: Setting, config: TrainConfig, run_dir: Path, probe: di
                                      resume=False, overwrite=True)  # a half-finished run starts afresh
     try:
         result = pretrain(run_config)
+        train_time = time.perf_counter() - start
+        evaluation = _evaluate_setting(result.model, result.config, probe, result.config.device)
     except train.TrainingDiverged as error:
         return _diverged_row(setting, run_dir, error, time.perf_counter() - start)
-    train_time = time.perf_counter() - start
     history = read_metrics(result.out_dir)
     last = next((r for r in reversed(history) if "loss" in r), {})
     row: dict[str, Any] = {"lam": lam, "mu": mu, "nu": nu}
     row.update({name: last.get(name, math.nan) for name in ("loss", "invariance", "variance", "covariance")})
-    row.update(_evaluate_setting(result.model, result.config, probe, result.config.device))
+    row.update(evaluation)
     row["history"] = history
     row["train_time_s"] = train_time
     row["time_s"] = time.perf_counter() - start

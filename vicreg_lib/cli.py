@@ -17,7 +17,7 @@ import sys
 from typing import Callable, Sequence
 
 from .config import PRESETS, TrainConfig, field_names, field_type
-from .device import resolve_device
+from .device import DEVICE_CHOICES, resolve_device
 
 # ----------------------------------------------------------------------------- pretrain
 
@@ -118,7 +118,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint.pt written by pretrain")
     parser.add_argument("--data", default=None, help="data spec to evaluate on (default: the one it was trained on)")
     parser.add_argument("--data-root", default=None, help="where torchvision downloads go")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="auto", help=f"device: {DEVICE_CHOICES}")
     parser.add_argument("--batch-size", type=int, default=512, help="batch size of feature extraction")
     parser.add_argument("--probe-epochs", type=int, default=100, help="epochs of the linear probes")
     parser.add_argument("--max-train-images", type=_optional_value(int), default=None,
@@ -133,6 +133,7 @@ def run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     from .evaluate import evaluate_checkpoint, format_table
 
     try:
+        resolve_device(args.device)
         results = evaluate_checkpoint(
             args.checkpoint,
             data=args.data,
@@ -145,7 +146,7 @@ def run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             progress=args.progress,
         )
     except (ValueError, FileNotFoundError) as error:  # CheckpointError, DataSpecError, bad numbers
-        parser.error(str(error))
+        return _fail(str(error))
     print(format_table(results))
     return 0
 

@@ -384,6 +384,8 @@ def _heldout_spread(run: Run) -> dict[str, float]:
     labels = run.eval_labels if run.eval_labels is not None else run.train_labels
     batch, _ = random_subset(images, labels, min(HELDOUT_SIZE, images.shape[0]), seed=0)
     z = extract_features(run.model, batch, device=run.device, which="embedding")  # (512, d), eval mode
+    if not bool(torch.isfinite(z).all()):  # finite weights can still overflow to inf activations
+        raise _diverged(run, "the embeddings became non-finite")
     return {"std": per_dim_std(z).mean().item(), "effective_rank": float(effective_rank(z))}
 
 
