@@ -1,0 +1,71 @@
+"""The package's shape: no import cycles (imports inside functions included), the training loop
+imported only by the command line, the ablation runner and the monitor, and short functions."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "vicreg_lib"
+MAX_FUNCTION_LINES = 80
+TRAIN_LOOP_USERS = {"cli", "ablation", "monitor"}
+
+
+def _modules() -> dict[str, ast.Module]:
+    return {path.stem: ast.parse(path.read_text(), filename=str(path))
+            for path in sorted(PACKAGE.glob("*.py")) if path.stem not in ("__init__", "__main__")}
+
+
+def _imports(tree: ast.Module, names: set[str]) -> set[str]:
+    """The package modules a module imports anywhere in it (top level or inside functions)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level == 1 or base.startswith("vicreg_lib"):
+                base = base.removeprefix("vicreg_lib").lstrip(".")
+                if base:
+                    found.add(base.split(".")[0])
+                else:  # from . import train
+                    found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[1] for alias in node.names if alias.name.startswith("vicreg_lib."))
+    return found & names
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(tree, set(modules)) for name, tree in modules.items()}
+
+
+def test_no_import_cycles():
+    graph = _graph()
+    state: dict[str, str] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = "open"
+        for target in sorted(graph[node]):
+            if state.get(target) == "open":
+                pytest.fail(f"import cycle: {' -> '.join(path[path.index(target):] + [target])}")
+            if target not in state:
+                visit(target, path + [target])
+        state[node] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+
+
+def test_only_the_cli_the_ablation_runner_and_the_monitor_import_the_training_loop():
+    users = {name for name, targets in _graph().items() if "train" in targets}
+    assert users <= TRAIN_LOOP_USERS, f"unexpected importers of train.py: {sorted(users - TRAIN_LOOP_USERS)}"
+
+
+def test_functions_are_short():
+    long = [f"{name}.{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for name, tree in _modules().items() for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
