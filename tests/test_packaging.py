@@ -26,8 +26,17 @@ def pyproject_requirements() -> dict[str, str]:
     project = data["project"]
     reqs = list(project["dependencies"])
     for extra in project.get("optional-dependencies", {}).values():
-        reqs += extra
+        reqs += [r for r in extra if not r.startswith(project["name"] + "[")]  # "vicreg-lib[notebooks]"
     return dict(_split(r) for r in reqs)
+
+
+def test_the_library_needs_only_torch_torchvision_numpy_and_tqdm():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert {_split(r)[0] for r in project["dependencies"]} == {"torch", "torchvision", "numpy", "tqdm"}
+    extras = project["optional-dependencies"]
+    assert {_split(r)[0] for r in extras["notebooks"]} == {"jupyterlab", "ipywidgets", "umap-learn", "matplotlib",
+                                                           "scikit-learn"}
+    assert "vicreg-lib[notebooks]" in extras["dev"]  # the README's `.[dev]` still installs everything
 
 
 def environment_requirements() -> dict[str, str]:
