@@ -175,6 +175,19 @@ def _check_fit_args(model, inputs, labels, recipe, epochs, time_budget_s) -> Non
         raise ValueError("a model with BatchNorm layers needs at least 2 training samples")
 
 
+def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step of cross-entropy on x (b, ...) and y (b,): the loss () and the number
+    of correct predictions (), both detached and left on the device (no host sync)."""
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = model(x)  # (b, C)
+    loss = F.cross_entropy(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), (logits.detach().argmax(1) == y).sum()
+
+
 def fit_classifier(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -235,15 +248,10 @@ def fit_classifier(
             with torch.no_grad():
                 x = prepare(inputs[idx]) if prepare is not None else inputs[idx]
             y = labels[idx]
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = model(x)  # (b, C)
-            loss = F.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss, hits = _train_step(model, optimizer, x, y, amp)
             result.steps += 1
-            loss_sum += loss.detach() * y.shape[0]
-            correct += (logits.detach().argmax(1) == y).sum()
+            loss_sum += loss * y.shape[0]
+            correct += hits
             seen += y.shape[0]
             bar.update(1 if epochs else min(round(time.perf_counter() - start), bar.total) - bar.n)
         if seen:

@@ -7,7 +7,10 @@
 A linear classifier is trained on the frozen encoder's representation and tested on the
 test split. Numbers from different protocols are not comparable: they differ in the
 augmentation, the optimizer and the test-time preprocessing (`PROTOCOL_SETTINGS` holds each
-one's settings; `describe_protocol(name)` prints them).
+one's settings; `describe_protocol(name)` prints them). Everything runs batched on the device
+(images resident there, crops drawn for a whole batch by `augment.sample_crop_boxes` and cut by
+`augment.resized_crop_flip`); on CUDA the frozen encoder runs under bf16 autocast, where the
+reference scripts run fp32.
 
 - ``blog``: the blog post's eval.py (augustwester/vicreg 89eab04) exactly: encoder in eval
   mode, a plain nn.Linear head (PyTorch's default init), SGD lr 0.02 without momentum, weight
@@ -16,8 +19,8 @@ one's settings; `describe_protocol(name)` prints them).
   only scaled to [0, 1], NOT normalised (the script's quirk: `normalize_test=True` shows what
   it costs).
 - ``standard``: the official VICReg evaluate.py's frozen ("--weights freeze") recipe at CIFAR
-  size: RandomResizedCrop(32, torchvision's default scale 0.08-1) + flip on the training
-  images, SGD momentum 0.9, weight decay 1e-6, head init N(0, 0.01) with zero bias, a cosine
+  size (no Resize/CenterCrop of the test images, which are already 32x32):
+  RandomResizedCrop(32, torchvision's default scale 0.08-1) + flip on the training images, SGD momentum 0.9, weight decay 1e-6, head init N(0, 0.01) with zero bias, a cosine
   stepped once per epoch over 100 epochs, batch 256, lr 0.3 (the official --lr-head default,
   checked on our features, see STANDARD_LR_NOTE), test images normalised. It reports the
   FINAL epoch; the official code reports the best test epoch, which peeks at the test set.
