@@ -220,6 +220,16 @@ def test_heldout_batch_is_the_same_seeded_subset_every_time() -> None:
     assert torch.equal(heldout_batch(images, n=2000)[:, 0, 0, 0], torch.arange(2000))
 
 
+def test_heldout_batch_is_the_training_loops_held_out_subset() -> None:
+    # train.py measures its per-epoch std and effective rank on random_subset(..., seed=0): the
+    # same images, so the numbers of a run and of the notebooks compare
+    from vicreg_lib.data import random_subset
+
+    images = torch.randint(0, 256, (1200, 3, 2, 2), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    expected, _ = random_subset(images, torch.zeros(1200, dtype=torch.long), 512, seed=0)
+    assert torch.equal(heldout_batch(images), expected)
+
+
 def test_heldout_batch_refuses_a_split_smaller_than_n() -> None:
     with pytest.raises(ValueError, match="has 100 images, fewer than n=512; pass n=100"):
         heldout_batch(torch.zeros(100, 3, 4, 4))

@@ -11,26 +11,32 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pytest
 
-from vicreg_lib.cli import build_parser
+from vicreg_lib.cli import build_parser, config_from_args
 from vicreg_lib.monitor import launch, pretrain_command, watch_run
-from vicreg_lib.train import TrainConfig
+from vicreg_lib.config import TrainConfig
 
 
 def _config_from_command(command: list[str]) -> TrainConfig:
-    args = build_parser().parse_args(command[3:])  # drop "python -m vicreg_lib"
-    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    return config_from_args(build_parser().parse_args(command[3:]))  # drop "python -m vicreg_lib"
 
 
 def test_pretrain_command_parses_back_to_the_same_config():
     config = TrainConfig(data="synthetic", width=8, projector="64-64", epochs=3, optimizer="lars",
-                         max_train_images=100, compile=True, progress=False, out_dir="runs/x")
+                         max_train_images=100, compile="on", progress=False, out_dir="runs/x")
     command = pretrain_command(config, python="python")
     assert command[:4] == ["python", "-m", "vicreg_lib", "pretrain"]
-    assert "--no-progress" in command and "--compile" in command
+    assert "--no-progress" in command and command[command.index("--compile") + 1] == "on"
     assert "--batch-size" not in command  # defaults are left out
     assert _config_from_command(command) == config
     resumed = pretrain_command(config, python="python", resume=True)
     assert _config_from_command(resumed) == dataclasses.replace(config, resume=True)
+
+
+def test_pretrain_command_of_a_preset_parses_back_to_the_same_config():
+    config = TrainConfig.from_preset("blog", epochs=2, out_dir="runs/blog_try")
+    command = pretrain_command(config, python="python")
+    assert command[command.index("--preset") + 1] == "blog"
+    assert _config_from_command(command) == config
 
 
 def _write_metrics(path, records):

@@ -4,7 +4,7 @@
     process = launch(command, log_path)                 # detached: survives a kernel restart
     records = watch_run(out_dir, process, total_epochs)  # live plots until the process ends
 
-The run itself writes one JSON line per epoch to out_dir/metrics.jsonl (train.py); everything
+The run itself writes one JSON line per epoch to out_dir/metrics.jsonl (runfolder.py); everything
 here only reads that file, so watching, interrupting the notebook and watching again are safe.
 The figure is ``plotting.plot_metrics`` (draw it once from ``read_metrics(out_dir)``), kept live
 by ``plotting.LiveMetricsFigure``; matplotlib is imported only when ``watch_run`` runs.
@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from .config import TrainConfig
 from .progress import progress_bar
-from .train import TrainConfig, read_metrics
+from .runfolder import read_metrics
 
 __all__ = ["pretrain_command", "launch", "watch_run"]
 
