@@ -8,13 +8,18 @@ import math
 import pytest
 import torch
 
+import numpy as np
+
 from vicreg_lib import ablation, train
 from vicreg_lib.ablation import PAPER_ABLATION, AblationTable, parse_grid, run_ablation
-from vicreg_lib.train import TrainConfig
+from vicreg_lib.config import TrainConfig
+from vicreg_lib.diagnostics import COLLAPSED, DIMENSIONAL_COLLAPSE, HEALTHY
 
-# width 4, projector 32-32-32, 64 synthetic train / 32 test images, batch 32: two steps per run
-TINY = TrainConfig(data="synthetic:64,32", width=4, projector="32-32-32", batch_size=32, epochs=1,
+# width 4 (32-d representation h), projector 48-48-48 (48-d embedding z, so the two cannot be
+# confused), 64 synthetic train / 32 test images, batch 32: two steps per run
+TINY = TrainConfig(data="synthetic:64,32", width=4, projector="48-48-48", batch_size=32, epochs=1,
                    device="cpu", eval_every=0, progress=False)
+EMBEDDING_DIM = 48
 GRID = [(1, 0, 0), (25, 25, 1)]
 
 
@@ -55,11 +60,13 @@ def test_each_setting_is_one_run_and_its_row_holds_the_diagnostics(sweep):
     assert table.settings() == [(1.0, 0.0, 0.0), (25.0, 25.0, 1.0)]
     for row in table:
         assert not row["cached"]
-        assert len(row["std_per_dim"]) == 32  # projector output width
-        assert row["std_mean"] == pytest.approx(sum(row["std_per_dim"]) / 32)
+        # the diagnostics are of the embedding z (48-d), not of the representation h (32-d)
+        assert len(row["std_per_dim"]) == EMBEDDING_DIM
+        assert row["report"]["d"] == EMBEDDING_DIM
+        assert row["std_mean"] == pytest.approx(sum(row["std_per_dim"]) / EMBEDDING_DIM)
         sigma = row["singular_values"]
-        assert len(sigma) == 32 and sigma == sorted(sigma, reverse=True)
-        assert row["verdict"] in ("complete", "dimensional", "ok")
+        assert len(sigma) == min(32, EMBEDDING_DIM) and sigma == sorted(sigma, reverse=True)  # 32 test images
+        assert row["verdict"] in (COLLAPSED, DIMENSIONAL_COLLAPSE, HEALTHY)
         assert row["verdict"] == row["report"]["verdict"]
         assert row["effective_rank"] == pytest.approx(row["report"]["effective_rank"])
         assert 0 <= row["knn_top1"] <= 100 and 0 <= row["linear_top1"] <= 100
@@ -93,8 +100,37 @@ def test_changed_config_or_probe_reruns(sweep):
     assert spy.calls == [(1.0, 0.0, 0.0)]
     assert len(list(cache.glob("lam1_mu0_nu0-*/result.json"))) == 2  # the first result is kept
     # out_dir and the progress bar do not change what a run computes: same key
-    assert ablation.cache_key(TINY, {}) == ablation.cache_key(
-        dataclasses.replace(TINY, out_dir="elsewhere", progress=True), {})
+    assert ablation.cache_key(TINY, {}, "data") == ablation.cache_key(
+        dataclasses.replace(TINY, out_dir="elsewhere", progress=True), {}, "data")
+    assert ablation.cache_key(TINY, {}, "data") != ablation.cache_key(TINY, {}, "other data")
+
+
+def test_the_cache_key_follows_the_data_content_not_its_path(tmp_path):
+    path = tmp_path / "data.npz"
+
+    def write(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        np.savez(path, train_images=rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8),
+                 train_labels=np.arange(8) % 2, test_images=rng.integers(0, 255, (4, 32, 32, 3), dtype=np.uint8),
+                 test_labels=np.arange(4) % 2)
+
+    config = dataclasses.replace(TINY, data=f"npz:{path}")
+    write(0)
+    first = ablation._data_fingerprint(config)
+    assert ablation._data_fingerprint(config) == first
+    write(1)  # the same path, new content
+    assert ablation._data_fingerprint(config) != first
+
+
+def test_a_cached_result_of_the_wrong_shape_is_recomputed(sweep, tmp_path):
+    cache, _, _ = sweep
+    path = next(cache.glob("lam1_mu0_nu0-*/result.json"))
+    key = path.parent.name.split("-")[1]
+    payload = json.loads(path.read_text())
+    for broken in ([1, 2], {**payload, "row": [1, 2]}, {**payload, "row": {"lam": 1.0}}):
+        wrong = tmp_path / "result.json"
+        wrong.write_text(json.dumps(broken))
+        assert ablation._load_cached(wrong, key) is None
 
 
 def test_interrupted_sweep_keeps_finished_settings(tmp_path):
@@ -152,16 +188,16 @@ def _row(setting, verdict, linear):
 
 
 def test_table_renders_with_the_papers_numbers():
-    table = AblationTable([_row((1, 0, 0), "complete", 11.0), _row((1, 1, 0), "ok", 30.0),
-                           _row((25, 5, 1), "ok", 40.0)])
+    table = AblationTable([_row((1, 0, 0), COLLAPSED, 11.0), _row((1, 1, 0), HEALTHY, 30.0),
+                           _row((25, 5, 1), HEALTHY, 40.0)])
     plain = str(table)
-    assert "verdict" in plain and "complete" in plain and "40.0" in plain
+    assert "verdict" in plain and COLLAPSED in plain and "40.0" in plain
     assert "68.6" not in plain  # our own table has no paper column
     with_paper = table.with_paper().to_markdown()
     lines = with_paper.splitlines()
     assert lines[0].startswith("| λ | μ | ν |") and "paper top-1 %" in lines[0]
     assert len(lines) == 2 + 3
-    assert "| collapse | yes |" in lines[2]  # (1,0,0): paper collapse, ours complete
+    assert "| collapse | yes |" in lines[2]  # (1,0,0): paper collapse, ours collapsed
     assert f"| {PAPER_ABLATION[(1.0, 1.0, 0.0)]:.1f} | yes |" in lines[3]
     assert lines[4].endswith("| - | - |")  # (25, 5, 1) is not in the paper
     compared = table.compare_with_paper()
@@ -189,10 +225,12 @@ def test_plots_draw_one_line_per_setting(sweep):
 
     _, _, table = sweep
     fig, axes = plt.subplots(1, 4)
-    ablation.plot_std_history(table, axes[0])
-    ablation.plot_std_per_dim(table, axes[1])
-    ablation.plot_spectra(table, axes[2])
-    ablation.plot_accuracy(table, axes[3], baseline={"linear_top1": 12.5})
+    from vicreg_lib import plotting
+
+    plotting.plot_ablation_std_history(table, axes[0])
+    plotting.plot_ablation_std_per_dim(table, axes[1])
+    plotting.plot_ablation_spectra(table, axes[2])
+    plotting.plot_ablation_accuracy(table, axes[3], baseline={"linear_top1": 12.5})
     assert len(axes[2].get_lines()) == len(table)
     assert axes[3].get_lines()[0].get_ydata()[0] == 12.5  # the random-init line
     assert len(axes[3].patches) == 2 * len(table)
@@ -205,7 +243,7 @@ def test_cli_ablate_tiny_run_prints_the_table_beside_the_papers(tmp_path, capsys
     from vicreg_lib.cli import main
 
     argv = ["ablate", "--grid", "25,0,1", "--cache-dir", str(tmp_path), "--probe-epochs", "2",
-            "--data", "synthetic:64,32", "--width", "4", "--projector", "32-32-32", "--batch-size", "32",
+            "--data", "synthetic:64,32", "--width", "4", "--projector", "48-48-48", "--batch-size", "32",
             "--epochs", "1", "--device", "cpu", "--eval-every", "0", "--no-progress"]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -221,17 +259,24 @@ def test_cli_ablate_tiny_run_prints_the_table_beside_the_papers(tmp_path, capsys
 def test_cli_ablate_bad_grid_is_one_clear_error(capsys):
     from vicreg_lib.cli import main
 
-    with pytest.raises(SystemExit) as exit_info:
-        main(["ablate", "--grid", "1,-2,0"])
-    assert exit_info.value.code == 2
-    assert "mu = -2" in capsys.readouterr().err
+    assert main(["ablate", "--grid", "1,-2,0"]) == 2
+    err = capsys.readouterr().err
+    assert "mu = -2" in err and "usage:" not in err
+
+
+def test_an_interrupted_sweep_says_how_to_continue_without_resume(tmp_path):
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        run_ablation([(5, 5, 1), (50, 50, 1)], TINY, cache_dir=tmp_path, probe_epochs=2, progress=False,
+                     pretrain=Spy(fail_on=2))
+    assert "run the same call again" in str(stopped.value) and "--resume" not in str(stopped.value)
 
 
 def test_random_init_baseline_is_the_untrained_network(one_thread):
     first = ablation.evaluate_random_init(TINY, probe_epochs=2)
     again = ablation.evaluate_random_init(TINY, probe_epochs=2)
     assert first == again  # seeded: the same initialisation every time
-    assert len(first["std_per_dim"]) == 32 and first["verdict"] in ("complete", "dimensional", "ok")
+    assert len(first["std_per_dim"]) == EMBEDDING_DIM and first["verdict"] in (COLLAPSED, DIMENSIONAL_COLLAPSE,
+                                                                              HEALTHY)
     other_seed = ablation.evaluate_random_init(dataclasses.replace(TINY, seed=5), probe_epochs=2)
     assert other_seed["std_per_dim"] != first["std_per_dim"]
 
@@ -239,8 +284,8 @@ def test_random_init_baseline_is_the_untrained_network(one_thread):
 def test_paper_collapse_means_a_complete_verdict():
     # the paper writes "collapse" where training failed and a number where it learned:
     # a dimensional collapse learned (along few directions), so it agrees with a number
-    rows = [_row((1, 1, 0), "dimensional", 30.0), _row((25, 0, 1), "dimensional", 20.0),
-            _row((25, 0, 1), "complete", 20.0)]
+    rows = [_row((1, 1, 0), DIMENSIONAL_COLLAPSE, 30.0), _row((25, 0, 1), DIMENSIONAL_COLLAPSE, 20.0),
+            _row((25, 0, 1), COLLAPSED, 20.0)]
     lines = [AblationTable([row]).compare_with_paper().to_markdown().splitlines()[-1] for row in rows]
     assert lines[0].endswith("| yes |")
     assert lines[1].endswith("| NO |")
