@@ -40,7 +40,7 @@ import torch
 
 from . import train
 from .config import TrainConfig, field_names
-from .data import load_dataset, random_subset
+from .data import fingerprint, load_dataset, random_subset
 from .diagnostics import COLLAPSED, collapse_report, effective_rank, per_dim_std, singular_values
 from .evaluate import extract_features, knn_accuracy, linear_probe
 from .files import atomic_write
@@ -299,8 +299,6 @@ def run_ablation(
 
 def _data_fingerprint(config: TrainConfig) -> str:
     """A hash of the train and test images and labels the settings will see."""
-    from .data import fingerprint  # TODO(redesign): top-level import once data.fingerprint has landed
-
     resolved = config.resolved()
     train_split = load_dataset(resolved.data, "train", resolved.data_root)
     test_split = load_dataset(resolved.data, "test", resolved.data_root)
