@@ -45,7 +45,7 @@ from .checkpoint import CheckpointError, capture_rng_state, load_checkpoint, res
 from .config import TrainConfig, resume_differences
 from .data import load_dataset, random_subset
 from .device import precision_for
-from .diagnostics import effective_rank, per_dim_std
+from .diagnostics import HELDOUT_BATCH_SIZE, effective_rank, heldout_batch, per_dim_std
 from .distributed import DistInfo, gather_with_grad, init_distributed
 from .evaluate import extract_features, knn_accuracy
 from .loss import LossTerms, VICRegLoss
@@ -55,7 +55,6 @@ from .progress import progress_bar
 from .runfolder import (CHECKPOINT_NAME, RunLock, append_metrics, check_out_dir, clear_run, read_metrics,
                         rewrite_metrics, write_config)
 
-HELDOUT_SIZE = 512  # the fixed held-out batch whose embedding spread and effective rank are recorded
 HUGE_LOSS = 1e6  # a mean loss above this is almost surely a bad setting: warn
 
 
@@ -379,10 +378,10 @@ def train_one_epoch(run: Run, stop: StopSignals, bar) -> None:
 
 @torch.no_grad()
 def _heldout_spread(run: Run) -> dict[str, float]:
-    """Mean per-dimension std and effective rank of z on a fixed held-out batch of HELDOUT_SIZE images."""
+    """Mean per-dimension std and effective rank of z on the fixed held-out batch (diagnostics.heldout_batch:
+    512 eval-split images, or all of a smaller split), the same in every run and notebook."""
     images = run.eval_images if run.eval_images is not None else run.train_images
-    labels = run.eval_labels if run.eval_labels is not None else run.train_labels
-    batch, _ = random_subset(images, labels, min(HELDOUT_SIZE, images.shape[0]), seed=0)
+    batch = heldout_batch(images, n=min(HELDOUT_BATCH_SIZE, images.shape[0]))
     z = extract_features(run.model, batch, device=run.device, which="embedding")  # (512, d), eval mode
     if not bool(torch.isfinite(z).all()):  # finite weights can still overflow to inf activations
         raise _diverged(run, "the embeddings became non-finite")
