@@ -23,10 +23,10 @@ from .distributed import gather_with_grad, init_distributed, is_main_process
 from .evaluate import evaluate_checkpoint, extract_features, knn_accuracy, label_efficiency, linear_probe
 from .config import PRESETS, TrainConfig
 from .loss import LossTerms, VICRegLoss, covariance_loss, invariance_loss, variance_loss, vicreg_loss
-from .visualize import nearest_neighbors, plot_embedding_scatter, plot_retrieval, plot_thumbnails, umap_2d
+from .embedding_maps import nearest_neighbors, umap_2d
 from .model import VICReg, Projector, build_model, parse_projector_spec, resnet18_cifar
-from .monitor import launch, plot_metrics, pretrain_command, watch_run
-from .plotting import show_image_grid, to_display
+from .monitor import launch, pretrain_command, watch_run
+from .settings import notebook_settings
 from .progress import progress_bar
 from .supervised import train_supervised
 from .runfolder import read_config, read_metrics

@@ -107,13 +107,3 @@ def watch_run(
         raise RuntimeError(f"the pretraining process exited with code {process.returncode}; "
                            f"the end of its log:\n{tail}")
     return records
-
-
-def __getattr__(name: str) -> Any:
-    # Transitional: plot_metrics moved to vicreg_lib.plotting; this forward keeps
-    # `from .monitor import plot_metrics` in vicreg_lib/__init__.py working until it is updated.
-    if name == "plot_metrics":
-        from .plotting import plot_metrics
-
-        return plot_metrics
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
