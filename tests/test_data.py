@@ -233,3 +233,185 @@ def test_random_subset_is_seeded_ordered_and_paired():
     assert not torch.equal(random_subset(images, labels, 7, seed=2)[1], sub_labels)
     assert random_subset(images, labels, None)[0] is images
     assert random_subset(images, labels, 50)[1] is labels
+
+
+# ----------------------------------------------------------------------------- archive: spec
+
+ARCHIVE_COLOURS = {"cat": (200, 30, 30), "dog": (30, 200, 30), "emu": (30, 30, 200)}
+
+
+def make_image_tree(folder: Path, per_class: dict[str, int] | None = None) -> None:
+    """folder/train/<class>/i.png (2 per class) and folder/test/<class>/i.png (1 per class), one
+    solid colour per class, 32x32 PNG (lossless, so pixels can be checked exactly)."""
+    for split, count in (per_class or {"train": 2, "test": 1}).items():
+        for name, colour in ARCHIVE_COLOURS.items():
+            for index in range(count):
+                write_png(folder / split / name / f"{index}.png", colour, size=32)
+
+
+def make_archive(tmp_path: Path, name: str = "tiny.tar.gz", top: str | None = "tiny_jpeg") -> Path:
+    """An archive of make_image_tree, inside one top folder (as cifar10_jpeg.tar.gz) or at its top."""
+    import shutil
+
+    tree = tmp_path / "tree"
+    shutil.rmtree(tree, ignore_errors=True)
+    make_image_tree(tree / top if top else tree)
+    archive = tmp_path / name
+    if name.endswith(".zip"):
+        import zipfile
+
+        with zipfile.ZipFile(archive, "w") as bundle:
+            for file in sorted(tree.rglob("*.png")):
+                bundle.write(file, file.relative_to(tree).as_posix())
+    else:
+        import tarfile
+
+        with tarfile.open(archive, "w:gz" if name.endswith("gz") else "w") as bundle:
+            for entry in sorted(tree.iterdir()):
+                bundle.add(entry, entry.name)
+    return archive
+
+
+def visible(root: Path) -> list[str]:
+    """The folders a later load could use (hidden ones are scratch space)."""
+    return sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) if root.exists() else []
+
+
+@pytest.mark.parametrize("name, top", [("tiny.tar.gz", "tiny_jpeg"), ("tiny.zip", None), ("tiny.tar", None)])
+def test_archive_round_trip(tmp_path, name, top):
+    archive, root = make_archive(tmp_path, name, top), tmp_path / "root"
+    for split, count in (("train", 2), ("test", 1)):
+        images, labels, classes = load_dataset(f"archive:{archive}", split, root=root)
+        assert classes == ["cat", "dog", "emu"]
+        assert images.shape == (3 * count, 3, 32, 32) and images.dtype == torch.uint8
+        assert labels.tolist() == [k for k in range(3) for _ in range(count)]
+        for image, label in zip(images, labels):
+            assert image[:, 5, 7].tolist() == list(ARCHIVE_COLOURS[classes[label]])
+    assert len(visible(root)) == 1 and visible(root)[0].startswith("tiny-")
+    small, _, _ = load_dataset(f"archive:{archive}?size=8", "test", root=root)
+    assert small.shape == (3, 3, 8, 8) and small[0, :, 4, 4].tolist() == list(ARCHIVE_COLOURS["cat"])
+
+
+def test_archive_is_unpacked_once_decoded_once_and_again_when_replaced(tmp_path, monkeypatch):
+    from vicreg_lib import data
+
+    archive, root = make_archive(tmp_path), tmp_path / "root"
+    first = load_dataset(f"archive:{archive}", "train", root=root)
+    folder = root / visible(root)[0]
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("unpacked or decoded a second time")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(data, "_extract", forbidden)
+        patch.setattr(data, "decode_images", forbidden)
+        again = load_dataset(f"archive:{archive}", "train", root=root)
+    assert all(torch.equal(a, b) for a, b in zip(first[:2], again[:2])) and first[2] == again[2]
+    # a cache file that is not what was written is decoded afresh, not trusted
+    next(folder.glob(".decoded-train-32-labels.npy")).write_bytes(b"garbage")
+    with monkeypatch.context() as patch:
+        patch.setattr(data, "_extract", forbidden)
+        assert torch.equal(load_dataset(f"archive:{archive}", "train", root=root)[1], first[1])
+
+    # the same name, new contents (and so a new size or mtime): unpacked into a new folder
+    import tarfile
+
+    extra = tmp_path / "extra"
+    make_image_tree(extra / "tiny_jpeg", {"train": 4, "test": 1})
+    with tarfile.open(archive, "w:gz") as bundle:
+        bundle.add(extra / "tiny_jpeg", "tiny_jpeg")
+    os.utime(archive, ns=(os.stat(archive).st_atime_ns, os.stat(archive).st_mtime_ns + 10**9))
+    assert load_dataset(f"archive:{archive}", "train", root=root)[0].shape[0] == 12
+    assert len(visible(root)) == 2
+
+
+def test_interrupted_unpacking_leaves_nothing_a_later_load_uses(tmp_path, monkeypatch):
+    import tarfile
+
+    archive, root = make_archive(tmp_path), tmp_path / "root"
+    real_extract, calls = tarfile.TarFile.extract, []
+
+    def interrupted_extract(self, member, *args, **kwargs):
+        calls.append(member.name)
+        if len(calls) == 6:  # some folders and images are on disk by now
+            raise KeyboardInterrupt
+        return real_extract(self, member, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tarfile.TarFile, "extract", interrupted_extract)
+        with pytest.raises(KeyboardInterrupt):
+            load_dataset(f"archive:{archive}", "train", root=root)
+    assert len(calls) == 6 and list(root.iterdir()) == []  # the half-unpacked scratch folder is gone
+    assert load_dataset(f"archive:{archive}", "train", root=root)[0].shape[0] == 6
+
+    # a truncated archive fails mid-way the same way, with one clear error
+    cut = tmp_path / "cut.tar"
+    uncompressed = make_archive(tmp_path, "whole.tar", None).read_bytes()
+    cut.write_bytes(uncompressed[: len(uncompressed) // 2])
+    with pytest.raises(DataSpecError, match=r"cannot unpack .*cut\.tar.*tar tzf"):
+        load_dataset(f"archive:{cut}", "train", root=tmp_path / "root2")
+    assert list((tmp_path / "root2").iterdir()) == []
+
+
+def test_stale_unpacking_folder_of_a_killed_process_is_removed(tmp_path):
+    archive, root = make_archive(tmp_path), tmp_path / "root"
+    stale, fresh = root / ".tiny-0.unpacking-abc", root / ".tiny-0.unpacking-def"
+    for leftover in (stale, fresh):
+        (leftover / "train").mkdir(parents=True)
+    os.utime(stale, (0, 0))
+    load_dataset(f"archive:{archive}", "test", root=root)
+    assert not stale.exists() and fresh.exists()  # a fresh one may be another process at work
+
+
+@pytest.mark.parametrize("member", ["../evil.png", "/tmp/evil.png", "link"])
+def test_unsafe_archive_members_are_refused(tmp_path, member):
+    import io
+    import tarfile
+
+    archive, root = tmp_path / "evil.tar", tmp_path / "root"
+    make_image_tree(tmp_path / "tree")
+    with tarfile.open(archive, "w") as bundle:
+        bundle.add(tmp_path / "tree" / "train", "train")  # safe members first: refused mid-way
+        info = tarfile.TarInfo(member)
+        if member == "link":
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            bundle.addfile(info)
+        else:
+            info.size = 4
+            bundle.addfile(info, io.BytesIO(b"evil"))
+    with pytest.raises(DataSpecError, match=rf"unsafe member '{member}'"):
+        load_dataset(f"archive:{archive}", "train", root=root)
+    assert list(root.iterdir()) == [] and not (tmp_path / "evil.png").exists()
+
+
+def test_bad_archives(tmp_path):
+    root = tmp_path / "root"
+    (tmp_path / "text.tar.gz").write_text("not an archive")
+    with pytest.raises(DataSpecError, match=r"cannot unpack .*text\.tar\.gz"):
+        load_dataset(f"archive:{tmp_path / 'text.tar.gz'}", root=root)
+    with pytest.raises(DataSpecError, match=r"'images\.rar' is not a \.tar\.gz.*folder:"):
+        load_dataset(f"archive:{tmp_path / 'images.rar'}", root=root)
+    with pytest.raises(DataSpecError, match="does not exist"):
+        load_dataset(f"archive:{tmp_path / 'missing.tgz'}", root=root)
+    import tarfile
+
+    make_image_tree(tmp_path / "flat")
+    with tarfile.open(tmp_path / "flat.tgz", "w:gz") as bundle:  # class folders without train/ and test/
+        bundle.add(tmp_path / "flat" / "train", "images")
+    with pytest.raises(DataSpecError, match=r"no train/ and test/ folders.*\['images'\]"):
+        load_dataset(f"archive:{tmp_path / 'flat.tgz'}", root=root)
+    with pytest.raises(DataSpecError, match=r"\?size=S, e\.g\. archive:"):
+        load_dataset(f"archive:{tmp_path / 'flat.tgz'}?width=3", root=root)
+
+
+def test_folder_images_of_the_right_size_are_not_resized(tmp_path, monkeypatch):
+    from PIL import Image
+
+    make_image_tree(tmp_path)
+    for name, colour in ARCHIVE_COLOURS.items():  # BMP: read by Pillow, not torchvision
+        Image.new("RGB", (32, 32), colour).save(tmp_path / "train" / name / "2.bmp")
+    monkeypatch.setattr(Image.Image, "resize", lambda *args, **kwargs: pytest.fail("pointless resize"))
+    images, labels, _ = load_dataset(f"folder:{tmp_path}", "train")
+    assert images.shape == (9, 3, 32, 32) and images[2, :, 0, 0].tolist() == list(ARCHIVE_COLOURS["cat"])
+    monkeypatch.undo()
+    assert load_dataset(f"folder:{tmp_path}?size=16", "train")[0].shape == (9, 3, 16, 16)
