@@ -35,14 +35,14 @@ from .train import PretrainResult, RunInterrupted, TrainingDiverged, pretrain, t
 __version__ = "0.1.0"
 
 __all__ = [
-    "BatchAugment", "CIFAR10_MEAN", "CIFAR10_STD", "CheckpointError", "DataSpecError", "PAPER_ABLATION",
-    "PretrainResult", "Projector", "RECIPES", "TrainConfig", "TrainingDiverged", "VICReg", "VICRegLoss",
-    "collapse_report", "correlation_matrix", "covariance_loss", "covariance_matrix", "default_data_spec",
+    "BatchAugment", "build_model", "CheckpointError", "CIFAR10_MEAN", "CIFAR10_STD", "collapse_report",
+    "correlation_matrix", "covariance_loss", "covariance_matrix", "DataSpecError", "default_data_spec",
     "effective_rank", "evaluate_checkpoint", "extract_features", "gather_with_grad", "init_distributed",
-    "invariance_loss", "is_main_process", "knn_accuracy", "label_efficiency", "linear_probe",
-    "load_checkpoint", "load_dataset", "load_pretrained", "parse_projector_spec", "per_dim_std", "pretrain",
-    "progress_bar", "read_metrics", "resnet18_cifar", "run_ablation", "save_checkpoint", "singular_values",
-    "two_views_transform", "variance_loss", "vicreg_loss",
-    "random_subset", "LossTerms", "PRESETS", "build_model", "read_config", "RunInterrupted", "training_step", "launch", "plot_metrics", "pretrain_command", "watch_run", "show_image_grid", "to_display", "train_supervised",
-    "nearest_neighbors", "plot_embedding_scatter", "plot_retrieval", "plot_thumbnails", "umap_2d",
+    "invariance_loss", "is_main_process", "knn_accuracy", "label_efficiency", "launch", "linear_probe",
+    "load_checkpoint", "load_dataset", "load_pretrained", "LossTerms", "nearest_neighbors",
+    "notebook_settings", "PAPER_ABLATION", "parse_projector_spec", "per_dim_std", "PRESETS", "pretrain",
+    "pretrain_command", "PretrainResult", "progress_bar", "Projector", "random_subset", "read_config",
+    "read_metrics", "RECIPES", "resnet18_cifar", "run_ablation", "RunInterrupted", "save_checkpoint",
+    "singular_values", "train_supervised", "TrainConfig", "training_step", "TrainingDiverged",
+    "two_views_transform", "umap_2d", "variance_loss", "VICReg", "vicreg_loss", "VICRegLoss", "watch_run",
 ]
