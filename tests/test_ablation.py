@@ -290,3 +290,18 @@ def test_paper_collapse_means_a_complete_verdict():
     assert lines[0].endswith("| yes |")
     assert lines[1].endswith("| NO |")
     assert lines[2].endswith("| yes |")
+
+
+def test_the_untrained_baseline_is_measured_with_batchnorm_statistics_of_the_data(one_thread):
+    """At BatchNorm's initial statistics an untrained network's embeddings read as collapsed."""
+    from vicreg_lib import model as model_module
+
+    calibrated = ablation.evaluate_random_init(TINY, probe_epochs=2)
+    real = model_module.calibrate_batchnorm
+    try:
+        ablation.calibrate_batchnorm = lambda model, batches: model.eval()  # skip the calibration
+        raw = ablation.evaluate_random_init(TINY, probe_epochs=2)
+    finally:
+        ablation.calibrate_batchnorm = real
+    assert calibrated["report"]["rms_std"] > 5 * raw["report"]["rms_std"]
+    assert calibrated["verdict"] != COLLAPSED

@@ -179,3 +179,18 @@ def test_vicreg_rejects_mismatched_parts_and_views() -> None:
     model = _tiny_vicreg()
     with pytest.raises(ValueError, match="same shape"):
         model(_images(2, size=16), _images(3, size=16))
+
+
+def test_calibrate_batchnorm_sets_running_statistics_from_the_data():
+    from vicreg_lib.model import calibrate_batchnorm
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    batches = [torch.randn(64, 4) * 5 + 2 for _ in range(4)]
+    calibrate_batchnorm(net, batches)
+    with torch.no_grad():
+        hidden = torch.cat([net[0](b) for b in batches])
+    assert not net.training
+    assert torch.allclose(net[1].running_mean, hidden.mean(0), atol=1e-4)
+    assert torch.allclose(net[1].running_var, hidden.var(0), rtol=0.05)  # average of per-batch unbiased vars
+    assert net[1].momentum == 0.1  # restored

@@ -41,10 +41,11 @@ import torch
 from . import train
 from .config import TrainConfig, field_names
 from .data import fingerprint, load_dataset, random_subset
-from .diagnostics import COLLAPSED, collapse_report, effective_rank, per_dim_std, singular_values
+from .diagnostics import COLLAPSED, HELDOUT_BATCH_SIZE, collapse_report, heldout_batch, effective_rank, per_dim_std, singular_values
 from .evaluate import extract_features, knn_accuracy, linear_probe
+from .features import normalize_images
 from .files import atomic_write
-from .model import build_model
+from .model import build_model, calibrate_batchnorm
 from .progress import progress_bar
 from .runfolder import read_metrics
 
@@ -87,6 +88,7 @@ PAPER_PROVENANCE = (
 RESULT_NAME = "result.json"
 RUN_NAME = "run"
 RESULT_FORMAT = 3  # bump when the stored row changes, so old caches are recomputed
+CALIBRATION_IMAGES = 4096  # training images whose statistics the untrained network's BatchNorms get
 ROW_KEYS = ("lam", "mu", "nu", "verdict", "knn_top1", "linear_top1", "history")  # a usable cached row has these
 
 
@@ -174,7 +176,8 @@ def _evaluate_setting(model, config: TrainConfig, probe: dict[str, Any], device:
     # a seeded random subset of the labelled images, the same for every setting
     train_images, train_labels = random_subset(train_images, train_labels, probe["train_images"], seed=0)
     test_images, test_labels, _ = load_dataset(config.data, "test", config.data_root)
-    z = extract_features(model, test_images, device=device, which="embedding")  # (m, d)
+    held_out = heldout_batch(test_images, n=min(HELDOUT_BATCH_SIZE, test_images.shape[0]))
+    z = extract_features(model, held_out, device=device, which="embedding")  # (512, d): the same images always
     if not bool(torch.isfinite(z).all()):
         raise train.TrainingDiverged("the trained model's embeddings of the test images are not finite")
     h_train = extract_features(model, train_images, device=device, which="representation")  # (n, D)
@@ -315,6 +318,12 @@ def evaluate_random_init(config: TrainConfig, probe_epochs: int = 50,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # the initialisation pretrain starts from
         model = build_model(**config.arch())
+    # BatchNorm statistics from training images: at their initial values an untrained network's
+    # embeddings are ~75x too small and read as collapsed (see diagnostics.py)
+    images, labels, _ = load_dataset(config.data, "train", config.data_root)
+    images, _ = random_subset(images, labels, min(CALIBRATION_IMAGES, images.shape[0]), seed=0)
+    batches = (normalize_images(images[i:i + 256]) for i in range(0, images.shape[0], 256))
+    calibrate_batchnorm(torch.nn.Sequential(model.encoder, model.projector), batches)
     return _evaluate_setting(model, config, probe, config.device)
 
 

@@ -224,3 +224,28 @@ def build_model(
     model.arch = dict(backbone=backbone, width=width, projector=projector, projector_bias=projector_bias,
                       concat_views=concat_views)
     return model
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: nn.Module, batches) -> nn.Module:
+    """Set every BatchNorm's running statistics to their average over ``batches`` (inputs the model
+    takes, e.g. normalised images (b, 3, H, W)); returns the model in eval mode.
+
+    An untrained network in eval mode still holds BatchNorm's initial statistics (mean 0,
+    variance 1), which pass its activations through unnormalised: its embeddings come out
+    tiny and look collapsed. Measured with statistics of the data, it is what it is: random.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over all batches
+    model.train()
+    try:
+        for batch in batches:
+            model(batch)
+    finally:
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+        model.eval()
+    return model
