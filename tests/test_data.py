@@ -415,3 +415,64 @@ def test_folder_images_of_the_right_size_are_not_resized(tmp_path, monkeypatch):
     assert images.shape == (9, 3, 32, 32) and images[2, :, 0, 0].tolist() == list(ARCHIVE_COLOURS["cat"])
     monkeypatch.undo()
     assert load_dataset(f"folder:{tmp_path}?size=16", "train")[0].shape == (9, 3, 16, 16)
+
+
+# ----------------------------------------------------------------------------- labels, empty spec, fingerprint
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"classes": np.array(["cat", "dog"])}, r"train_labels: 2 label\(s\) outside 0\.\.1 for 2 classes \(e\.g\. 2\)"),
+        ({"train_labels": np.array([0, 1, -1, 0, 1, 2])}, r"outside 0\.\.2 .*\(e\.g\. -1\)"),
+        ({"train_labels": np.zeros((6, 1), dtype=np.int64)}, "expected integers of shape"),
+        ({"train_labels": np.zeros(6, dtype=bool)}, "train_labels is bool .* expected integers"),
+    ],
+)
+def test_bad_labels_are_refused_at_load_naming_the_file(tmp_path, overrides, message):
+    write_npz(tmp_path / "bad.npz", **overrides)
+    with pytest.raises(DataSpecError, match=message) as info:
+        load_dataset(f"npz:{tmp_path / 'bad.npz'}", "train")
+    assert str(tmp_path / "bad.npz") in str(info.value)
+
+
+def test_check_labels():
+    from vicreg_lib.data import check_labels
+
+    check_labels(torch.tensor([0, 2, 1]), 3, 3, "here")  # fine: no error
+    check_labels(np.array([], dtype=np.int32), 3, 0, "here")
+    for labels, message in (
+        (torch.tensor([0, 3, 1]), r"here: 1 label\(s\) outside 0\.\.2 for 3 classes \(e\.g\. 3\)"),
+        (torch.tensor([0.0, 1.0, 2.0]), "here: labels are torch.float32, expected integers"),
+        (torch.tensor([0, 1]), r"here: labels have shape \(2,\), expected \(3,\)"),
+    ):
+        with pytest.raises(DataSpecError, match=message):
+            check_labels(labels, 3, 3, "here")
+
+
+def test_empty_spec_is_an_error_and_none_the_default(monkeypatch):
+    monkeypatch.setenv("VICREG_DATA", "synthetic:20")
+    for spec in ("", "  "):
+        with pytest.raises(DataSpecError, match=r"empty data spec.*npz:PATH.*None for the default"):
+            load_dataset(spec, "train")
+    assert load_dataset(None, "train")[0].shape[0] == 20
+
+
+def test_fingerprint_changes_with_contents_shape_dtype_and_order():
+    from vicreg_lib.data import fingerprint
+
+    images = torch.arange(96, dtype=torch.uint8).view(2, 3, 4, 4)
+    labels = torch.tensor([0, 1])
+    key = fingerprint(images, labels)
+    assert len(key) == 16 and int(key, 16) >= 0
+    assert fingerprint(images.clone(), labels.clone()) == key  # contents, not identity
+    assert fingerprint(images.numpy(), labels.numpy()) == key  # numpy arrays hash alike
+    assert fingerprint(images.permute(0, 2, 3, 1).permute(0, 3, 1, 2), labels) == key  # layout-free
+    changed = images.clone()
+    changed[1, 2, 3, 3] += 1
+    assert fingerprint(changed, labels) != key
+    assert fingerprint(images, labels.flip(0)) != key
+    assert fingerprint(labels, images) != key
+    assert fingerprint(images.view(2, 48), labels) != key  # same bytes, other shape
+    assert fingerprint(images.view(torch.int8), labels) != key  # same bytes, other dtype
+    assert fingerprint(torch.ones(3, dtype=torch.bfloat16)) != fingerprint(torch.ones(3, dtype=torch.float16))

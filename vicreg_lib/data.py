@@ -73,8 +73,8 @@ def load_dataset(
     """
     if spec is not None and not spec.strip():
         raise DataSpecError(
-            "empty data spec '': pass cifar10, cifar100, npz:PATH, archive:PATH, folder:PATH or "
-            f"synthetic, or None for the default (VICREG_DATA, else cifar10); {WAYS_OUT}"
+            f"empty data spec {spec!r}: pass one, e.g. cifar10, npz:PATH, archive:PATH, folder:PATH or "
+            "synthetic, or None for the default (env VICREG_DATA, else cifar10)"
         )
     spec = default_data_spec() if spec is None else spec
     root = Path(default_data_root() if root is None else root)
@@ -96,9 +96,7 @@ def load_dataset(
             f"malformed data spec {spec!r}: expected cifar10, cifar100, npz:PATH, folder:PATH[?size=S], "
             f"archive:PATH[?size=S] or synthetic[:N[,M]]; {WAYS_OUT}"
         )
-    images, labels, classes = loaded
-    check_labels(labels, len(classes), images.shape[0], f"data spec {spec!r}, {split} split")
-    return images, labels, classes
+    return loaded  # labels are checked where they are read from a user's file (npz); the rest make them
 
 
 def check_labels(labels, num_classes: int, num_images: int, where: str) -> None:
@@ -203,7 +201,7 @@ def _load_npz(spec: str, path: Path, split: str) -> tuple[torch.Tensor, torch.Te
         label_arrays = [arrays[key] for key in ("train_labels", "test_labels") if key in arrays]
         num_classes = max((int(y.max()) + 1 for y in label_arrays if y.size), default=0)
         classes = [str(k) for k in range(num_classes)]
-    check_labels(labels, len(classes), images.shape[0], f"data spec {spec!r}: {label_key} in {str(path)!r}")
+    check_labels(labels, len(classes), images.shape[0], f"data spec {spec!r}: array {label_key}")
     image_tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
     return image_tensor, torch.from_numpy(labels.astype(np.int64)), classes
 
