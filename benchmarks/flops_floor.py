@@ -14,6 +14,8 @@
 
     python benchmarks/flops_floor.py                      # device auto, train_throughput.py's sizes
     python benchmarks/flops_floor.py --smoke              # tiny sizes, a few seconds
+
+benchmarks/gpu_run.py calls measure_floor and share_of_floor with its own epoch times.
 """
 
 from __future__ import annotations
@@ -37,17 +39,17 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, size: int, repeats: in
     return 2 * size**3 / seconds
 
 
-def count_step_flops(width: int, batch_size: int, projector: str, device: torch.device) -> dict[str, float]:
+def count_step_flops(config, batch_size: int, device: torch.device) -> dict[str, float]:
     """Counted FLOPs of one training step (forward + backward, both views) on a batch.
 
-    Counted in float32 (the count depends on the shapes only, not on device or dtype).
-    Returns totals for the batch: "model" (encoder + projector, forward + backward) and
-    "step" (model + the VICReg loss, forward + backward).
+    config: a TrainConfig (its model and loss). Counted in float32 (the count depends on the
+    shapes only, not on device or dtype). Returns totals for the batch: "model" (encoder +
+    projector, forward + backward) and "step" (model + the VICReg loss, forward + backward).
     """
     import train_throughput  # builds the model the same way the training benchmark does
 
-    model = train_throughput.build_model(width, projector, device)
-    loss_fn = train_throughput.loss_function()
+    model = train_throughput.build_model(config, device)
+    loss_fn = train_throughput.loss_function(config)
     x1 = torch.randn(batch_size, 3, 32, 32, device=device)
     x2 = torch.randn(batch_size, 3, 32, 32, device=device)
 
@@ -63,6 +65,39 @@ def count_step_flops(width: int, batch_size: int, projector: str, device: torch.
         z1, z2 = model(x1, x2)
         loss_fn(z1, z2).backward()
     return {"model": float(model_flops), "step": float(counter.get_total_flops())}
+
+
+def measure_floor(config, batch_size: int, device: torch.device, matmul_size: int) -> dict[str, Any]:
+    """The counted FLOPs per image, the measured matmul rates and the floor epoch for `config`.
+
+    The rate is the fastest dtype our training can use on this device: bf16 on a GPU; on a CPU
+    float32 and bf16 (bf16 autocast is one of the variants, and CPUs with AMX run it several
+    times faster than float32).
+    """
+    flops = count_step_flops(config, batch_size, device)
+    dtypes = [torch.bfloat16] if device.type == "cuda" else [torch.float32, torch.bfloat16]
+    repeats = 20 if device.type == "cuda" else 5
+    rates = {str(dtype)[6:]: matmul_rate(device, dtype, matmul_size, repeats=repeats) for dtype in dtypes}
+    dtype = max(rates, key=rates.get)
+    flops_per_image = flops["step"] / batch_size
+    return {
+        "flops_per_image_model": flops["model"] / batch_size,
+        "flops_per_image_step": flops_per_image,
+        "matmul_rates": rates,
+        "matmul_dtype": dtype,
+        "matmul_size": matmul_size,
+        "matmul_flops_per_s": rates[dtype],
+        "floor_epoch_s": flops_per_image * common.EPOCH_IMAGES / rates[dtype],
+    }
+
+
+def share_of_floor(floor: dict[str, Any], epoch_s: float) -> dict[str, float]:
+    """Our epoch (s per 50,000 images) against the floor: achieved FLOP/s and fraction of the floor."""
+    return {
+        "epoch_s": epoch_s,
+        "achieved_flops_per_s": floor["flops_per_image_step"] * common.EPOCH_IMAGES / epoch_s,
+        "fraction_of_floor": floor["floor_epoch_s"] / epoch_s,
+    }
 
 
 def read_training_epoch_s(
@@ -89,14 +124,14 @@ def read_training_epoch_s(
 
 
 def measure_training_epoch_s(
-    width: int, batch_size: int, projector: str, device: torch.device, steps: int
+    width: int, batch_size: int, projector: str | None, device: torch.device, steps: int
 ) -> tuple[float, str]:
     """Our epoch time measured now: the batched pipeline with the device's best settings."""
     import train_throughput
 
     on_gpu = device.type == "cuda"
     variant = train_throughput.Variant(
-        "ours (measured here)", pipeline="batched", amp=on_gpu, channels_last=on_gpu, compile=on_gpu
+        "ours (measured here)", pipeline="batched", amp=True, channels_last=True, compile=on_gpu
     )
     row = train_throughput.measure_variant(
         variant, width=width, batch_size=batch_size, projector=projector, device=device, steps=steps
@@ -110,7 +145,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--width", type=common.positive_int, default=None, help="ResNet-18 base width (default: GPU 64, CPU 16)"
     )
     parser.add_argument("--batch-size", type=common.positive_int, default=None, help="images per step (default 256)")
-    parser.add_argument("--projector", default=None, help="projector spec (default: TrainConfig's)")
+    parser.add_argument("--projector", default=None, help="projector spec (default: the preset's)")
+    parser.add_argument("--preset", default="fast", help="the model and loss of this preset (default %(default)s)")
     parser.add_argument("--matmul-size", type=common.positive_int, default=None, help="side of the timed square matmul")
     parser.add_argument(
         "--training-json",
@@ -131,61 +167,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import train_throughput
 
     device = args.device
-    on_gpu = device.type == "cuda"
     default_width, default_batch, default_steps = train_throughput.default_sizes(device, args.smoke)
-    args.width, args.batch_size = args.width or default_width, args.batch_size or default_batch
+    width, batch_size = args.width or default_width, args.batch_size or default_batch
     steps = args.steps or default_steps
-    projector = args.projector or train_throughput.default_projector(args.width, smoke=args.smoke)
-    matmul_size = args.matmul_size or (256 if args.smoke else 8192 if on_gpu else 2048)
+    projector = args.projector or train_throughput.default_projector(width, smoke=args.smoke)
+    config = train_throughput.bench_config(args.preset, width, batch_size, projector)
+    matmul_size = args.matmul_size or (256 if args.smoke else 8192 if device.type == "cuda" else 2048)
     name = common.device_name(device)
 
-    # 1. counted FLOPs
-    flops = count_step_flops(args.width, args.batch_size, projector, device)
-    flops_per_image = flops["step"] / args.batch_size
-    model_flops_per_image = flops["model"] / args.batch_size
-
-    # 2. measured matmul rate: the fastest dtype our training can use on this device (bf16 autocast
-    # is one of the variants, and CPUs with AMX run bf16 several times faster than float32)
-    dtypes = [torch.bfloat16] if on_gpu else [torch.float32, torch.bfloat16]
-    rates = {dtype: matmul_rate(device, dtype, matmul_size, repeats=20 if on_gpu else 5) for dtype in dtypes}
-    dtype = max(rates, key=rates.get)
-    rate = rates[dtype]
-
-    # 3. the floor and our share of it
-    floor_epoch_s = flops_per_image * common.EPOCH_IMAGES / rate
-    training = (
+    floor = measure_floor(config, batch_size, device, matmul_size)  # 1. counted FLOPs, 2. matmul rate
+    training = (  # 3. our epoch, from train_throughput.py's JSON or measured here
         None
         if (args.measure or args.smoke)
-        else read_training_epoch_s(Path(args.training_json), name, args.width, args.batch_size)
+        else read_training_epoch_s(Path(args.training_json), name, width, batch_size)
     )
     if training is None:
-        training = measure_training_epoch_s(args.width, args.batch_size, projector, device, steps)
+        training = measure_training_epoch_s(width, batch_size, projector, device, steps)
     epoch_s, epoch_source = training
-    achieved_rate = flops_per_image * common.EPOCH_IMAGES / epoch_s
+    ours = share_of_floor(floor, epoch_s)
 
     print(f"device: {name}")
-    print(f"model: ResNet-18 width {args.width} + projector {projector}, batch {args.batch_size}, both views")
+    print(f"model: ResNet-18 width {width} + projector {config.projector}, batch {batch_size}, both views")
     print(f"our epoch time from: {epoch_source}")
     print(f"epoch = {common.EPOCH_IMAGES:,} images, extrapolated from the measured steps")
     rows = [
-        {
-            "quantity": "counted FLOPs per image (2 views): model fwd+bwd",
-            "value": model_flops_per_image,
-            "unit": "FLOP",
-        },
-        {"quantity": "counted FLOPs per image (2 views): + loss", "value": flops_per_image, "unit": "FLOP"},
-        *[
-            {
-                "quantity": f"measured {str(each)[6:]} matmul rate ({matmul_size}^2)",
-                "value": each_rate / 1e12,
-                "unit": "TFLOP/s",
-            }
-            for each, each_rate in rates.items()
-        ],
-        {"quantity": f"floor: epoch at the {str(dtype)[6:]} matmul rate", "value": floor_epoch_s, "unit": "s"},
+        {"quantity": "counted FLOPs per image (2 views): model fwd+bwd", "value": floor["flops_per_image_model"],
+         "unit": "FLOP"},
+        {"quantity": "counted FLOPs per image (2 views): + loss", "value": floor["flops_per_image_step"],
+         "unit": "FLOP"},
+        *[{"quantity": f"measured {dtype} matmul rate ({matmul_size}^2)", "value": rate / 1e12, "unit": "TFLOP/s"}
+          for dtype, rate in floor["matmul_rates"].items()],
+        {"quantity": f"floor: epoch at the {floor['matmul_dtype']} matmul rate", "value": floor["floor_epoch_s"],
+         "unit": "s"},
         {"quantity": "ours: measured epoch", "value": epoch_s, "unit": "s"},
-        {"quantity": "ours: achieved rate", "value": achieved_rate / 1e12, "unit": "TFLOP/s"},
-        {"quantity": "ours: fraction of the floor", "value": floor_epoch_s / epoch_s, "unit": ""},
+        {"quantity": "ours: achieved rate", "value": ours["achieved_flops_per_s"] / 1e12, "unit": "TFLOP/s"},
+        {"quantity": "ours: fraction of the floor", "value": ours["fraction_of_floor"], "unit": ""},
     ]
     common.print_table(rows, ["quantity", "value", "unit"], title="the floor")
 
@@ -193,24 +209,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "flops_floor",
         **common.run_info(device),
         "settings": {
-            "width": args.width,
-            "batch_size": args.batch_size,
-            "projector": projector,
+            "width": width,
+            "batch_size": batch_size,
+            "projector": config.projector,
+            "preset": args.preset,
             "matmul_size": matmul_size,
-            "matmul_dtype": str(dtype),
+            "matmul_dtype": floor["matmul_dtype"],
             "epoch_images": common.EPOCH_IMAGES,
             "smoke": args.smoke,
         },
-        "flops_per_image_model": model_flops_per_image,
-        "flops_per_image_step": flops_per_image,
-        "matmul_flops_per_s": rate,
-        "floor_epoch_s": floor_epoch_s,
-        "epoch_s": epoch_s,
+        **{key: floor[key] for key in ("flops_per_image_model", "flops_per_image_step", "matmul_flops_per_s",
+                                       "floor_epoch_s")},
         "epoch_source": epoch_source,
-        "achieved_flops_per_s": achieved_rate,
-        "fraction_of_floor": floor_epoch_s / epoch_s,
+        **ours,
     }
-    assert all(math.isfinite(v) and v > 0 for v in (flops_per_image, rate, epoch_s))
+    assert all(math.isfinite(v) and v > 0 for v in (floor["flops_per_image_step"], floor["matmul_flops_per_s"],
+                                                    epoch_s))
     common.write_json(args.json, result)
     return result
 

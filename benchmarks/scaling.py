@@ -1,10 +1,11 @@
 """Scaling: time per epoch and peak memory against batch size and backbone width.
 
 Each configuration runs in its own fresh Python process (this script with --one), through
-the same measurement as train_throughput.py (pretrain: a warm-up epoch, then a timed epoch,
-extrapolated to 50,000 images), with our pipeline at the device's best settings (GPU: data
-on device, batched augmentation, bf16, channels-last; CPU: the same in float32). A fresh
-process per configuration makes the peak memory honest:
+the same measurement as train_throughput.py (pretrain with the `fast` preset's model,
+optimizer and recipe: a warm-up epoch, then a timed epoch, extrapolated to 50,000 images),
+with our pipeline at the device's best settings (GPU: data on device, batched augmentation,
+bf16, channels-last; CPU: the same in float32). A fresh process per configuration makes the
+peak memory honest:
 
 - GPU: torch.cuda.max_memory_allocated() (tensors only, not the caching allocator's slack),
 - CPU: the process's peak resident set size (resource.getrusage ru_maxrss), with the peak
@@ -135,12 +136,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if getattr(args, key) is None:
             setattr(args, key, value)
     projector = args.projector or train_throughput.default_projector(args.base_width, smoke=args.smoke)
+    projector_name = projector or train_throughput.bench_config(
+        train_throughput.DEFAULT_PRESET, args.base_width, args.base_batch_size).projector
 
     configs = [(args.base_width, b) for b in args.batch_sizes]
     configs += [(w, args.base_batch_size) for w in args.widths if (w, args.base_batch_size) not in configs]
     print(f"device: {common.device_name(device)}")
     print(
-        f"projector {projector}; {args.steps} timed steps per configuration after as many warm-up steps, "
+        f"preset {train_throughput.DEFAULT_PRESET}, projector {projector_name}; {args.steps} timed steps per "
+        f"configuration after as many warm-up steps, "
         f"extrapolated to an epoch of {common.EPOCH_IMAGES:,} images; one fresh process per configuration"
     )
     rows = []
@@ -168,7 +172,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "scaling",
         **common.run_info(device),
         "settings": {
-            "projector": projector,
+            "projector": projector_name,
+            "preset": train_throughput.DEFAULT_PRESET,
             "steps": args.steps,
             "warmup_steps": args.steps,
             "base_width": args.base_width,

@@ -3,6 +3,7 @@
 For every script: it exits 0, prints a table (a header row over a `-+-` rule), and writes
 valid JSON with the keys the docs describe, whose measured numbers are positive and finite.
 The scripts run in a subprocess with this interpreter, exactly as a user runs them.
+gpu_run.py --smoke runs its five steps on the CPU and must write at most 8 files.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +126,64 @@ def test_augment_throughput_smoke(tmp_path: Path) -> None:
     for row in rows:
         assert_positive(row, ("images_per_s",), f"{row['pipeline']} on {row['device']}")
     assert_positive(result, ("speedup_cpu_vs_best_per_image",), "augment_throughput")
+
+
+def test_gpu_run_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-u", str(BENCHMARKS / "gpu_run.py"), "--smoke", "--out", str(out),
+         "--work", str(tmp_path / "work")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900,
+    )
+    seconds = time.perf_counter() - started
+    assert done.returncode == 0, f"gpu_run.py --smoke failed:\n{done.stdout[-4000:]}\n{done.stderr[-3000:]}"
+    print(f"gpu_run.py --smoke took {seconds:.0f} s")
+    files = sorted(path.name for path in out.iterdir())
+    assert len(files) <= 8 and {"results.json", "metrics.jsonl", "log.txt"} <= set(files), files
+    result = json.loads((out / "results.json").read_text())
+    assert result["status"] == "complete" and result["errors"] == [], result["errors"]
+    assert result["files"] == files and result["device_type"] == "cpu" and result["torch"]
+
+    # 1. data through the archive: spec; 2. the whole ladder, every trick, none failed
+    assert result["data"]["spec"].startswith("archive:") and result["data"]["train_images"] == 400
+    ladder = result["ladder"]
+    assert ladder["failures"] == []
+    assert [row["name"] for row in ladder["rows"]][-4:] == [
+        "+ data on device, batched aug", "+ bf16 autocast", "+ channels-last", "+ torch.compile"]
+    for row in ladder["rows"]:
+        assert_positive(row, ("images_per_s", "epoch_s", "speedup_vs_blog"), row["name"])
+    paths = result["code_paths"]
+    assert all(paths[t]["ran_in_ladder"] and paths[t]["error"] is None
+               for t in ("batched", "amp", "channels_last", "compile"))
+    assert paths["augment_accelerator_path"] == {**paths["augment_accelerator_path"], "ran": True,
+                                                 "forced_on_cpu": True}
+    # 3. the floor and our share
+    assert_positive(result["floor"], ("flops_per_image_step", "floor_epoch_s"), "floor")
+    assert_positive(result["floor"]["ours_pretraining"], ("fraction_of_floor",), "floor share")
+
+    # 4. the pretraining ran the planned epochs with kNN, its records came back
+    run = result["pretrain"]
+    assert run["ending"] == "completed" and run["config"]["preset"] == "fast"
+    assert run["epochs_done"] == run["plan"]["epochs"] == run["config"]["epochs"]
+    assert run["config"]["amp"] == "bf16" and run["config"]["channels_last"] == "on"
+    assert len(run["knn"]) == run["plan"]["evaluations"] and 0 <= run["final_knn_top1"] <= 100
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == list(range(run["epochs_done"] + 1))
+
+    # 5. both probes on every test image; the weights join back into the trained model
+    for protocol in ("fast", "standard"):
+        probe = result["probes"][protocol]
+        assert probe["num_test"] == 100 and 0 <= probe["top1"] <= 100, probe
+    from vicreg_lib.weight_parts import load_model_from_parts
+
+    model = load_model_from_parts(out, sha256=result["weights"]["sha256"])
+    assert model.encoder.width == 8 and set(result["weights"]["files"]) <= set(files)
+
+    # not a GPU: every target is reported as skipped; the log holds what was printed
+    assert len(result["checks"]) == 7 and all(check["passed"] is None for check in result["checks"])
+    log = (out / "log.txt").read_text()
+    assert "[5/5]" in log and "SKIP: VICReg epoch" in log and "done in" in log
 
 
 @pytest.mark.parametrize(
