@@ -31,28 +31,40 @@ def within(measured: float, p: float, n: int, sigmas: float = 5.0) -> bool:
     return abs(measured - p) <= sigmas * math.sqrt(max(p * (1 - p), 1e-4) / n)
 
 
-# What each recipe must be, written out from the sources (../shared/notes/reference-recipes.md):
-# per view (crop scale, flip, jitter strengths, jitter p, grayscale, blur, solarize).
-JITTER = (0.4, 0.4, 0.2, 0.1)
+# What each recipe must be, written out from the sources (../shared/notes/reference-recipes.md),
+# one dict of ViewRecipe fields per view. Every recipe: ColorJitter(0.4, 0.4, 0.2, 0.1),
+# RandomResizedCrop's default aspect ratios, GaussianBlur(3)'s default sigma range.
+COMMON = {"crop_ratio": (3 / 4, 4 / 3), "jitter": (0.4, 0.4, 0.2, 0.1), "blur_kernel": 3, "blur_sigma": (0.1, 2.0)}
+BLOG_VIEW = {"crop_scale": (0.2, 1.0), "flip_p": 0.5, "jitter_p": 0.8, "gray_p": 0.2, "blur_p": 0.5, "solarize_p": 0.2}
+PAPER_VIEW = {"crop_scale": (0.2, 1.0), "flip_p": 0.5, "jitter_p": 0.8, "gray_p": 0.2}
+FAST_VIEW = {"crop_scale": (0.2, 1.0), "flip_p": 0.5, "jitter_p": 0.8, "gray_p": 0.2, "blur_p": 0.0, "solarize_p": 0.1}
 REFERENCE = {
-    # the blog post's code, train.py at 89eab04: the same pipeline for both views
-    "blog": [((0.2, 1.0), 0.5, JITTER, 0.8, 0.2, 0.5, 0.2)] * 2,
+    "blog": [BLOG_VIEW, BLOG_VIEW],  # the blog post's code, train.py at 89eab04: one pipeline for both views
     # the official augmentations.py, crop scale 0.2-1 for 32x32 images; asymmetric blur and solarize
-    "paper": [((0.2, 1.0), 0.5, JITTER, 0.8, 0.2, 1.0, 0.0), ((0.2, 1.0), 0.5, JITTER, 0.8, 0.2, 0.1, 0.2)],
-    # solo-learn's scripts/pretrain/cifar/vicreg.yaml: the same for both views, no blur
-    "fast": [((0.2, 1.0), 0.5, JITTER, 0.8, 0.2, 0.0, 0.1)] * 2,
+    "paper": [{**PAPER_VIEW, "blur_p": 1.0, "solarize_p": 0.0}, {**PAPER_VIEW, "blur_p": 0.1, "solarize_p": 0.2}],
+    "fast": [FAST_VIEW, FAST_VIEW],  # solo-learn's scripts/pretrain/cifar/vicreg.yaml: both views alike
 }
+PROBABILITIES = ("flip_p", "jitter_p", "gray_p", "blur_p", "solarize_p")
+DECISIONS = ("flipped", "jittered", "gray", "blurred", "solarized")  # sample_view_params' keys, same order
 
 
 def test_recipes_are_the_documented_ones():
     assert sorted(RECIPES) == sorted(REFERENCE)
     for name, expected in REFERENCE.items():
         for view, reference in zip(RECIPES[name], expected):
-            actual = (view.crop_scale, view.flip_p, view.jitter, view.jitter_p, view.gray_p, view.blur_p,
-                      view.solarize_p)
-            assert actual == reference, name
-            # torchvision's RandomResizedCrop default ratio, GaussianBlur(3)'s default sigma
-            assert (view.crop_ratio, view.blur_kernel, view.blur_sigma) == ((3 / 4, 4 / 3), 3, (0.1, 2.0)), name
+            reference = {**COMMON, **reference}
+            assert {field: getattr(view, field) for field in reference} == reference, name
+            assert set(reference) == {field.name for field in dataclasses.fields(ViewRecipe)}
+
+
+@pytest.mark.parametrize("recipe", sorted(REFERENCE))
+def test_drawn_decisions_fire_at_the_reference_rates(recipe):
+    n = 20_000  # parameters only, no image is transformed: 5 sigma is at most +-0.018
+    drawn = BatchAugment(recipe).sample_params(n, 32, 32, torch.Generator().manual_seed(0))
+    for view_params, reference in zip(drawn, REFERENCE[recipe]):
+        for decision, field in zip(DECISIONS, PROBABILITIES):
+            rate, p = view_params[decision].float().mean().item(), reference[field]
+            assert rate == p if p in (0.0, 1.0) else within(rate, p, n), (recipe, decision, rate, p)
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
@@ -217,24 +229,25 @@ def test_decision_rates_match_recipe_and_torchvision_pipeline():
     assert abs(area_batched - area_per_image) < 5 * 0.25 * math.sqrt(2 / (0.8 * n))
 
 
-def test_jitter_and_blur_rates_match_torchvision_pipeline():
-    """Jitter and blur change an image or leave it exactly as it was: count the changed outputs."""
-    n = 400  # per-image colour jitter is slow; 5 sigma is still +-0.1 at p = 0.8
+OP_PROBES = sorted({(field, view[field]) for views in REFERENCE.values() for view in views for field in PROBABILITIES})
+
+
+@pytest.mark.parametrize("field, p", OP_PROBES)
+def test_each_op_fires_at_the_recipe_rate_in_both_pipelines(field, p):
+    """Every op at every probability a recipe gives it, alone, on a noise image that each op changes
+    (blur with sigma >= 1, so that no blur is too faint to see): count the changed outputs of the
+    batched and the per-image (torchvision) pipeline."""
+    n = 400  # per-image colour jitter is slow; 5 sigma is at most +-0.125
+    probe = dataclasses.replace(IDENTITY, blur_sigma=(1.0, 2.0), **{field: p})
     image = random_images(1, seed=4)[0]
-    for probe, p in (
-        (dataclasses.replace(IDENTITY, jitter_p=0.8), 0.8),
-        (dataclasses.replace(IDENTITY, blur_p=0.5), 0.5),
-    ):
-        batched = BatchAugment((probe, IDENTITY))(
-            image.expand(n, -1, -1, -1), torch.Generator().manual_seed(0)
-        )[0]
-        torch.manual_seed(0)
-        transform = two_views_transform((probe, IDENTITY))
-        per_image = torch.stack([transform(image)[0] for _ in range(n)])
-        original = (image.float() / 255 - MEAN) / STD
-        for views in (batched, per_image):
-            changed = (views - original).abs().amax(dim=(1, 2, 3)) > 1e-3
-            assert within(changed.float().mean().item(), p, n), (probe, changed.float().mean())
+    batched = BatchAugment((probe, IDENTITY))(image.expand(n, -1, -1, -1), torch.Generator().manual_seed(0))[0]
+    torch.manual_seed(0)
+    transform = two_views_transform((probe, IDENTITY)).transform1
+    per_image = torch.stack([transform(image) for _ in range(n)])
+    original = (image.float() / 255 - MEAN) / STD
+    for pipeline, views in (("batched", batched), ("per-image", per_image)):
+        rate = ((views - original).abs().amax(dim=(1, 2, 3)) > 1e-3).float().mean().item()
+        assert rate == p if p in (0.0, 1.0) else within(rate, p, n), (pipeline, field, rate, p)
 
 
 def test_crop_sampling_matches_random_resized_crop():
@@ -259,6 +272,36 @@ def test_crop_sampling_matches_random_resized_crop():
     fallback = sample_crop_boxes(3, 32, 64, (2.0, 3.0), (0.5, 1.0), generator)
     assert fallback.tolist() == [[0, 16, 32, 32]] * 3
     assert v2.RandomResizedCrop.get_params(torch.zeros(3, 32, 64), [2.0, 3.0], [0.5, 1.0]) == (0, 16, 32, 32)
+
+
+def ks_statistic(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs."""
+    a, b = a.double().sort().values, b.double().sort().values
+    points = torch.cat((a, b)).unique()
+    cdf_a = torch.searchsorted(a, points, right=True) / len(a)
+    cdf_b = torch.searchsorted(b, points, right=True) / len(b)
+    return (cdf_a - cdf_b).abs().max().item()
+
+
+def test_crop_area_and_aspect_distributions_match_random_resized_crop():
+    """The whole distribution, not only the mean: a KS test at a 1e-6 false-alarm rate against
+    torchvision's box sampler, and the recipe's area range (up to rounding to whole pixels)."""
+    from torchvision.transforms import v2
+
+    n, (low, high) = 20_000, RECIPES["paper"][0].crop_scale
+    params, _ = BatchAugment("paper").sample_params(n, 32, 32, torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    reference = torch.tensor([v2.RandomResizedCrop.get_params(torch.zeros(3, 32, 32), [low, high], [3 / 4, 4 / 3])
+                              for _ in range(n)]).float()
+    reference_area, reference_aspect = reference[:, 2] * reference[:, 3] / 32**2, reference[:, 3] / reference[:, 2]
+    critical = math.sqrt(-math.log(1e-6 / 2) / 2) * math.sqrt(2 / n)  # about 0.027
+    assert ks_statistic(params["crop_area"], reference_area) < critical
+    assert ks_statistic(params["crop_aspect"], reference_aspect) < critical
+    rounding = 0.5 * (32 + 32) / 32**2  # half a pixel on each side of the box
+    assert low - rounding <= params["crop_area"].min() and params["crop_area"].max() <= high
+    # a sampler that ignored the scale range, or drew the side instead of the area, fails these
+    wrong = sample_crop_boxes(n, 32, 32, (0.08, 1.0), (3 / 4, 4 / 3), torch.Generator().manual_seed(0))
+    assert ks_statistic(wrong[:, 2] * wrong[:, 3] / 32**2, reference_area) > critical
 
 
 def test_two_views_transform_accepts_tensor_and_pil():
