@@ -34,14 +34,16 @@ def within(measured: float, p: float, n: int, sigmas: float = 5.0) -> bool:
 # What each recipe must be, written out from the sources (../shared/notes/reference-recipes.md),
 # one dict of ViewRecipe fields per view. Every recipe: ColorJitter(0.4, 0.4, 0.2, 0.1),
 # RandomResizedCrop's default aspect ratios, GaussianBlur(3)'s default sigma range.
-COMMON = {"crop_ratio": (3 / 4, 4 / 3), "jitter": (0.4, 0.4, 0.2, 0.1), "blur_kernel": 3, "blur_sigma": (0.1, 2.0)}
-BLOG_VIEW = {"crop_scale": (0.2, 1.0), "flip_p": 0.5, "jitter_p": 0.8, "gray_p": 0.2, "blur_p": 0.5, "solarize_p": 0.2}
+COMMON = {"crop_ratio": (3 / 4, 4 / 3), "jitter": (0.4, 0.4, 0.2, 0.1), "blur_kernel": 3,
+          "blur_sigma": (0.1, 2.0)}
 PAPER_VIEW = {"crop_scale": (0.2, 1.0), "flip_p": 0.5, "jitter_p": 0.8, "gray_p": 0.2}
-FAST_VIEW = {"crop_scale": (0.2, 1.0), "flip_p": 0.5, "jitter_p": 0.8, "gray_p": 0.2, "blur_p": 0.0, "solarize_p": 0.1}
+BLOG_VIEW = {**PAPER_VIEW, "blur_p": 0.5, "solarize_p": 0.2}
+FAST_VIEW = {**PAPER_VIEW, "blur_p": 0.0, "solarize_p": 0.1}
 REFERENCE = {
     "blog": [BLOG_VIEW, BLOG_VIEW],  # the blog post's code, train.py at 89eab04: one pipeline for both views
     # the official augmentations.py, crop scale 0.2-1 for 32x32 images; asymmetric blur and solarize
-    "paper": [{**PAPER_VIEW, "blur_p": 1.0, "solarize_p": 0.0}, {**PAPER_VIEW, "blur_p": 0.1, "solarize_p": 0.2}],
+    "paper": [{**PAPER_VIEW, "blur_p": 1.0, "solarize_p": 0.0},
+              {**PAPER_VIEW, "blur_p": 0.1, "solarize_p": 0.2}],
     "fast": [FAST_VIEW, FAST_VIEW],  # solo-learn's scripts/pretrain/cifar/vicreg.yaml: both views alike
 }
 PROBABILITIES = ("flip_p", "jitter_p", "gray_p", "blur_p", "solarize_p")
@@ -229,7 +231,8 @@ def test_decision_rates_match_recipe_and_torchvision_pipeline():
     assert abs(area_batched - area_per_image) < 5 * 0.25 * math.sqrt(2 / (0.8 * n))
 
 
-OP_PROBES = sorted({(field, view[field]) for views in REFERENCE.values() for view in views for field in PROBABILITIES})
+OP_PROBES = sorted({(field, view[field]) for views in REFERENCE.values() for view in views
+                    for field in PROBABILITIES})
 
 
 @pytest.mark.parametrize("field, p", OP_PROBES)
@@ -240,7 +243,8 @@ def test_each_op_fires_at_the_recipe_rate_in_both_pipelines(field, p):
     n = 400  # per-image colour jitter is slow; 5 sigma is at most +-0.125
     probe = dataclasses.replace(IDENTITY, blur_sigma=(1.0, 2.0), **{field: p})
     image = random_images(1, seed=4)[0]
-    batched = BatchAugment((probe, IDENTITY))(image.expand(n, -1, -1, -1), torch.Generator().manual_seed(0))[0]
+    batched = BatchAugment((probe, IDENTITY))(image.expand(n, -1, -1, -1), torch.Generator().manual_seed(0))
+    batched = batched[0]
     torch.manual_seed(0)
     transform = two_views_transform((probe, IDENTITY)).transform1
     per_image = torch.stack([transform(image) for _ in range(n)])
@@ -291,9 +295,12 @@ def test_crop_area_and_aspect_distributions_match_random_resized_crop():
     n, (low, high) = 20_000, RECIPES["paper"][0].crop_scale
     params, _ = BatchAugment("paper").sample_params(n, 32, 32, torch.Generator().manual_seed(0))
     torch.manual_seed(0)
-    reference = torch.tensor([v2.RandomResizedCrop.get_params(torch.zeros(3, 32, 32), [low, high], [3 / 4, 4 / 3])
-                              for _ in range(n)]).float()
-    reference_area, reference_aspect = reference[:, 2] * reference[:, 3] / 32**2, reference[:, 3] / reference[:, 2]
+    image = torch.zeros(3, 32, 32)
+    reference = torch.tensor(
+        [v2.RandomResizedCrop.get_params(image, [low, high], [3 / 4, 4 / 3]) for _ in range(n)]
+    ).float()
+    reference_area = reference[:, 2] * reference[:, 3] / 32**2
+    reference_aspect = reference[:, 3] / reference[:, 2]
     critical = math.sqrt(-math.log(1e-6 / 2) / 2) * math.sqrt(2 / n)  # about 0.027
     assert ks_statistic(params["crop_area"], reference_area) < critical
     assert ks_statistic(params["crop_aspect"], reference_aspect) < critical
@@ -313,10 +320,13 @@ def test_two_views_transform_accepts_tensor_and_pil():
     assert two_views_transform("blog", size=16)(image)[0].shape == (3, 16, 16)
 
 
+UNKNOWN_RECIPE = r"unknown augmentation recipe 'simclr'.*\['blog', 'fast', 'paper'\]"
+
+
 def test_bad_input_errors():
-    with pytest.raises(ValueError, match=r"unknown augmentation recipe 'simclr'.*\['blog', 'fast', 'paper'\]"):
+    with pytest.raises(ValueError, match=UNKNOWN_RECIPE):
         BatchAugment("simclr")
-    with pytest.raises(ValueError, match=r"unknown augmentation recipe 'simclr'.*\['blog', 'fast', 'paper'\]"):
+    with pytest.raises(ValueError, match=UNKNOWN_RECIPE):
         two_views_transform("simclr")
     aug = BatchAugment("paper")
     with pytest.raises(ValueError, match=r"\(n, 3, h, w\), got shape \(3, 32, 32\).*images\[None\]"):
@@ -344,3 +354,14 @@ def test_accelerator_path_gives_the_same_views(monkeypatch):
     where_path = BatchAugment("paper")(images, generator=torch.Generator().manual_seed(3))
     for a, b in zip(rows_path, where_path):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_speed_functions_time_both_pipelines():
+    from vicreg_lib.speed import batched_throughput, per_image_throughput
+
+    images = random_images(24)
+    per_image = per_image_throughput(images, "fast", batch_size=8, workers=0)
+    batched = batched_throughput(images, "fast", batch_size=8, device="cpu")
+    assert math.isfinite(per_image) and math.isfinite(batched) and per_image > 0 and batched > 0
+    with pytest.raises(ValueError, match=UNKNOWN_RECIPE):
+        batched_throughput(images, "simclr", batch_size=8, device="cpu")

@@ -417,13 +417,14 @@ def test_folder_images_of_the_right_size_are_not_resized(tmp_path, monkeypatch):
     assert load_dataset(f"folder:{tmp_path}?size=16", "train")[0].shape == (9, 3, 16, 16)
 
 
-# ----------------------------------------------------------------------------- labels, empty spec, fingerprint
+# ----------------------------------------------------------------------------- labels, empty spec, hashes
 
 
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"classes": np.array(["cat", "dog"])}, r"train_labels: 2 label\(s\) outside 0\.\.1 for 2 classes \(e\.g\. 2\)"),
+        ({"classes": np.array(["cat", "dog"])},
+         r"train_labels: 2 label\(s\) outside 0\.\.1 for 2 classes \(e\.g\. 2\)"),
         ({"train_labels": np.array([0, 1, -1, 0, 1, 2])}, r"outside 0\.\.2 .*\(e\.g\. -1\)"),
         ({"train_labels": np.zeros((6, 1), dtype=np.int64)}, "expected integers of shape"),
         ({"train_labels": np.zeros(6, dtype=bool)}, "train_labels is bool .* expected integers"),

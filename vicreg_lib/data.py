@@ -402,7 +402,8 @@ def _split_root(spec: str, unpacked: Path) -> Path:
     raise DataSpecError(
         f"data spec {spec!r}: the archive holds no train/ and test/ folders (its top level: "
         f"{sorted(entry.name for entry in folders)}); an archive: spec needs train/<class>/ and "
-        f"test/<class>/ at its top or inside one folder; for a tree without splits unpack it and use folder:PATH"
+        "test/<class>/ at its top or inside one folder; for a tree without splits unpack it and use "
+        "folder:PATH"
     )
 
 

@@ -1,0 +1,83 @@
+"""Small timing functions that benchmarks/ and the notebooks share: images per second.
+
+    per_image_throughput(images, recipe, batch_size, workers)   torchvision transforms in a DataLoader
+    batched_throughput(images, recipe, batch_size, device)      BatchAugment on whole batches
+    synchronize(device)                                         wait until the device's queued work is done
+
+An image counts once per pair of views. Both time warm work only: the DataLoader's worker start-up
+and BatchAugment's first batch are left out.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .augment import BatchAugment, ViewRecipe, two_views_transform
+
+
+class TransformedImages(Dataset):
+    """uint8 images (n, 3, h, w) -> transform(image), one image per item."""
+
+    def __init__(self, images: torch.Tensor, transform) -> None:
+        self.images, self.transform = images, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.transform(self.images[index])
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the work queued on an accelerator (a no-op on the CPU), so a timer reads real time."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def per_image_throughput(
+    images: torch.Tensor,
+    recipe: str | tuple[ViewRecipe, ViewRecipe],
+    batch_size: int,
+    workers: int,
+) -> float:
+    """Images/s of two_views_transform(recipe) on uint8 images (n, 3, h, w) through a DataLoader
+    with ``workers`` worker processes, timed from the first batch (worker start-up excluded)."""
+    loader = DataLoader(
+        TransformedImages(images, two_views_transform(recipe)),
+        batch_size=batch_size,
+        num_workers=workers,
+        shuffle=False,
+    )
+    iterator = iter(loader)
+    first_view, _ = next(iterator)
+    start, counted = time.perf_counter(), 0
+    for view1, _ in iterator:
+        counted += len(view1)
+    elapsed = time.perf_counter() - start
+    return counted / elapsed if counted else len(first_view) / elapsed
+
+
+def batched_throughput(
+    images: torch.Tensor,
+    recipe: str | tuple[ViewRecipe, ViewRecipe],
+    batch_size: int,
+    device: torch.device | str,
+) -> float:
+    """Images/s of BatchAugment(recipe) over uint8 images (n, 3, h, w) moved to ``device`` first,
+    after one warm-up batch."""
+    augment = BatchAugment(recipe).to(device)
+    images = images.to(device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    augment(images[:batch_size], generator=generator)
+    synchronize(device)
+    start = time.perf_counter()
+    for begin in range(0, len(images), batch_size):
+        augment(images[begin : begin + batch_size], generator=generator)
+    synchronize(device)
+    return len(images) / (time.perf_counter() - start)
