@@ -158,3 +158,13 @@ def test_a_diverged_setting_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert printed.count("diverged") >= 2
+
+
+def test_evaluate_runs_the_protocols_asked_for(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["pretrain", *TINY, "--epochs", "1", "--eval-every", "0", "--out-dir", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "checkpoint.pt"), "--protocol", "fast", "--protocol", "blog",
+                 "--probe-epochs", "1", "--no-progress", "--device", "cpu"]) == 0
+    table = capsys.readouterr().out
+    assert "blog" in table and "fast" in table

@@ -115,12 +115,18 @@ def run_pretrain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    from .linear_eval import PROTOCOLS
+
     parser.add_argument("checkpoint", help="a checkpoint.pt written by pretrain")
     parser.add_argument("--data", default=None, help="data spec to evaluate on (default: the one it was trained on)")
-    parser.add_argument("--data-root", default=None, help="where torchvision downloads go")
+    parser.add_argument("--data-root", default=None, help="where downloads and unpacked archives go")
     parser.add_argument("--device", default="auto", help=f"device: {DEVICE_CHOICES}")
     parser.add_argument("--batch-size", type=int, default=512, help="batch size of feature extraction")
-    parser.add_argument("--probe-epochs", type=int, default=100, help="epochs of the linear probes")
+    parser.add_argument("--protocol", action="append", choices=PROTOCOLS, default=None, dest="protocols",
+                        help="linear protocol, repeatable (default: fast); standard and blog train through the "
+                             "encoder every epoch: minutes on a GPU, hours on a CPU")
+    parser.add_argument("--probe-epochs", type=_optional_value(int), default=None,
+                        help="epochs of every linear probe (default: each protocol's own)")
     parser.add_argument("--max-train-images", type=_optional_value(int), default=None,
                         help="use a random subset of the train split (quick looks)")
     parser.add_argument("--random-init-baseline", action=argparse.BooleanOptionalAction, default=False,
@@ -140,6 +146,7 @@ def run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             data_root=args.data_root,
             device=args.device,
             batch_size=args.batch_size,
+            protocols=tuple(args.protocols or ("fast",)),
             probe_epochs=args.probe_epochs,
             max_train_images=args.max_train_images,
             random_init_baseline=args.random_init_baseline,
