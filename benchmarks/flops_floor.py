@@ -139,7 +139,7 @@ def measure_training_epoch_s(
     return row["epoch_s"], f"{variant.name}: {variant.describe()}, {steps} steps after {steps} warm-up"
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def parse_args(argv: list[str] | None):
     parser = common.base_parser(__doc__.splitlines()[0], "flops_floor.json")
     parser.add_argument(
         "--width", type=common.positive_int, default=None, help="ResNet-18 base width (default: GPU 64, CPU 16)"
@@ -162,10 +162,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=None,
         help="training steps timed when measuring here, after as many warm-up steps (default: 20 GPU, 2 CPU)",
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     import train_throughput
 
+    args = parse_args(argv)
     device = args.device
     default_width, default_batch, default_steps = train_throughput.default_sizes(device, args.smoke)
     width, batch_size = args.width or default_width, args.batch_size or default_batch

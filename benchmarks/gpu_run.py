@@ -245,25 +245,30 @@ def force_accelerator_augmentation() -> None:
 
 def run_ladder_step(args, spec: str, device: torch.device, results: Results) -> dict[str, Any]:
     """The throughput ladder on a subset of `spec`'s training images; failures recorded, not raised."""
-    say(f"[2/5] throughput ladder: width {args.width}, batch {args.batch_size}, {args.ladder_steps} timed "
-        f"steps after {args.ladder_steps} warm-up steps per row, preset {PRESET}")
+    say(f"[2/5] throughput ladder: width {args.width}, batch {args.batch_size}, preset {PRESET}; an epoch of "
+        f"{args.ladder_steps} steps (blog rows {2 * args.ladder_steps}) to warm up, then one timed")
 
     def measure(variant: train_throughput.Variant) -> dict[str, Any]:
         smoke_compile = args.smoke and variant.compile
+        # the blog rows restart their workers every epoch, as the blog's loop does: a longer epoch
+        # weighs that start-up nearer to a real epoch's share (1/195 steps)
+        steps = args.ladder_steps * (2 if variant.pipeline == "dataloader" else 1)
         with one_conv_model_in_pretrain() if smoke_compile else contextlib.nullcontext():
             row = train_throughput.measure_variant(
-                variant, args.width, args.batch_size, args.projector, device, args.ladder_steps, preset=PRESET,
+                variant, args.width, args.batch_size, args.projector, device, steps, preset=PRESET,
                 data=spec, data_root=args.data_root)
+        row["steps"] = steps
         if smoke_compile:
             row["model"] = "one-convolution network (smoke: inductor on a CPU)"
         return row
 
     rows, failures = train_throughput.run_ladder(measure, args.workers, skip=args.skip, keep_going=True, log=say)
-    train_throughput._reset_compiler()
+    train_throughput.reset_compiler()
     if rows:
-        train_throughput.print_ladder(rows, f"; {args.ladder_steps} steps of real images per epoch")
-    ladder = {"rows": rows, "failures": failures, "steps": args.ladder_steps,
-              "images_per_epoch": args.ladder_steps * args.batch_size, "extrapolated_to": common.EPOCH_IMAGES}
+        train_throughput.print_ladder(rows, f"; timed epochs of {args.ladder_steps} steps of real images, "
+                                            f"blog rows {2 * args.ladder_steps}")
+    ladder = {"rows": rows, "failures": failures, "steps": args.ladder_steps, "blog_steps": 2 * args.ladder_steps,
+              "extrapolated_to": common.EPOCH_IMAGES}
     results.data["ladder"] = ladder
     return ladder
 
@@ -415,11 +420,24 @@ def describe_record(record: dict[str, Any], epochs: int, elapsed_s: float) -> st
 
 @contextlib.contextmanager
 def watchdog(seconds: float, on_fire: Callable[[], None]):
-    """After `seconds`, SIGTERM this process once: pretrain saves its state and raises RunInterrupted."""
+    """After `seconds`, SIGTERM this process once: pretrain saves its state and raises RunInterrupted.
+
+    pretrain handles SIGTERM itself while it runs; outside it (a watchdog firing just as training
+    ends) this context ignores the watchdog's signal, and turns any other SIGTERM into SystemExit,
+    so the results are still written.
+    """
+    fired = threading.Event()
+
     def fire() -> None:
+        fired.set()
         on_fire()
         os.kill(os.getpid(), signal.SIGTERM)
 
+    def outside_pretrain(signum: int, frame: Any) -> None:
+        if not fired.is_set():
+            raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, outside_pretrain)
     timer = threading.Timer(seconds, fire)
     timer.daemon = True
     timer.start()
@@ -427,6 +445,7 @@ def watchdog(seconds: float, on_fire: Callable[[], None]):
         yield
     finally:
         timer.cancel()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def pretrain_tricks(args, ladder: dict[str, Any]) -> tuple[dict[str, bool], str]:

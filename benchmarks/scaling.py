@@ -90,7 +90,7 @@ def measure_in_subprocess(spec: dict[str, Any]) -> dict[str, Any]:
     return json.loads(lines[-1][len(RESULT_PREFIX) :])
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def parse_args(argv: list[str] | None):
     parser = common.base_parser(__doc__.splitlines()[0], "scaling.json")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: the child process
     parser.add_argument(
@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--batch-sizes", type=common.positive_int, nargs="+", default=None, help="batch sizes, at --base-width"
     )
     parser.add_argument("--base-width", type=common.positive_int, default=None, help="width of the batch-size sweep")
-    parser.add_argument("--base-batch-size", type=common.positive_int, default=None, help="batch size of the width sweep")
+    parser.add_argument("--base-batch-size", type=common.positive_int, default=None,
+                        help="batch size of the width sweep")
     parser.add_argument("--projector", default=None, help="projector spec (default: TrainConfig's)")
     parser.add_argument(
         "--steps", type=common.positive_int, default=None, help="timed steps per configuration (after as many warm-up)"
@@ -108,7 +109,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--compile", action="store_true", help="also torch.compile (slow to start, each config)"
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
 
     if args.one is not None:  # child process: one configuration
         print(RESULT_PREFIX + json.dumps(run_one(json.loads(args.one))), flush=True)

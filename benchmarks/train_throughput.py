@@ -235,7 +235,7 @@ def run_ladder(
                              "error": f"{type(error).__name__}: {error}",
                              "traceback": traceback.format_exc(limit=8)[-4000:]})
             log(f"FAILED {variant.name}: {type(error).__name__}: {str(error)[:500]} (left out of the later rows)")
-            _reset_compiler()
+            reset_compiler()
             return False
         log(f"  {rows[-1]['images_per_s']:,.0f} images/s, {rows[-1]['epoch_s']:.2f} s per 50,000 images "
             f"({time.perf_counter() - started:.1f} s)")
@@ -258,7 +258,7 @@ def _trick_of(variant: Variant) -> str:
     return next((trick for trick, name in TRICK_NAMES.items() if name == variant.name), "blog loop")
 
 
-def _reset_compiler() -> None:
+def reset_compiler() -> None:
     """Forget compiled graphs after a failure, so the next row starts clean."""
     try:
         torch._dynamo.reset()

@@ -8,6 +8,9 @@ The whole command runs in tests/test_benchmarks_smoke.py (--smoke).
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -81,7 +84,8 @@ def _record(epoch, train, wall, knn=None, steps=None):
 def test_summary_leaves_out_the_compiling_epoch_and_splits_the_overhead():
     records = [{"epoch": 0, "step": 0, "knn_top1": 10.0, "knn_k": 200, "knn_top1@20": 11.0},
                _record(1, 30.0, 31.0),  # compiles
-               _record(2, 2.0, 2.1), _record(3, 2.0, 3.5, knn=50.0), _record(4, 2.2, 2.3), _record(5, 2.0, 3.4, knn=60.0)]
+               _record(2, 2.0, 2.1), _record(3, 2.0, 3.5, knn=50.0), _record(4, 2.2, 2.3),
+               _record(5, 2.0, 3.4, knn=60.0)]
     summary = gpu_run.summarize_run(records, batch_size=256)
     assert summary["epochs_done"] == 5 and summary["steps"] == 50
     assert summary["epoch_train_s"] == pytest.approx(2.0)  # median of epochs 2-5, not 30 s
@@ -176,7 +180,8 @@ def test_the_watchdog_stops_training_and_the_saved_model_comes_back(tmp_path):
     assert (out / "metrics.jsonl").read_text().count("\n") >= 1, "the records were copied while training"
     saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]
     assert torch.equal(model.state_dict()["encoder.conv1.weight"], saved["encoder.conv1.weight"])
-    assert not torch.equal(saved["encoder.conv1.weight"], build_model(**config.arch()).state_dict()["encoder.conv1.weight"])
+    initial = build_model(**config.arch()).state_dict()["encoder.conv1.weight"]
+    assert not torch.equal(saved["encoder.conv1.weight"], initial), "it trained before it was stopped"
 
 
 # ----------------------------------------------------------------------------- weights in parts
@@ -191,7 +196,8 @@ def test_weights_split_into_parts_and_join_back(tmp_path):
     files = sorted(tmp_path.glob("model-bf16.part*.pt"))
     assert len(files) == len(manifest["files"]) > 1
     assert all(path.stat().st_size <= 20_000 for path in files)
-    assert manifest["sha256"] == hashlib.sha256(b"".join((tmp_path / n).read_bytes() for n in manifest["files"])).hexdigest()
+    joined = b"".join((tmp_path / name).read_bytes() for name in manifest["files"])
+    assert manifest["sha256"] == hashlib.sha256(joined).hexdigest()
     loaded = load_model_from_parts(tmp_path, sha256=manifest["sha256"])
     for name, tensor in model.state_dict().items():
         expected = tensor.to(torch.bfloat16).to(tensor.dtype) if tensor.is_floating_point() else tensor
@@ -211,3 +217,30 @@ def test_missing_or_damaged_parts_are_refused(tmp_path):
         load_weight_parts(tmp_path)
     with pytest.raises(FileNotFoundError, match="no weight parts"):
         load_weight_parts(tmp_path / "elsewhere")
+
+
+# ----------------------------------------------------------------------------- the GPU machine's packages
+
+# torch, torchvision and numpy, and what they themselves need: all the GPU machine has
+GPU_MACHINE_PACKAGES = re.compile(
+    r"^(torch|torchvision|torchgen|functorch|numpy|sympy|mpmath|networkx|jinja2|markupsafe|filelock|fsspec|"
+    r"typing_extensions|nvidia|triton|cuda|PIL|pillow)([-_.].*)?$", re.IGNORECASE)
+
+
+def test_gpu_run_imports_with_only_torch_torchvision_and_numpy(tmp_path):
+    site = Path(torch.__file__).resolve().parents[1]
+    for entry in site.iterdir():
+        if GPU_MACHINE_PACKAGES.match(entry.name):
+            (tmp_path / entry.name).symlink_to(entry)
+    repo = BENCHMARKS.parent
+    code = ("import gpu_run, vicreg_lib.linear_eval, vicreg_lib.checkpoint, torchvision.io\n"
+            "for name in ('tqdm', 'matplotlib', 'sklearn', 'umap'):\n"
+            "    try:\n"
+            "        __import__(name)\n"
+            "    except ImportError:\n"
+            "        continue\n"
+            "    raise SystemExit(f'{name} is importable: the test does not model the GPU machine')\n")
+    done = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(map(str, (tmp_path, repo, BENCHMARKS)))},
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
