@@ -318,3 +318,23 @@ def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path):
     (out / ".lock").write_text("999999999")  # a crashed run's lock: taken over
     pretrain(tiny(tmp_path, epochs=1))
     assert not (out / ".lock").exists()
+
+
+def test_a_killed_saves_temporary_file_is_removed_at_the_next_start(tmp_path):
+    pretrain(tiny(tmp_path, epochs=1, optimizer="adam", schedule="constant"))
+    stale = tmp_path / "run" / ".checkpoint.pt.x1y2z3.tmp"  # what kill -9 during a save leaves
+    stale.write_bytes(b"half a checkpoint")
+    pretrain(tiny(tmp_path, epochs=2, optimizer="adam", schedule="constant", resume=True))
+    assert not stale.exists()
+
+
+def test_a_read_only_out_dir_is_refused_before_loading_data(tmp_path, monkeypatch):
+    import vicreg_lib.runfolder as runfolder_module
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was loaded before the out_dir was checked")
+
+    monkeypatch.setattr(train_module, "load_dataset", no_data)
+    monkeypatch.setattr(runfolder_module.os, "access", lambda path, mode: False)  # as for a read-only folder
+    with pytest.raises(RunFolderError, match="permission denied"):
+        pretrain(tiny(tmp_path, epochs=1))
