@@ -30,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from common import check, run_info, write_json  # noqa: E402  (the script folder is on sys.path)
 from vicreg_lib.augment import BatchAugment, ViewRecipe, get_recipe, view_transform  # noqa: E402
 from vicreg_lib.data import CIFAR10_MEAN, CIFAR10_STD, load_dataset  # noqa: E402
-# notebook 01 imports the two timing functions from here
 from vicreg_lib.speed import batched_throughput, per_image_throughput  # noqa: E402
 
 OPS = {"flip": "flip_p", "colour jitter": "jitter_p", "grayscale": "gray_p", "blur": "blur_p",
