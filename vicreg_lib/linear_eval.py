@@ -86,8 +86,12 @@ class LinearEvalProtocol:
 
 
 STANDARD_LR_NOTE = (
-    "lr 0.3 at batch 256 is the official evaluate.py's --lr-head default (ImageNet, ResNet-50). "
-    "Checked on a CIFAR ResNet-18's features (docs/benchmarks.md): see the report of this change."
+    "lr 0.3 at batch 256 is the official evaluate.py's --lr-head default (ImageNet, ResNet-50). Checked on "
+    "CIFAR ResNet-18 features (width 16, CPU, the 5,085/1,017-image CIFAR-10 subset, 20 epochs of the "
+    "standard protocol): after 8 epochs of the `fast` pretraining preset, lr 0.3 / 0.1 / 0.03 gave "
+    "24.9 / 22.7 / 22.2% top-1; a supervised encoder (240 s) gave 33.7 / 32.3 / 32.5%, and lr 1.0 34.8% "
+    "after a loss spike in its first epochs. 0.3 trains stably and is at least as good as lower rates; "
+    "not yet checked on fully trained width-64 features."
 )
 
 PROTOCOL_SETTINGS: dict[str, LinearEvalProtocol] = {
