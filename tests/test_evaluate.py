@@ -393,9 +393,13 @@ def test_evaluate_checkpoint_end_to_end(tiny_checkpoint):
         )
 
     assert {k: results[k] for k in ("knn_top1@20", "knn_top1@200")} == knn_of(model.encoder)
-    # ...and the baseline's those of the same architecture freshly built (seeded) by build_model
+    # ...and the baseline's those of the same architecture freshly built (seeded) by build_model,
+    # with BatchNorm statistics from the training images (not their initial values)
+    from vicreg_lib.features import normalize_images
+    from vicreg_lib.model import calibrate_batchnorm
+
     torch.manual_seed(0)
-    fresh = build_model(**model.arch).encoder
+    fresh = calibrate_batchnorm(build_model(**model.arch).encoder, [normalize_images(train_images)])
     assert {k: results["random_init"][k] for k in ("knn_top1@20", "knn_top1@200")} == knn_of(fresh)
     table = format_table(results)
     assert "random init" in table and "kNN top-1 (k=200)" in table and "10% labels" in table

@@ -339,3 +339,22 @@ def test_fast_probe_agrees_with_sklearn_on_real_image_features(mini_cifar_path):
     theirs = sklearn_top1(train_x, train_labels, test_x, test_labels)
     assert theirs > 15.0  # above chance (10%)
     assert abs(ours - theirs) <= 4.0
+
+
+def test_the_fast_probe_takes_enough_steps_on_a_few_samples():
+    """600 samples are 3 steps per epoch: 100 epochs alone would underfit; the floor makes it agree."""
+    pytest.importorskip("sklearn")
+    from sklearn.linear_model import LogisticRegression
+
+    from vicreg_lib.linear_eval import FAST_MIN_STEPS, fast_probe_epochs, linear_probe
+
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(10, 32, generator=generator) * 1.2
+    labels = torch.arange(900) % 10
+    features = centres[labels] + torch.randn(900, 32, generator=generator)
+    epochs = fast_probe_epochs(600)
+    assert epochs * 3 >= FAST_MIN_STEPS and fast_probe_epochs(50_000) == 100
+    probe = linear_probe(features[:600], labels[:600], features[600:], labels[600:], epochs=epochs, device="cpu")
+    reference = LogisticRegression(max_iter=2000).fit(features[:600].numpy(), labels[:600].numpy())
+    sklearn_top1 = 100 * (reference.predict(features[600:].numpy()) == labels[600:].numpy()).mean()
+    assert abs(probe["top1"] - sklearn_top1) < 4.0

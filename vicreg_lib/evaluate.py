@@ -55,10 +55,11 @@ from .linear_eval import (
     PROTOCOLS,
     check_feature_pair,
     describe_protocol,
+    fast_probe_epochs,
     linear_eval,
     linear_probe,
 )
-from .model import build_model
+from .model import build_model, calibrate_batchnorm
 
 __all__ = [
     "NonFiniteFeaturesError",
@@ -174,7 +175,8 @@ def label_efficiency(
     """Linear-probe test top-1 (%) when only `fraction` of the train labels are available,
     for each fraction: {fraction: top1}. The labelled subset is class-balanced
     (`class_balanced_subset`, seeded by `seed`); the probe is the ``fast`` protocol's
-    `linear_probe(..., seed=seed, **probe_kwargs)`, always evaluated on the full test set."""
+    `linear_probe(..., seed=seed, **probe_kwargs)`, always evaluated on the full test set,
+    with at least FAST_MIN_STEPS optimizer steps however few the labels (`fast_probe_epochs`)."""
     n_classes = check_feature_pair(train_features, train_labels, test_features, test_labels,
                                    probe_kwargs.get("num_classes"))
     _check_fractions(fractions)
@@ -182,9 +184,11 @@ def label_efficiency(
     results = {}
     for fraction in fractions:
         idx = class_balanced_subset(train_labels, fraction, torch.Generator().manual_seed(seed))
+        kwargs = {**probe_kwargs, "epochs": fast_probe_epochs(len(idx), probe_kwargs.get("epochs", 100),
+                                                              probe_kwargs.get("batch_size", 256))}
         probe = linear_probe(
             train_features[idx.to(train_features.device)], train_labels[idx.to(train_labels.device)],
-            test_features, test_labels, seed=seed, **probe_kwargs,
+            test_features, test_labels, seed=seed, **kwargs,
         )
         results[fraction] = probe["top1"]
     return results
@@ -283,16 +287,25 @@ def _setting(config, name: str):
     return config.get(name) if isinstance(config, dict) else getattr(config, name, None)
 
 
-def _random_init_encoder(model: nn.Module, seed: int = 0) -> nn.Module:
+CALIBRATION_IMAGES = 4096  # training images whose statistics a random-init encoder's BatchNorms get
+
+
+def _random_init_encoder(model: nn.Module, train_images: torch.Tensor, seed: int = 0) -> nn.Module:
     """The encoder of `model`'s architecture at a fresh (seeded) initialisation, built by
-    model.build_model as pretraining builds it, so the baseline differs only in training."""
+    model.build_model as pretraining builds it, so the baseline differs only in training.
+
+    Its BatchNorm statistics come from up to 4,096 training images (model.calibrate_batchnorm):
+    at their initial values (mean 0, variance 1) the untrained network's features come out
+    unnormalised, tiny and nearly parallel, which is not what a random network computes."""
     arch = getattr(model, "arch", None)
     if not isinstance(arch, dict):
         raise ValueError("the random-init baseline needs the model's architecture (model.arch, set by "
                          "vicreg_lib.model.build_model); this model has none")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_model(**arch).encoder
+        encoder = build_model(**arch).encoder
+    images = train_images[:CALIBRATION_IMAGES]
+    return calibrate_batchnorm(encoder, (normalize_images(images[i:i + 256]) for i in range(0, len(images), 256)))
 
 
 def evaluate_checkpoint(
@@ -344,7 +357,7 @@ def evaluate_checkpoint(
         **evaluate_encoder(model.encoder, *images, **evaluate),
     }
     if random_init_baseline:
-        baseline = evaluate_encoder(_random_init_encoder(model, seed), *images, **evaluate)
+        baseline = evaluate_encoder(_random_init_encoder(model, train_images, seed), *images, **evaluate)
         results["random_init"] = {k: v for k, v in baseline.items() if isinstance(v, float)}
     return results
 

@@ -202,6 +202,13 @@ def _test_scores(head: nn.Linear, test_features: torch.Tensor, test_labels: torc
 
 # ----------------------------------------------------------------------------- fast: features computed once
 
+FAST_MIN_STEPS = 1000  # the fast probe's floor of optimizer steps on small train sets
+
+
+def fast_probe_epochs(num_train: int, epochs: int = 100, batch_size: int = 256) -> int:
+    """``epochs``, or more when that many epochs over ``num_train`` samples are under FAST_MIN_STEPS steps."""
+    return max(epochs, math.ceil(FAST_MIN_STEPS / math.ceil(num_train / batch_size)))
+
 
 def linear_probe(
     train_features: torch.Tensor,
@@ -223,9 +230,10 @@ def linear_probe(
     without affine parameters does at eval time, but fixed). The layer starts at zero and is
     trained with Adam and a cosine decay to 0 per step; all features sit on `device` as one
     tensor, shuffled by a CPU generator seeded by `seed`: deterministic for a seed.
-    The number of Adam steps grows with the train set: on a few hundred samples 100 epochs
-    are a few hundred steps and the probe underfits (600 samples of 10 overlapping Gaussian
-    classes: 72% against scikit-learn's LogisticRegression's 80%; from 3,000 on they agree).
+    On a few hundred samples 100 epochs are only a few hundred steps and the probe underfits
+    (600 samples of 10 overlapping Gaussian classes: 72% against scikit-learn's
+    LogisticRegression's 80%): ``fast_probe_epochs`` gives the epochs for at least
+    FAST_MIN_STEPS steps, which the few-label probes use.
 
     Returns {"top1", "top5" (test, %), "train_top1" (%, after training), "num_train",
     "history": mean train loss per epoch}.
