@@ -22,7 +22,9 @@ first is the warm-up: compilation, cuDNN heuristics, worker start-up, allocator 
 rate is extrapolated to a CIFAR-10 epoch of 50,000 images. A DataLoader restarts its workers
 every epoch, as in the blog post, so its start-up is counted once per `steps` steps here (once
 per 195 in a real epoch): with few steps that favours our pipeline slightly; more --steps
-shrink it.
+shrink it. Each row also records `main_process_cpu_share`, the CPU time of this process over
+the wall time of both epochs: on a shared machine, a batched row well under 1 was slowed by
+other processes.
 
     python benchmarks/train_throughput.py                  # GPU: width 64, batch 256, 20 timed steps
     python benchmarks/train_throughput.py --device cpu     # CPU: width 16, batch 256, 2 timed steps
@@ -178,7 +180,9 @@ def measure_variant(
             warmup_epochs=0, device=str(device), out_dir=out_dir, checkpoint_every=0, eval_every=0,
             eval_at_start=False, progress=False,
         )
+        wall, cpu = time.perf_counter(), time.process_time()
         pretrain(config)
+        cpu_share = (time.process_time() - cpu) / (time.perf_counter() - wall)
         records = [r for r in read_metrics(out_dir) if "images_per_s" in r]
     first, timed = records[0], records[-1]
     if timed["epoch"] != 2:
@@ -198,6 +202,9 @@ def measure_variant(
         "first_epoch_s": float(first["train_time_s"]),
         "timed_epoch_s": float(timed["train_time_s"]),
         "loss": float(timed["loss"]),
+        # CPU time of this process / wall time, both epochs: well under 1 (one thread) means other
+        # processes shared the core, or (dataloader rows) this process waited for its workers
+        "main_process_cpu_share": cpu_share,
     }
 
 

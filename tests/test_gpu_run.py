@@ -8,6 +8,7 @@ The whole command runs in tests/test_benchmarks_smoke.py (--smoke).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -98,6 +99,15 @@ def test_summary_leaves_out_the_compiling_epoch_and_splits_the_overhead():
     assert summary["knn"][1]["minutes"] == pytest.approx((31 + 2.1 + 3.5) / 60, abs=1e-3)
     assert summary["final_knn_top1"] == 60.0 and summary["best_knn_top1"] == 60.0
     assert summary["final_knn_top1_at_20"] == 61.0
+
+
+def test_results_are_strict_json_even_with_a_diverged_number(tmp_path):
+    results = gpu_run.Results(tmp_path / "results.json", started=0.0, payload={"ladder": {"loss": float("nan")}})
+    results.data["rows"] = [{"epoch_s": float("inf"), "path": tmp_path}]
+    results.save()
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["ladder"]["loss"] is None and saved["rows"][0] == {"epoch_s": None, "path": str(tmp_path)}
+    assert saved["errors"] == [] and saved["elapsed_s"] > 0
 
 
 # ----------------------------------------------------------------------------- targets
