@@ -248,6 +248,14 @@ def force_accelerator_augmentation() -> None:
     augment._apply_to_rows = functools.partial(apply_to_rows, compute_all=True)
 
 
+def accelerator_augmentation_forced() -> bool:
+    """Whether force_accelerator_augmentation is in effect in this process."""
+    from vicreg_lib import augment
+
+    apply_to_rows = augment._apply_to_rows
+    return isinstance(apply_to_rows, functools.partial) and apply_to_rows.keywords.get("compute_all") is True
+
+
 # ============================================================================ step 2: the ladder
 
 
@@ -741,9 +749,10 @@ def code_paths(data: dict[str, Any], device: torch.device, smoke: bool) -> dict[
         paths[trick] = {"what": label, "ran_in_ladder": bool(rows), "error": errors[0] if errors else None,
                         "used_in_pretraining": used.get(trick)}
     paths["compile"]["note"] = ("smoke: compiled the one-convolution network" if smoke else None)
+    forced = accelerator_augmentation_forced()
     paths["augment_accelerator_path"] = {
-        "what": "BatchAugment computes every op on every row (no host sync)", "ran": device.type != "cpu" or smoke,
-        "forced_on_cpu": smoke}
+        "what": "BatchAugment computes every op on every row (no host sync)", "ran": device.type != "cpu" or forced,
+        "forced_on_cpu": forced}
     return paths
 
 
