@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from vicreg_lib.loss import (
+    LossTerms,
     VICRegLoss,
     covariance_loss,
     invariance_loss,
@@ -122,7 +123,7 @@ def test_vicreg_total_is_weighted_sum_of_unweighted_terms() -> None:
     z1, z2 = _randn(16, 8, seed=3), _randn(16, 8, seed=4)
     lam, mu, nu = 2.0, 3.0, 0.5
     out = vicreg_loss(z1, z2, lam=lam, mu=mu, nu=nu)
-    assert isinstance(out, VICRegLoss)
+    assert isinstance(out, LossTerms)
     assert out.invariance.item() == pytest.approx(invariance_loss(z1, z2).item(), rel=1e-6)
     # official code: variance averaged over branches, covariance summed
     expected_var = (variance_loss(z1) + variance_loss(z2)) / 2
@@ -149,7 +150,7 @@ def test_float32_under_bf16_autocast() -> None:
         inside = vicreg_loss(z1, z2)
         # bf16 inputs (what a bf16 projector emits) are upcast
         from_bf16 = vicreg_loss(z1.bfloat16(), z2.bfloat16())
-    for field in VICRegLoss._fields:
+    for field in LossTerms._fields:
         assert getattr(inside, field).dtype == torch.float32
         assert getattr(from_bf16, field).dtype == torch.float32
         assert getattr(inside, field).item() == pytest.approx(getattr(reference, field).item(), rel=1e-5)
@@ -199,3 +200,33 @@ def test_bad_gamma_eps_raise_in_variance_loss() -> None:
         variance_loss(z, gamma=-0.5)
     with pytest.raises(ValueError, match="eps"):
         variance_loss(z, eps=-1e-4)
+
+
+def test_the_blog_convention_sums_the_std_hinges_without_eps() -> None:
+    z1, z2 = 0.3 * _randn(32, 8, seed=9), 0.3 * _randn(32, 8, seed=10)
+    blog = vicreg_loss(z1, z2, convention="blog")
+    hinge = lambda z: torch.relu(1 - z.std(0)).mean()  # noqa: E731  (the blog code's line)
+    assert blog.variance.item() == pytest.approx((hinge(z1) + hinge(z2)).item(), rel=1e-6)
+    official = vicreg_loss(z1, z2)
+    assert blog.invariance.item() == official.invariance.item()
+    assert blog.covariance.item() == official.covariance.item()
+    with pytest.raises(ValueError, match="unknown loss convention"):
+        vicreg_loss(z1, z2, convention="paper")
+
+
+def test_the_module_checks_its_coefficients_once_and_gives_the_function_s_terms() -> None:
+    z1, z2 = _randn(16, 8, seed=11), _randn(16, 8, seed=12)
+    module = VICRegLoss(lam=2.0, mu=3.0, nu=0.5)
+    assert module(z1, z2) == vicreg_loss(z1, z2, lam=2.0, mu=3.0, nu=0.5)
+    with pytest.raises(ValueError, match="mu must be >= 0"):
+        VICRegLoss(mu=-1.0)
+
+
+def test_std_gradient_at_a_constant_dimension_is_zero_but_sqrt_var_is_nan() -> None:
+    """What loss.py's docstring says: torch's z.std(0) has gradient 0 there, sqrt(var) gives NaN."""
+    z = torch.ones(8, 2).requires_grad_(True)
+    torch.relu(1 - z.std(0)).mean().backward()
+    assert torch.equal(z.grad, torch.zeros_like(z))
+    z.grad = None
+    torch.relu(1 - torch.sqrt(z.var(0))).mean().backward()
+    assert torch.isnan(z.grad).all()
