@@ -196,6 +196,13 @@ def test_a_signal_saves_mid_epoch_and_resume_matches(tmp_path, monkeypatch, sign
     assert_same_weights(straight.model, resumed.model)
     assert [r["epoch"] for r in read_metrics(resumed.out_dir)] == [1, 2, 3, 4]
     assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in straight.history])
+    resumed_epoch = next((r for r in resumed.history if "resumed_at_step" in r), None)
+    if at_step % 4:  # stopped mid-epoch: that epoch's speed counts only the steps taken after the resume
+        assert resumed_epoch["resumed_at_step"] == at_step % 4
+        timed = 4 - at_step % 4
+        assert resumed_epoch["images_per_s"] == pytest.approx(timed * 16 / resumed_epoch["train_time_s"])
+    else:
+        assert resumed_epoch is None
 
 
 def test_resume_refuses_changed_settings_and_missing_checkpoint(tmp_path):

@@ -108,6 +108,7 @@ class Run:
     epoch: int = 0  # the epoch in progress, or the last completed one when epoch_step == 0
     step: int = 0  # optimizer steps taken
     epoch_step: int = 0  # steps taken in the epoch in progress
+    epoch_step_start: int = 0  # epoch_step when this process began the epoch (> 0 after a mid-epoch resume)
     epoch_sums: torch.Tensor | None = None  # (4,) total, invariance, variance, covariance sums
     epoch_perm_state: torch.Tensor | None = None  # perm_generator before this epoch's permutation
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -349,6 +350,7 @@ def train_one_epoch(run: Run, stop: StopSignals, bar) -> None:
     """Train through the epoch in progress (from run.epoch_step on); returns early when a stop
     signal arrives, after the step it arrived in."""
     config = run.config
+    run.epoch_step_start = run.epoch_step
     run.perm_generator.set_state(run.epoch_perm_state)
     perm = torch.randperm(run.train_images.shape[0], generator=run.perm_generator)  # the same on every rank
     if config.pipeline == "batched":
@@ -388,15 +390,22 @@ def _heldout_spread(run: Run) -> dict[str, float]:
     return {"std": per_dim_std(z).mean().item(), "effective_rank": float(effective_rank(z))}
 
 
+def _steps_timed(run: Run) -> int:
+    """The epoch's steps this process took (and timed): all of them, unless it resumed mid-epoch."""
+    return run.epoch_step - run.epoch_step_start
+
+
 def epoch_record(run: Run, train_time: float) -> dict[str, Any]:
     """The epoch's line of metrics.jsonl: loss terms, embedding spread, learning rate, speed."""
     totals = (run.epoch_sums / max(run.epoch_step, 1)).tolist()
     record = {"epoch": run.epoch, "step": run.step, "loss": totals[0], "invariance": totals[1],
               "variance": totals[2], "covariance": totals[3], **_heldout_spread(run),
               "lr": run.optimizer.param_groups[0]["lr"], "train_time_s": train_time,
-              "images_per_s": run.epoch_step * run.config.batch_size / train_time}
+              "images_per_s": _steps_timed(run) * run.config.batch_size / train_time}
     if run.epoch_step < run.steps_per_epoch:
         record["steps"] = run.epoch_step  # a max_steps run stopped inside this epoch
+    if run.epoch_step_start:
+        record["resumed_at_step"] = run.epoch_step_start  # the speeds count only the steps after it
     return record
 
 
@@ -497,7 +506,7 @@ def _finish_epoch(run: Run, train_time: float, wall_start: float) -> None:
     if not _weights_finite(run.model):
         raise _diverged(run, "the weights became non-finite")
     record = epoch_record(run, train_time)
-    steps = run.epoch_step
+    steps = _steps_timed(run)
     run.epoch_step, run.epoch_sums = 0, None
     run.epoch_perm_state = run.perm_generator.get_state()
     saved = is_last or bool(config.checkpoint_every and run.epoch % config.checkpoint_every == 0)
