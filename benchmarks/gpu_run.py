@@ -525,6 +525,9 @@ def plan_pretraining(args, ladder, data, device, tricks, results: Results) -> di
     return plan
 
 
+SMOKE_WATCHDOG_SLACK_S = 600.0
+
+
 def watchdog_limit_s(budget_s: float) -> float:
     """When the watchdog stops a run planned for budget_s: a quarter and half a minute of slack."""
     return budget_s * 1.25 + 30
@@ -608,7 +611,10 @@ def run_pretrain_step(args, spec, device, ladder, data, floor, out, results: Res
         results.save()
         started = time.perf_counter()
         try:
-            model, ending = train_with_watchdog(config, watchdog_limit_s(plan["budget_s"]), out, device)
+            # the smoke plans a few seconds of training, which a shared CPU can stretch many times over:
+            # there the watchdog only guards against a hang
+            limit_s = watchdog_limit_s(plan["budget_s"]) + (SMOKE_WATCHDOG_SLACK_S if args.smoke else 0.0)
+            model, ending = train_with_watchdog(config, limit_s, out, device)
         except Exception as error:
             info["attempts"].append({"tricks": dict(tricks), "error": f"{type(error).__name__}: {error}"[:2000]})
             results.error("pretrain", error)
