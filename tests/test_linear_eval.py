@@ -284,7 +284,8 @@ def test_linear_probe_is_deterministic_given_seed_and_invariant_to_feature_scale
     test_x, test_y = gaussian_clusters(10, 4, spread=5.0, seed=8)
     kwargs = dict(epochs=5, lr=1e-2, batch_size=16, device="cpu")
     first = linear_probe(train_x, train_y, test_x, test_y, seed=3, **kwargs)
-    assert first == linear_probe(train_x, train_y, test_x, test_y, seed=3, **kwargs)
+    again = linear_probe(train_x, train_y, test_x, test_y, seed=3, **kwargs)
+    assert torch.equal(first.pop("test_predictions"), again.pop("test_predictions")) and first == again
     assert first["history"] != linear_probe(train_x, train_y, test_x, test_y, seed=4, **kwargs)["history"]
     scaled = linear_probe(1000 * train_x + 7, train_y, 1000 * test_x + 7, test_y, seed=3, **kwargs)
     assert scaled["top1"] == first["top1"]  # features are standardised with the train statistics
@@ -358,3 +359,14 @@ def test_the_fast_probe_takes_enough_steps_on_a_few_samples():
     reference = LogisticRegression(max_iter=2000).fit(features[:600].numpy(), labels[:600].numpy())
     sklearn_top1 = 100 * (reference.predict(features[600:].numpy()) == labels[600:].numpy()).mean()
     assert abs(probe["top1"] - sklearn_top1) < 4.0
+
+
+def test_the_fast_probe_returns_its_test_predictions():
+    generator = torch.Generator().manual_seed(1)
+    centres = torch.randn(3, 8, generator=generator) * 3
+    labels = torch.arange(300) % 3
+    features = centres[labels] + torch.randn(300, 8, generator=generator)
+    probe = linear_probe(features[:200], labels[:200], features[200:], labels[200:], epochs=5, device="cpu")
+    predictions = probe["test_predictions"]
+    assert predictions.shape == (100,) and predictions.dtype == torch.int64
+    assert 100 * (predictions == labels[200:]).float().mean().item() == pytest.approx(probe["top1"])

@@ -40,7 +40,8 @@ Public API:
             "normalize_test", "reported", "num_train", "history", "seconds"}
     linear_probe(train_features, train_labels, test_features, test_labels, epochs=100, lr=1e-3,
                  weight_decay=1e-6, batch_size=256, num_classes=None, device="auto", seed=0)
-        -> {"top1", "top5", "train_top1", "num_train", "history" (mean loss per epoch)}
+        -> {"top1", "top5", "train_top1", "num_train", "history" (mean loss per epoch),
+            "test_predictions" (m,)}
         The ``fast`` protocol on features you already have.
     check_feature_pair(train_features, train_labels, test_features, test_labels,
                        num_classes=None) -> int (the number of classes)
@@ -236,7 +237,8 @@ def linear_probe(
     FAST_MIN_STEPS steps, which the few-label probes use.
 
     Returns {"top1", "top5" (test, %), "train_top1" (%, after training), "num_train",
-    "history": mean train loss per epoch}.
+    "history": mean train loss per epoch, "test_predictions": the predicted class of each
+    test sample (m,), int64 on the CPU}.
     """
     n_classes = check_feature_pair(train_features, train_labels, test_features, test_labels, num_classes)
     recipe = dataclasses.replace(_FAST.recipe, lr=lr, weight_decay=weight_decay, batch_size=batch_size)
@@ -251,11 +253,14 @@ def linear_probe(
     with torch.enable_grad():
         fit = fit_classifier(head, x_train, train_labels, recipe, epochs=epochs,
                              generator=torch.Generator().manual_seed(seed), desc="linear probe (fast)")
+    with torch.no_grad():
+        predictions = head(x_test).argmax(dim=1).cpu()  # (m,): for confusion matrices and error analysis
     return {
         **_test_scores(head, x_test, test_labels),
         "train_top1": _test_scores(head, x_train, train_labels)["top1"],
         "num_train": x_train.shape[0],
         "history": [epoch["loss"] for epoch in fit.history],
+        "test_predictions": predictions,
     }
 
 
