@@ -17,13 +17,6 @@ TINY = ["--data", "synthetic:64,32", "--width", "4", "--projector", "32-32-32", 
         "--device", "cpu", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine's cores are shared: one intra-op thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_pretrain_help_lists_every_config_field_with_its_default(capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from support import gaussian_clusters
 import torch.nn as nn
 
 from vicreg_lib import evaluate
@@ -35,14 +36,6 @@ class TinyEncoder(nn.Module):
         return torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3))  # (n, out_dim)
 
 
-def gaussian_clusters(n_per_class: int, num_classes: int, dim: int = 32, spread: float = 1.0, seed: int = 0):
-    """Features drawn around well-separated random class centres: (n, dim), labels (n,)."""
-    g = torch.Generator().manual_seed(seed)
-    centres = 6.0 * torch.randn(num_classes, dim, generator=g)
-    labels = torch.arange(num_classes).repeat_interleave(n_per_class)
-    features = centres[labels] + spread * torch.randn(labels.shape[0], dim, generator=g)
-    perm = torch.randperm(labels.shape[0], generator=g)
-    return features[perm], labels[perm]
 
 
 def random_images(n: int, seed: int = 0, size: int = 8) -> torch.Tensor:

@@ -29,12 +29,6 @@ from vicreg_lib.model import build_model  # noqa: E402
 from vicreg_lib.weight_parts import load_model_from_parts, load_weight_parts, save_weight_parts  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ----------------------------------------------------------------------------- the plan

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from support import gaussian_clusters
 from torch import nn
 
 from vicreg_lib import linear_eval as le
@@ -243,13 +244,6 @@ def test_linear_eval_refuses_bad_input():
 # ----------------------------------------------------------------------------- the fast probe
 
 
-def gaussian_clusters(n_per_class: int, num_classes: int, dim: int = 32, spread: float = 1.0, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    centres = 6.0 * torch.randn(num_classes, dim, generator=g)
-    labels = torch.arange(num_classes).repeat_interleave(n_per_class)
-    features = centres[labels] + spread * torch.randn(labels.shape[0], dim, generator=g)
-    perm = torch.randperm(labels.shape[0], generator=g)
-    return features[perm], labels[perm]
 
 
 def test_linear_probe_learns_separable_features():

@@ -24,13 +24,6 @@ EPOCH_KEYS = {"epoch", "step", "loss", "invariance", "variance", "covariance", "
               "train_time_s", "images_per_s", "epoch_time_s", "wall_images_per_s", "lr"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine's cores are shared: one intra-op thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(tmp_path, **overrides) -> TrainConfig:

@@ -1,0 +1,15 @@
+"""Fixtures for every unit test (the repository root's conftest.py sets the data and quick settings)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The test machine's cores are shared: one intra-op thread avoids oversubscription stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,15 @@
+"""Small helpers shared by the unit tests (pytest puts this folder on sys.path)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def gaussian_clusters(n_per_class: int, num_classes: int, dim: int = 32, spread: float = 1.0, seed: int = 0):
+    """Features drawn around well-separated random class centres: (n, dim), labels (n,)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = 6.0 * torch.randn(num_classes, dim, generator=g)
+    labels = torch.arange(num_classes).repeat_interleave(n_per_class)
+    features = centres[labels] + spread * torch.randn(labels.shape[0], dim, generator=g)
+    perm = torch.randperm(labels.shape[0], generator=g)
+    return features[perm], labels[perm]
