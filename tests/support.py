@@ -13,3 +13,24 @@ def gaussian_clusters(n_per_class: int, num_classes: int, dim: int = 32, spread:
     features = centres[labels] + spread * torch.randn(labels.shape[0], dim, generator=g)
     perm = torch.randperm(labels.shape[0], generator=g)
     return features[perm], labels[perm]
+
+
+class AtenCalls:
+    """Counts the aten calls (each one a kernel launch or a view on a GPU) made inside it."""
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        counter = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                counter.calls += 1
+                return func(*args, **(kwargs or {}))
+
+        self.calls, self.mode = 0, Mode()
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)

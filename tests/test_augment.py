@@ -7,6 +7,7 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+from support import AtenCalls
 from vicreg_lib.augment import RECIPES, BatchAugment, ViewRecipe, sample_crop_boxes, two_views_transform
 from vicreg_lib.data import CIFAR10_MEAN, CIFAR10_STD
 
@@ -35,7 +36,7 @@ def within(measured: float, p: float, n: int, sigmas: float = 5.0) -> bool:
 # one dict of ViewRecipe fields per view. Every recipe: ColorJitter(0.4, 0.4, 0.2, 0.1),
 # RandomResizedCrop's default aspect ratios, GaussianBlur(3)'s default sigma range.
 COMMON = {"crop_ratio": (3 / 4, 4 / 3), "jitter": (0.4, 0.4, 0.2, 0.1), "blur_kernel": 3,
-          "blur_sigma": (0.1, 2.0)}
+          "blur_sigma": (0.1, 2.0), "crop_interpolation": "bilinear"}
 PAPER_VIEW = {"crop_scale": (0.2, 1.0), "flip_p": 0.5, "jitter_p": 0.8, "gray_p": 0.2}
 BLOG_VIEW = {**PAPER_VIEW, "blur_p": 0.5, "solarize_p": 0.2}
 FAST_VIEW = {**PAPER_VIEW, "blur_p": 0.0, "solarize_p": 0.1}
@@ -341,21 +342,6 @@ def test_bad_input_errors():
         ViewRecipe(blur_kernel=4)
 
 
-def test_accelerator_path_gives_the_same_views(monkeypatch):
-    # on a GPU the ops run on every row and torch.where keeps the chosen ones (no host syncs);
-    # forced here on the CPU, it must give the views the row-selecting CPU path gives
-    from functools import partial
-
-    from vicreg_lib import augment
-
-    images = torch.randint(0, 256, (48, 3, 32, 32), dtype=torch.uint8)
-    rows_path = BatchAugment("paper")(images, generator=torch.Generator().manual_seed(3))
-    monkeypatch.setattr(augment, "_apply_to_rows", partial(augment._apply_to_rows, compute_all=True))
-    where_path = BatchAugment("paper")(images, generator=torch.Generator().manual_seed(3))
-    for a, b in zip(rows_path, where_path):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
-
-
 def test_speed_functions_time_both_pipelines():
     from vicreg_lib.speed import batched_throughput, per_image_throughput
 
@@ -365,3 +351,32 @@ def test_speed_functions_time_both_pipelines():
     assert math.isfinite(per_image) and math.isfinite(batched) and per_image > 0 and batched > 0
     with pytest.raises(ValueError, match=UNKNOWN_RECIPE):
         batched_throughput(images, "simclr", batch_size=8, device="cpu")
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_a_call_is_a_fixed_small_number_of_tensor_ops(recipe):
+    """Whatever the batch size and the coin flips, one call makes the same few hundred aten calls
+    (a GPU launches a kernel for most of them): no op runs per image, per subset or per jitter order."""
+    aug, counts = BatchAugment(recipe), set()
+    for n, seed in ((8, 0), (64, 1), (200, 2)):
+        aug(random_images(n, seed=seed), generator=torch.Generator().manual_seed(seed))  # warm the caches
+        with AtenCalls() as calls:
+            aug(random_images(n, seed=seed), generator=torch.Generator().manual_seed(seed + 10))
+        counts.add(calls.calls)
+    assert len(counts) == 1, counts
+    assert counts.pop() <= 300
+
+
+def test_bicubic_crop_keeps_pixels_on_the_grid_and_differs_off_it():
+    images = random_images(4, seed=5).float() / 255
+    whole = torch.tensor([[0, 0, 32, 32]] * 4)
+    no_flip = torch.zeros(4, dtype=torch.bool)
+    from vicreg_lib.augment import resized_crop_flip
+
+    torch.testing.assert_close(resized_crop_flip(images, whole, no_flip, "bicubic"), images, atol=1e-5, rtol=0)
+    box = torch.tensor([[3, 5, 17, 20]] * 4)
+    bilinear, bicubic = (resized_crop_flip(images, box, no_flip, mode) for mode in ("bilinear", "bicubic"))
+    assert (bicubic - bilinear).abs().max() > 0.01
+    assert bicubic.min() >= 0 and bicubic.max() <= 1
+    with pytest.raises(ValueError, match="crop_interpolation = 'nearest'"):
+        ViewRecipe(crop_interpolation="nearest")

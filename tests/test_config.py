@@ -77,7 +77,7 @@ def test_presets_say_what_they_are():
     assert (paper.optimizer, paper.lars_eta, paper.weight_decay, paper.warmup_epochs, paper.loss,
             paper.final_lr_ratio) == ("lars", 0.001, 1e-6, 10, "official", 0.001)
     fast = TrainConfig.from_preset("fast", width=16)
-    assert (fast.width, fast.recipe, fast.lars_eta, fast.lars_clip, fast.weight_decay) == (16, "fast", 0.02, True,
+    assert (fast.width, fast.recipe, fast.lars_eta, fast.lars_clip, fast.weight_decay) == (16, "fast", 0.02, "trust",
                                                                                            1e-4)
     with pytest.raises(ValueError, match="unknown preset 'solo'"):
         TrainConfig.from_preset("solo")
@@ -102,3 +102,23 @@ def test_blog_network_has_the_parameters_of_torchvision_resnet18_built_the_blogs
     assert model.encoder(x).shape == reference(x).shape == (2, 512)
     # the stem keeps 30x30 maps (padding 0), as the blog's
     assert model.encoder.conv1(x).shape[-1] == 30
+
+
+def test_a_lars_presets_lr_scales_with_an_overridden_batch_size():
+    for name in ("paper", "fast"):
+        base = TrainConfig.from_preset(name)
+        assert TrainConfig.from_preset(name, batch_size=1024).lr == pytest.approx(base.lr * 4)
+        assert TrainConfig.from_preset(name, batch_size=128).lr == pytest.approx(base.lr / 2)
+        assert TrainConfig.from_preset(name, batch_size=1024, lr=0.1).lr == 0.1  # an explicit lr wins
+    assert TrainConfig.from_preset("blog", batch_size=1024).lr == 2e-4  # the blog's Adam keeps its rate
+
+
+def test_older_stored_configs_still_read():
+    from vicreg_lib.config import resume_differences
+
+    stored = TrainConfig.from_preset("fast").to_dict()
+    stored["lars_clip"] = True  # as older versions stored it
+    assert TrainConfig.from_dict(stored).lars_clip == "trust"
+    assert resume_differences(stored, TrainConfig.from_preset("fast")) == []
+    stored["lars_clip"] = False
+    assert resume_differences(stored, TrainConfig.from_preset("fast")) == ["lars_clip: checkpoint 'none', now 'trust'"]

@@ -15,6 +15,7 @@ drawing independent random parameters for every image, on any device.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -45,11 +46,16 @@ class ViewRecipe:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     blur_kernel: int = 3  # ~10% of a 32-pixel image, as SimCLR sizes the kernel
     solarize_p: float = 0.0
+    crop_interpolation: str = "bilinear"  # or "bicubic" (solo-learn's, and the official code's)
 
     def __post_init__(self) -> None:
         for name in ("flip_p", "jitter_p", "gray_p", "blur_p", "solarize_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"ViewRecipe.{name} = {getattr(self, name)} is not a probability in [0, 1]")
+        if self.crop_interpolation not in ("bilinear", "bicubic"):
+            raise ValueError(
+                f"ViewRecipe.crop_interpolation = {self.crop_interpolation!r}: use 'bilinear' or 'bicubic'"
+            )
         if self.blur_kernel < 1 or self.blur_kernel % 2 == 0:
             raise ValueError(
                 f"ViewRecipe.blur_kernel = {self.blur_kernel} must be a positive odd number, e.g. 3"
@@ -93,8 +99,13 @@ RECIPES: dict[str, tuple[ViewRecipe, ViewRecipe]] = {
 }
 
 
-def get_recipe(recipe: str | tuple[ViewRecipe, ViewRecipe]) -> tuple[ViewRecipe, ViewRecipe]:
-    """A recipe name from RECIPES, or a pair of ViewRecipes passed through."""
+def get_recipe(recipe: str | tuple[ViewRecipe, ViewRecipe],
+               crop_interpolation: str | None = None) -> tuple[ViewRecipe, ViewRecipe]:
+    """A recipe name from RECIPES, or a pair of ViewRecipes passed through; ``crop_interpolation``
+    ("bilinear" or "bicubic") replaces both views' when given."""
+    if crop_interpolation is not None:
+        return tuple(dataclasses.replace(view, crop_interpolation=crop_interpolation)
+                     for view in get_recipe(recipe))
     if isinstance(recipe, str):
         if recipe not in RECIPES:
             raise ValueError(f"unknown augmentation recipe {recipe!r}: use one of {sorted(RECIPES)}")
@@ -121,7 +132,8 @@ def view_transform(view: ViewRecipe, size: int = 32):
     return v2.Compose(
         [
             v2.ToImage(),
-            v2.RandomResizedCrop(size, scale=view.crop_scale, ratio=view.crop_ratio, antialias=True),
+            v2.RandomResizedCrop(size, scale=view.crop_scale, ratio=view.crop_ratio, antialias=True,
+                                 interpolation=v2.InterpolationMode(view.crop_interpolation)),
             v2.RandomHorizontalFlip(view.flip_p),
             v2.ToDtype(torch.float32, scale=True),
             v2.RandomApply([v2.ColorJitter(brightness, contrast, saturation, hue)], p=view.jitter_p),
@@ -155,29 +167,40 @@ def two_views_transform(recipe: str | tuple[ViewRecipe, ViewRecipe] = "paper", s
 # ----------------------------------------------------------------------------- batched building blocks
 
 
+@functools.lru_cache(maxsize=None)
+def _luma(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """LUMA_WEIGHTS as a (1, 3, 1, 1) tensor, made once per device and dtype."""
+    return torch.tensor(LUMA_WEIGHTS, dtype=dtype).view(1, 3, 1, 1).to(device)
+
+
 def grayscale(x: torch.Tensor) -> torch.Tensor:
     """x: (n, 3, h, w) -> luma (n, 1, h, w) = 0.2989 R + 0.587 G + 0.114 B."""
-    r, g, b = LUMA_WEIGHTS
-    return (x[:, 0:1] * r).add_(x[:, 1:2], alpha=g).add_(x[:, 2:3], alpha=b)
+    return (x * _luma(x.device, x.dtype)).sum(1, keepdim=True)
 
 
 def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """x: (n, 3, h, w), factor: (n,) -> clamp(b x, 0, 1)."""
-    return (x * factor.view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
+    return blend_with_gray(x, factor, torch.zeros_like(factor), torch.zeros_like(factor))
 
 
 def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Blend with the image's mean luma: clamp(c x + (1 - c) mean(gray(x)), 0, 1)."""
-    luma = torch.tensor(LUMA_WEIGHTS, device=x.device, dtype=x.dtype)
-    mean = x.mean(dim=(2, 3)) @ luma  # (n,): the mean of the luma is the luma of the channel means
-    factor = factor.view(-1, 1, 1, 1)
-    return torch.addcmul(((1.0 - factor) * mean.view(-1, 1, 1, 1)), x, factor).clamp_(0.0, 1.0)
+    return blend_with_gray(x, factor, torch.zeros_like(factor), 1.0 - factor)
 
 
 def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Blend with the per-pixel luma: clamp(s x + (1 - s) gray(x), 0, 1)."""
-    factor = factor.view(-1, 1, 1, 1)
-    return torch.addcmul(grayscale(x).mul_(1.0 - factor), x, factor).clamp_(0.0, 1.0)
+    return blend_with_gray(x, factor, 1.0 - factor, torch.zeros_like(factor))
+
+
+def blend_with_gray(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """x: (n, 3, h, w); a, b, c: (n,) -> clamp(a x + b gray(x) + c mean(gray(x)), 0, 1) per image.
+
+    Brightness, contrast and saturation are each one such blend; (1, 0, 0) is the identity."""
+    gray = grayscale(x)  # (n, 1, h, w)
+    mean = gray.mean(dim=(2, 3), keepdim=True)  # (n, 1, 1, 1)
+    out = torch.addcmul(b.view(-1, 1, 1, 1) * gray, a.view(-1, 1, 1, 1), x)
+    return out.addcmul_(c.view(-1, 1, 1, 1), mean).clamp_(0.0, 1.0)
 
 
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -205,7 +228,6 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return k.mul_(-chroma).add_(value)
 
 
-JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
@@ -232,10 +254,22 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> tor
     return x
 
 
-def resized_crop_flip(x: torch.Tensor, box: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+@functools.lru_cache(maxsize=None)
+def _pixel_grid(h: int, w: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """(h, w) as a tensor, the output pixel centres in normalised coordinates (h,) and (w,), and which
+    of the axes (y, x) a flip mirrors."""
+    dims = torch.tensor([h, w], dtype=dtype)
+    v = (torch.arange(h, dtype=dtype) * 2 + 1) / h - 1
+    u = (torch.arange(w, dtype=dtype) * 2 + 1) / w - 1
+    return dims.to(device), v.to(device), u.to(device), torch.tensor([False, True], device=device)
+
+
+def resized_crop_flip(x: torch.Tensor, box: torch.Tensor, flip: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
     """Crop box (n, 4) = (top, left, height, width) in pixels out of x (n, c, h, w), resize it back to
-    (h, w) bilinearly, mirror it where flip (n,) is True: one affine map per image, sampled with
-    F.grid_sample. Matches torchvision's resized_crop + hflip (bilinear, upsampling) to float precision.
+    (h, w), mirror it where flip (n,) is True: one affine map per image, sampled with F.grid_sample
+    (``mode`` "bilinear" or "bicubic"). Bilinear matches torchvision's resized_crop + hflip (upsampling)
+    to float precision; bicubic reads its 4x4 neighbourhood past the crop's edge where torchvision would
+    repeat the edge, and is clamped to [0, 1] as PIL clamps its bicubic output.
 
     With align_corners=False, pixel edge p maps to normalised 2p/W - 1, so output coordinate u in [-1, 1]
     reads the input at  x_in = (2 left + width)/W - 1 + (width/W) u  (-(width/W) u when flipped), and
@@ -243,21 +277,55 @@ def resized_crop_flip(x: torch.Tensor, box: torch.Tensor, flip: torch.Tensor) ->
     coordinate vectors: built directly, it equals F.affine_grid's at a fraction of the cost.
     """
     n, _, h, w = x.shape
-    top, left, height, width = box.to(x.dtype).unbind(1)
-    u = (torch.arange(w, device=x.device, dtype=x.dtype) * 2 + 1) / w - 1  # (w,) output pixel centres
-    v = (torch.arange(h, device=x.device, dtype=x.dtype) * 2 + 1) / h - 1  # (h,)
-    x_scale = torch.where(flip, -width / w, width / w)
-    grid_x = ((2 * left + width) / w - 1)[:, None] + x_scale[:, None] * u  # (n, w)
-    grid_y = ((2 * top + height) / h - 1)[:, None] + (height / h)[:, None] * v  # (n, h)
+    box = box.to(x.dtype)
+    start, size = box[:, :2], box[:, 2:]  # (n, 2) each: (top, left), (height, width)
+    dims, steps_y, steps_x, axis_x = _pixel_grid(h, w, x.device, x.dtype)
+    centre = (2 * start + size) / dims - 1  # (n, 2) in normalised coordinates
+    scale = size / dims * torch.where(flip[:, None] & axis_x, -1.0, 1.0)  # mirrored x
     # keep samples inside the crop's outer pixel centres, as resizing the cropped image would
-    grid_x = torch.minimum(
-        torch.maximum(grid_x, ((2 * left + 1) / w - 1)[:, None]), ((2 * (left + width) - 1) / w - 1)[:, None]
-    )
-    grid_y = torch.minimum(
-        torch.maximum(grid_y, ((2 * top + 1) / h - 1)[:, None]), ((2 * (top + height) - 1) / h - 1)[:, None]
-    )
+    lowest, highest = (2 * start + 1) / dims - 1, (2 * (start + size) - 1) / dims - 1
+    grid_y, grid_x = (
+        torch.addcmul(centre[:, i, None], scale[:, i, None], steps).clamp_(lowest[:, i, None], highest[:, i, None])
+        for i, steps in enumerate((steps_y, steps_x))
+    )  # (n, h), (n, w)
     grid = torch.stack((grid_x[:, None, :].expand(n, h, w), grid_y[:, :, None].expand(n, h, w)), -1)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
+    return out if mode == "bilinear" else out.clamp_(0.0, 1.0)
+
+
+def _crop_constants(view_scale: tuple[float, float], view_ratio: tuple[float, float], height: int,
+                    width: int) -> list[float]:
+    """What _crop_boxes needs of one view: scale low and span, log-ratio low and span, and the
+    fallback box's height and width (the whole image, narrowed to the nearest allowed aspect ratio)."""
+    low, high = min(view_ratio), max(view_ratio)
+    in_ratio = width / height
+    fallback_h = round(width / low) if in_ratio < low else height
+    fallback_w = round(height * high) if in_ratio > high else width
+    log_low, log_high = math.log(view_ratio[0]), math.log(view_ratio[1])
+    return [view_scale[0], view_scale[1] - view_scale[0], log_low, log_high - log_low, fallback_h, fallback_w]
+
+
+def _crop_boxes(u: torch.Tensor, height: int, width: int, constants: torch.Tensor) -> torch.Tensor:
+    """RandomResizedCrop's box sampling from uniform draws u (n, 2 CROP_TRIES + 2) in [0, 1), with each
+    image's _crop_constants (n, 6) -> (n, 4) int (top, left, height, width).
+
+    CROP_TRIES candidates per image (area uniform in scale, log aspect ratio uniform), the first that fits
+    is kept; images with none fall back to the centre crop clamped to the ratio range.
+    """
+    scale_low, scale_span, log_low, log_span = constants[:, :4, None].unbind(1)  # (n, 1) each
+    area = torch.addcmul(scale_low, scale_span, u[:, :CROP_TRIES]).mul_(height * width)  # (n, tries)
+    aspect = torch.addcmul(log_low, log_span, u[:, CROP_TRIES:2 * CROP_TRIES]).exp_()
+    sizes = torch.stack((area / aspect, area * aspect), 2).sqrt_().round_()  # (n, tries, 2): crop h, w
+    limits = torch.tensor([height, width], dtype=sizes.dtype, device=sizes.device)
+    fits = ((sizes > 0) & (sizes <= limits)).all(2)  # (n, tries)
+    first = fits.int().argmax(1)  # argmax returns the first maximal index
+    sizes = sizes[torch.arange(sizes.shape[0], device=sizes.device), first]  # (n, 2)
+    any_fits = fits.any(1, keepdim=True)
+    sizes = torch.where(any_fits, sizes, constants[:, 4:6])
+    room = limits - sizes  # (n, 2)
+    # position uniform over the valid offsets, as torch.randint(0, H - h + 1) does; the fallback is centred
+    offsets = torch.where(any_fits, (u[:, -2:] * (room + 1)).floor_().minimum(room), room.div(2).floor_())
+    return torch.cat((offsets, sizes), 1).long()
 
 
 def sample_crop_boxes(
@@ -269,44 +337,35 @@ def sample_crop_boxes(
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """RandomResizedCrop's box sampling for n images at once -> (n, 4) int (top, left, height, width).
-
-    Draw CROP_TRIES candidates per image (area uniform in scale, log aspect ratio uniform), keep the
-    first that fits; images with none fall back to the centre crop clamped to the ratio range.
-    """
-    area = height * width
-    target_area = area * torch.empty(n, CROP_TRIES, device=device).uniform_(*scale, generator=generator)
-    log_ratio = torch.empty(n, CROP_TRIES, device=device).uniform_(
-        math.log(ratio[0]), math.log(ratio[1]), generator=generator
-    )
-    aspect = torch.exp(log_ratio)
-    crop_w = torch.round(torch.sqrt(target_area * aspect))
-    crop_h = torch.round(torch.sqrt(target_area / aspect))
-    fits = (crop_w > 0) & (crop_w <= width) & (crop_h > 0) & (crop_h <= height)
-    first = fits.int().argmax(1, keepdim=True)  # argmax returns the first maximal index
-    crop_w = crop_w.gather(1, first).squeeze(1)
-    crop_h = crop_h.gather(1, first).squeeze(1)
-    # fallback: the whole image, narrowed to the nearest allowed aspect ratio
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        fallback_w, fallback_h = width, round(width / min(ratio))
-    elif in_ratio > max(ratio):
-        fallback_w, fallback_h = round(height * max(ratio)), height
-    else:
-        fallback_w, fallback_h = width, height
-    any_fits = fits.any(1)
-    crop_w = torch.where(any_fits, crop_w, torch.full_like(crop_w, fallback_w))
-    crop_h = torch.where(any_fits, crop_h, torch.full_like(crop_h, fallback_h))
-    # position uniform over the valid offsets, as torch.randint(0, H - h + 1) does
-    u = torch.rand(n, 2, device=device, generator=generator)
-    top = torch.floor(u[:, 0] * (height - crop_h + 1)).clamp_max(height - crop_h)
-    left = torch.floor(u[:, 1] * (width - crop_w + 1)).clamp_max(width - crop_w)
-    top = torch.where(any_fits, top, torch.div(height - crop_h, 2, rounding_mode="floor"))
-    left = torch.where(any_fits, left, torch.div(width - crop_w, 2, rounding_mode="floor"))
-    return torch.stack((top, left, crop_h, crop_w), 1).long()
+    """RandomResizedCrop's box sampling for n images at once -> (n, 4) int (top, left, height, width)."""
+    u = torch.rand(n, 2 * CROP_TRIES + 2, device=device, generator=generator)
+    constants = torch.tensor([_crop_constants(scale, ratio, height, width)], device=device)
+    return _crop_boxes(u, height, width, constants)
 
 
 # ----------------------------------------------------------------------------- batched augmentation
+
+# The columns of one image's uniform draws (BatchAugment.draw_params draws them all in one torch.rand call).
+_CROP = slice(0, 2 * CROP_TRIES + 2)  # candidate areas, candidate aspect ratios, position
+_COINS = slice(2 * CROP_TRIES + 2, 2 * CROP_TRIES + 7)  # flip, jitter, gray, blur, solarize
+_FACTORS = slice(2 * CROP_TRIES + 7, 2 * CROP_TRIES + 11)  # brightness, contrast, saturation, hue
+_ORDER = slice(2 * CROP_TRIES + 11, 2 * CROP_TRIES + 15)  # argsort -> a random order of the 4 jitter ops
+_SIGMA = 2 * CROP_TRIES + 15
+_DRAWS = 2 * CROP_TRIES + 16
+COIN_KEYS = ("flipped", "jittered", "gray", "blurred", "solarized")
+HUE = 3  # jitter op indices: 0 brightness, 1 contrast, 2 saturation, 3 hue
+
+
+def _view_constants(view: ViewRecipe, height: int, width: int) -> list[float]:
+    """The constants that turn one view's uniform draws into its parameters: _crop_constants (6), the
+    five probabilities, the jitter factors' lows (4) and spans (4), sigma's low and span."""
+    brightness, contrast, saturation, hue = view.jitter
+    lows = [max(0.0, 1 - brightness), max(0.0, 1 - contrast), max(0.0, 1 - saturation), -hue]
+    highs = [1 + brightness, 1 + contrast, 1 + saturation, hue]
+    return [*_crop_constants(view.crop_scale, view.crop_ratio, height, width),
+            view.flip_p, view.jitter_p, view.gray_p, view.blur_p, view.solarize_p,
+            *lows, *(high - low for low, high in zip(lows, highs)),
+            view.blur_sigma[0], view.blur_sigma[1] - view.blur_sigma[0]]
 
 
 class BatchAugment(nn.Module):
@@ -318,6 +377,11 @@ class BatchAugment(nn.Module):
     images: uint8 in 0..255 or float in [0, 1], on any device. Views: float32 (n, 3, h, w), normalised
     with the CIFAR-10 mean/std. The parameters are drawn on the generator's device (the images'
     device when no generator is given), so a CPU generator gives the same views on CPU and GPU.
+
+    Both views are made as one batch of 2n images, and every op runs on all of it: an image that an
+    op skips gets parameters that make the op the identity (factor 1, shift 0, sigma ~0) or is kept
+    by torch.where. So a call is a fixed, small number of tensor ops whatever the recipe, the batch
+    size or the coin flips: on a GPU, a few hundred kernel launches and no wait for the device.
     """
 
     def __init__(
@@ -330,6 +394,9 @@ class BatchAugment(nn.Module):
         self.views = get_recipe(recipe)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self._constants: dict[tuple, torch.Tensor] = {}  # (height, width, device) -> (2, 21) table
+        self.blurs = any(view.blur_p > 0 for view in self.views)
+        self.interpolations = {view.crop_interpolation for view in self.views}
 
     def extra_repr(self) -> str:
         return f"view1={self.views[0]},\nview2={self.views[1]}"
@@ -342,8 +409,44 @@ class BatchAugment(nn.Module):
         generator: torch.Generator | None = None,
         device: torch.device | str = "cpu",
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Draw the per-image parameters of both views: two dicts of (n,) or (n, k) tensors."""
-        return tuple(sample_view_params(view, n, height, width, generator, device) for view in self.views)
+        """Draw the per-image parameters of both views: two dicts of (n,) or (n, k) tensors (see
+        ``draw_params``; view 1's are the first n rows of one draw, view 2's the last n)."""
+        params = self.draw_params(n, height, width, generator, device)
+        return tuple({key: value[i * n:(i + 1) * n] for key, value in params.items()} for i in range(2))
+
+    def draw_params(
+        self,
+        n: int,
+        height: int,
+        width: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+    ) -> dict[str, torch.Tensor]:
+        """The parameters of 2n images (view 1's n, then view 2's n), from one torch.rand call.
+
+        crop_box (2n, 4) (top, left, h, w), crop_area and crop_aspect (2n,), flipped, jittered, gray,
+        blurred, solarized (2n,) bool, jitter_factors (2n, 4) (brightness, contrast, saturation, hue),
+        jitter_order (2n, 4) (a permutation of 0..3 per image), blur_sigma (2n,).
+        """
+        u = torch.rand(2 * n, _DRAWS, device=device, generator=generator)
+        key = (height, width, str(device))
+        if key not in self._constants:
+            self._constants[key] = torch.tensor([_view_constants(view, height, width) for view in self.views],
+                                                device=device)
+        constants = self._constants[key].repeat_interleave(n, 0)  # (2n, 21): each image's view constants
+        box = _crop_boxes(u[:, _CROP], height, width, constants[:, :6])
+        coins = u[:, _COINS] < constants[:, 6:11]  # (2n, 5)
+        factor_low, factor_span, sigma = constants[:, 11:15], constants[:, 15:19], constants[:, 19:21]
+        crop_h, crop_w = box[:, 2:].float().unbind(1)
+        return {
+            "crop_box": box,
+            "crop_area": crop_h * crop_w / (height * width),
+            "crop_aspect": crop_w / crop_h,
+            **dict(zip(COIN_KEYS, coins.unbind(1))),
+            "jitter_factors": torch.addcmul(factor_low, factor_span, u[:, _FACTORS]),
+            "jitter_order": u[:, _ORDER].argsort(1),  # a random permutation per image
+            "blur_sigma": torch.addcmul(sigma[:, 0], sigma[:, 1], u[:, _SIGMA]),
+        }
 
     def forward(
         self, images: torch.Tensor, generator: torch.Generator | None = None, return_params: bool = False
@@ -363,97 +466,68 @@ class BatchAugment(nn.Module):
             )
         n, _, height, width = x.shape
         param_device = generator.device if generator is not None else x.device
-        params = self.sample_params(n, height, width, generator, param_device)
-        params = tuple({key: value.to(x.device) for key, value in p.items()} for p in params)
-        view1, view2 = (apply_view(x, p, view) for p, view in zip(params, self.views))
+        params = self.draw_params(n, height, width, generator, param_device)
+        if param_device != x.device:
+            params = {key: value.to(x.device) for key, value in params.items()}
+        views = self.apply(x.repeat(2, 1, 1, 1), params)  # (2n, 3, h, w): view 1's rows, then view 2's
         mean, std = self.mean.to(x.device), self.std.to(x.device)  # works without .to(device) on the module
-        view1 = view1.sub_(mean).div_(std)
-        view2 = view2.sub_(mean).div_(std)
-        return (view1, view2, params) if return_params else (view1, view2)
+        view1, view2 = views.sub_(mean).div_(std).split(n)
+        if return_params:
+            per_view = tuple({key: value[i * n:(i + 1) * n] for key, value in params.items()} for i in range(2))
+            return view1, view2, per_view
+        return view1, view2
+
+    def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Augment x (2n, 3, h, w) float in [0, 1] with draw_params' parameters -> (2n, 3, h, w) in [0, 1]."""
+        n = x.shape[0] // 2
+        if len(self.interpolations) == 1:
+            x = resized_crop_flip(x, params["crop_box"], params["flipped"], self.views[0].crop_interpolation)
+        else:  # the two views resize differently: one grid_sample each
+            x = torch.cat([resized_crop_flip(half, params["crop_box"][i * n:(i + 1) * n],
+                                             params["flipped"][i * n:(i + 1) * n], view.crop_interpolation)
+                           for i, (half, view) in enumerate(zip(x.split(n), self.views))])
+        x = color_jitter(x, params["jittered"], params["jitter_factors"], params["jitter_order"])
+        x = torch.where(params["gray"].view(-1, 1, 1, 1), grayscale(x).expand(-1, 3, -1, -1), x)
+        if self.blurs:
+            x = self._blur(x, params)
+        solarize = params["solarized"].view(-1, 1, 1, 1) & (x >= SOLARIZE_THRESHOLD)
+        return torch.where(solarize, 1.0 - x, x)
+
+    def _blur(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        # an image that is not blurred gets sigma 0.01: its kernel's side taps, exp(-5000), are 0
+        sigma = torch.where(params["blurred"], params["blur_sigma"], 0.01)
+        kernels = {view.blur_kernel for view in self.views}
+        if len(kernels) == 1:
+            return gaussian_blur(x, sigma, kernels.pop())
+        n = x.shape[0] // 2
+        return torch.cat([gaussian_blur(half, s, view.blur_kernel)
+                          for half, s, view in zip(x.split(n), sigma.split(n), self.views)])
 
 
-def sample_view_params(
-    view: ViewRecipe,
-    n: int,
-    height: int,
-    width: int,
-    generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu",
-) -> dict[str, torch.Tensor]:
-    """Per-image parameters of one view for n images of size (height, width).
+def color_jitter(x: torch.Tensor, jittered: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """ColorJitter with per-image factors (n, 4) and op order (n, 4), where jittered (n,) is True.
 
-    crop_box (n, 4) (top, left, h, w), crop_area and crop_aspect (n,), flipped (n,) bool,
-    jittered (n,) bool, jitter_factors (n, 4) (brightness, contrast, saturation, hue),
-    jitter_order (n, 4) (a permutation of 0..3 per image), gray, blurred (n,) bool, blur_sigma (n,),
-    solarized (n,) bool.
+    Brightness, contrast and saturation are each a clamped blend  clamp(a x + b gray(x) + c mean_gray(x), 0, 1):
+    brightness (f, 0, 0), contrast (f, 0, 1 - f), saturation (f, 1 - f, 0), and (1, 0, 0) is the identity.
+    So every image's four ops fit one fixed schedule of seven slots: three blends, the hue rotation, three
+    blends. The blends before an image's hue go into the first slots, those after into the last, and the
+    unused slots are identities. Seven whole-batch ops, whatever the orders drawn.
     """
-
-    def coin(p: float) -> torch.Tensor:
-        return torch.rand(n, device=device, generator=generator) < p
-
-    def uniform(low: float, high: float) -> torch.Tensor:
-        return torch.empty(n, device=device).uniform_(low, high, generator=generator)
-
-    box = sample_crop_boxes(n, height, width, view.crop_scale, view.crop_ratio, generator, device)
-    brightness, contrast, saturation, hue = view.jitter
-    factors = torch.stack(
-        (
-            uniform(max(0.0, 1 - brightness), 1 + brightness),
-            uniform(max(0.0, 1 - contrast), 1 + contrast),
-            uniform(max(0.0, 1 - saturation), 1 + saturation),
-            uniform(-hue, hue),
-        ),
-        1,
-    )
-    # a random permutation per image: argsort of uniform noise
-    order = torch.rand(n, 4, device=device, generator=generator).argsort(1)
-    return {
-        "crop_box": box,
-        "crop_area": (box[:, 2] * box[:, 3]).float() / (height * width),
-        "crop_aspect": box[:, 3].float() / box[:, 2].float(),
-        "flipped": coin(view.flip_p),
-        "jittered": coin(view.jitter_p),
-        "jitter_factors": factors,
-        "jitter_order": order,
-        "gray": coin(view.gray_p),
-        "blurred": coin(view.blur_p),
-        "blur_sigma": uniform(*view.blur_sigma),
-        "solarized": coin(view.solarize_p),
-    }
-
-
-def _apply_to_rows(x: torch.Tensor, chosen: torch.Tensor, op, compute_all: bool | None = None) -> torch.Tensor:
-    """x (n, 3, h, w) with ``op(rows_of_x, index)`` applied to the rows where ``chosen`` (n,) is True.
-
-    ``index`` selects the matching rows of per-image parameters. On the CPU only the chosen rows
-    are computed (finding them is free there); on an accelerator every row is computed and the
-    chosen ones kept, because finding the rows (nonzero) would make the host wait for the device
-    at every op, some 40 times a training step. ``compute_all`` overrides that choice (tests).
-    """
-    if compute_all is None:
-        compute_all = x.device.type != "cpu"
-    if not compute_all:
-        rows = torch.nonzero(chosen).squeeze(1)
-        if rows.numel():
-            x.index_copy_(0, rows, op(x.index_select(0, rows), rows))
-        return x
-    return torch.where(chosen.view(-1, 1, 1, 1), op(x, slice(None)), x)
-
-
-def apply_view(x: torch.Tensor, params: dict[str, torch.Tensor], view: ViewRecipe) -> torch.Tensor:
-    """Augment x (n, 3, h, w) float in [0, 1] with the drawn params -> (n, 3, h, w) in [0, 1].
-
-    Ops that only some images get run on those images only (``_apply_to_rows``).
-    """
-    x = resized_crop_flip(x, params["crop_box"], params["flipped"])
-    # colour jitter: at each of the 4 positions, each op runs on the images whose order puts it there
-    jittered, order, factors = params["jittered"], params["jitter_order"], params["jitter_factors"]
-    for position in range(4):
-        for op_index, op in enumerate(JITTER_OPS):
-            x = _apply_to_rows(x, jittered & (order[:, position] == op_index),
-                               lambda v, rows, op=op, k=op_index: op(v, factors[rows, k]))
-    x = _apply_to_rows(x, params["gray"], lambda v, rows: grayscale(v).expand(-1, 3, -1, -1))
-    sigma = params["blur_sigma"]
-    x = _apply_to_rows(x, params["blurred"], lambda v, rows: gaussian_blur(v, sigma[rows], view.blur_kernel))
-    return _apply_to_rows(x, params["solarized"],
-                          lambda v, rows: torch.where(v >= SOLARIZE_THRESHOLD, 1.0 - v, v))
+    n = x.shape[0]
+    hue_position = (order == HUE).int().argmax(1, keepdim=True)  # (n, 1)
+    position = torch.arange(4, device=x.device)
+    slot = torch.where(position < hue_position, position, position + 3 - hue_position)  # (n, 4): 3 is the hue
+    f = factors.gather(1, order)  # (n, 4): each position's factor
+    blend = (order != HUE) & jittered[:, None]
+    a = torch.where(blend, f, 1.0)
+    b = torch.where(blend & (order == 2), 1.0 - f, 0.0)
+    c = torch.where(blend & (order == 1), 1.0 - f, 0.0)
+    coefficients = torch.zeros(n, 7, 3, device=x.device).index_fill_(2, position[:1], 1.0)  # identities
+    coefficients.scatter_(1, slot[:, :, None].expand(n, 4, 3), torch.stack((a, b, c), 2))  # (n, 7, 3)
+    slots = coefficients.permute(1, 2, 0).reshape(7, 3, n, 1, 1, 1).unbind(0)  # 7 x (3, n, 1, 1, 1)
+    for index, (a, b, c) in enumerate(slots):
+        if index == HUE:
+            x = torch.where(jittered.view(-1, 1, 1, 1), adjust_hue(x, factors[:, HUE]), x)
+        else:
+            x = blend_with_gray(x, a, b, c)
+    return x

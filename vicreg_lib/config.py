@@ -32,7 +32,7 @@ from .augment import RECIPES
 from .device import DEVICE_CHOICES, check_device_text
 from .loss import CONVENTIONS
 from .model import BACKBONES, parse_projector_spec
-from .optim import OPTIMIZERS, SCHEDULES
+from .optim import LARS_CLIPS, OPTIMIZERS, SCHEDULES, lars_clip_mode
 
 PIPELINES = ("batched", "dataloader")
 AMP_MODES = ("auto", "bf16", "off")
@@ -70,6 +70,10 @@ class TrainConfig:
                                      "(stem padding 0 with bias, fc kept)", choices=BACKBONES)
     width: int = _option(64, "ResNet-18 width (64 = the standard 512-d ResNet-18; 8 or 16 for CPU runs)",
                          minimum=1)
+    stem_padding: int | None = _option(None, "padding of the 3x3 stem conv (default: the backbone's, cifar 1, "
+                                             "blog 0; solo-learn's is 2)", minimum=0)
+    zero_init_residual: bool | None = _option(None, "start each residual block as the identity (default: the "
+                                                    "backbone's, cifar yes, blog no)")
     projector: str = _option("2048-2048-2048", "projector layer widths, as the official --mlp flag")
     projector_bias: bool = _option(False, "keep the bias of the projector's last Linear (the blog's code)")
     concat_views: bool = _option(False, "one forward pass over both views concatenated (the blog's code) "
@@ -89,7 +93,9 @@ class TrainConfig:
     weight_decay: float = _option(1e-6, "weight decay", minimum=0.0)
     lars_eta: float = _option(0.001, "LARS trust coefficient (official 0.001; solo-learn's CIFAR 0.02)",
                               minimum=0.0)
-    lars_clip: bool = _option(False, "LARS: cap each layer's adaptive rate at the lr")
+    lars_clip: str = _option("none", "LARS rate clipping: none (official), trust (trust ratio capped at 1), "
+                                     "solo-learn (the rate capped at the lr, solo-learn's clip_lr)",
+                             choices=LARS_CLIPS)
     schedule: str = _option("warmup_cosine", "learning-rate schedule", choices=SCHEDULES)
     warmup_epochs: int = _option(10, "warmup_cosine: linear warmup epochs before the cosine decay",
                                  minimum=0)
@@ -97,6 +103,8 @@ class TrainConfig:
                                            "(official 0.001)", minimum=0.0)
     # input pipeline
     recipe: str = _option("paper", "augmentation recipe", choices=tuple(RECIPES))
+    crop_interpolation: str | None = _option(None, "resize of the random crop: bilinear or bicubic (default: the "
+                                                   "recipe's)", choices=("bilinear", "bicubic"))
     pipeline: str = _option("batched", "batched: augment whole batches on the device (fast); "
                                        "dataloader: per-image torchvision transforms in workers",
                             choices=PIPELINES)
@@ -137,7 +145,16 @@ class TrainConfig:
         unknown = sorted(set(overrides) - set(field_names()))
         if unknown:
             raise ValueError(f"unknown setting(s) {', '.join(unknown)}; see TrainConfig's fields")
-        return cls(**{**PRESETS[name], "preset": name, **overrides})
+        preset = PRESETS[name]
+        if "batch_size" in overrides and "lr" not in overrides and preset["optimizer"] == "lars":
+            # the official code's and solo-learn's rule: lr = base_lr * batch_size / 256
+            overrides["lr"] = preset["lr"] * overrides["batch_size"] / preset["batch_size"]
+        return cls(**{**preset, "preset": name, **overrides})
+
+    @classmethod
+    def from_dict(cls, stored: dict[str, Any]) -> TrainConfig:
+        """A config stored by this package (config.json, a checkpoint), older versions' keys included."""
+        return cls(**upgrade_stored_config(stored))
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad setting and what to use instead."""
@@ -172,8 +189,20 @@ class TrainConfig:
 
     def arch(self) -> dict[str, Any]:
         """model.build_model's keyword arguments for this run (what a checkpoint stores as ``arch``)."""
-        return dict(backbone=self.backbone, width=self.width, projector=self.projector,
+        arch = dict(backbone=self.backbone, width=self.width, projector=self.projector,
                     projector_bias=self.projector_bias, concat_views=self.concat_views)
+        for name in ("stem_padding", "zero_init_residual"):  # stored only when set: older arches stay equal
+            if getattr(self, name) is not None:
+                arch[name] = getattr(self, name)
+        return arch
+
+
+def upgrade_stored_config(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored config's dict with older versions' values read as today's (lars_clip was a bool)."""
+    stored = dict(stored)
+    if isinstance(stored.get("lars_clip"), bool):
+        stored["lars_clip"] = lars_clip_mode(stored["lars_clip"])
+    return stored
 
 
 def default_lr(optimizer: str, batch_size: int) -> float:
@@ -230,7 +259,7 @@ def resume_differences(stored: dict[str, Any], current: TrainConfig) -> list[str
     schedule: a cosine schedule is laid out over all epochs, so changing their number would
     make the learning rate jump back up (start a new run, or finish this one and fine-tune).
     """
-    now = current.to_dict()
+    now, stored = current.to_dict(), upgrade_stored_config(stored)
     allowed = set(field_names("resume_safe"))
     if now.get("schedule") == "constant":
         allowed.add("epochs")
@@ -263,7 +292,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(
         backbone="cifar", width=64, projector="2048-2048-2048", projector_bias=False, concat_views=False,
         recipe="paper", loss="official", optimizer="lars", lr=0.2, weight_decay=1e-6, lars_eta=0.001,
-        lars_clip=False, schedule="warmup_cosine", warmup_epochs=10, final_lr_ratio=0.001,
+        lars_clip="none", schedule="warmup_cosine", warmup_epochs=10, final_lr_ratio=0.001,
         batch_size=256, epochs=100,
     ),
     # Ours, for the most accuracy per GPU-minute. Changes from `paper` (after solo-learn's CIFAR-10
@@ -274,7 +303,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fast": dict(
         backbone="cifar", width=64, projector="2048-2048-2048", projector_bias=False, concat_views=False,
         recipe="fast", loss="official", optimizer="lars", lr=0.3, weight_decay=1e-4, lars_eta=0.02,
-        lars_clip=True, schedule="warmup_cosine", warmup_epochs=2, final_lr_ratio=0.001,
+        lars_clip="trust", schedule="warmup_cosine", warmup_epochs=2, final_lr_ratio=0.001,
         batch_size=256, epochs=100, compile="auto",
     ),
 }

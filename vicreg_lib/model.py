@@ -36,7 +36,8 @@ class CifarResNet18(ResNet):
     and ``fc`` removed (same parameter names and shapes).
     """
 
-    def __init__(self, width: int = 64, zero_init_residual: bool = True, blog_stem: bool = False) -> None:
+    def __init__(self, width: int = 64, zero_init_residual: bool = True, blog_stem: bool = False,
+                 stem_padding: int | None = None) -> None:
         # ResNet.__init__ hard-codes 64/128/256/512 channels, so set up the
         # attributes its _make_layer and forward rely on ourselves.
         nn.Module.__init__(self)
@@ -47,8 +48,9 @@ class CifarResNet18(ResNet):
         self.inplanes = width
 
         # 32x32 images: keep full resolution in the stem (no 7x7/2 conv, no max-pool). The blog's
-        # stem has padding 0 and a bias (30x30 maps after it).
-        self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=0 if blog_stem else 1, bias=blog_stem)
+        # stem has padding 0 and a bias (30x30 maps after it); solo-learn pads by 2 (34x34).
+        padding = stem_padding if stem_padding is not None else (0 if blog_stem else 1)
+        self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=padding, bias=blog_stem)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.Identity()
@@ -77,7 +79,8 @@ class CifarResNet18(ResNet):
                     nn.init.zeros_(module.bn2.weight)
 
 
-def resnet18_cifar(width: int = 64, zero_init_residual: bool = True, blog_stem: bool = False) -> CifarResNet18:
+def resnet18_cifar(width: int = 64, zero_init_residual: bool = True, blog_stem: bool = False,
+                   stem_padding: int | None = None) -> CifarResNet18:
     """ResNet-18 for 32x32 images; x: (n, 3, 32, 32) -> h: (n, 8*width).
 
     ``width=64`` is the standard 512-d ResNet-18 (11.2M parameters);
@@ -85,7 +88,7 @@ def resnet18_cifar(width: int = 64, zero_init_residual: bool = True, blog_stem: 
     """
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         raise ValueError(f"width must be an integer >= 1 (64 is the standard ResNet-18), got {width!r}")
-    return CifarResNet18(width, zero_init_residual=zero_init_residual, blog_stem=blog_stem)
+    return CifarResNet18(width, zero_init_residual=zero_init_residual, blog_stem=blog_stem, stem_padding=stem_padding)
 
 
 def parse_projector_spec(spec: str) -> list[int]:
@@ -206,6 +209,8 @@ def build_model(
     projector: str = "2048-2048-2048",
     projector_bias: bool = False,
     concat_views: bool = False,
+    stem_padding: int | None = None,
+    zero_init_residual: bool | None = None,
 ) -> VICReg:
     """A freshly initialised VICReg network; ``build_model(**checkpoint["arch"])`` rebuilds a stored one.
 
@@ -213,16 +218,21 @@ def build_model(
     "blog": the blog code's ResNet-18 (stem padding 0 with bias, fc kept, no zero-init).
     projector: the official ``--mlp`` spec; projector_bias keeps the final Linear's bias (blog).
     concat_views: one forward pass over both views (blog) instead of two (official).
+    stem_padding, zero_init_residual: None keeps the backbone's (cifar: 1 and True; blog: 0 and False).
     """
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}: use one of {', '.join(BACKBONES)}")
     blog = backbone == "blog"
-    encoder = resnet18_cifar(width, zero_init_residual=not blog, blog_stem=blog)
+    zero_init = (not blog) if zero_init_residual is None else zero_init_residual
+    encoder = resnet18_cifar(width, zero_init_residual=zero_init, blog_stem=blog, stem_padding=stem_padding)
     model = VICReg(encoder, Projector.from_spec(encoder.out_dim, projector, final_bias=projector_bias),
                    concat_views=concat_views)
     # what a checkpoint stores to rebuild it: build_model(**model.arch)
     model.arch = dict(backbone=backbone, width=width, projector=projector, projector_bias=projector_bias,
                       concat_views=concat_views)
+    for name, value in (("stem_padding", stem_padding), ("zero_init_residual", zero_init_residual)):
+        if value is not None:
+            model.arch[name] = value
     return model
 
 

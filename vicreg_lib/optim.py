@@ -2,7 +2,7 @@
 
 - ``adam``: the blog post's optimizer (with a constant learning rate there).
 - ``lars``: the official code's (LARS, base lr 0.2 scaled by batch/256, eta 0.001);
-  solo-learn's CIFAR setting uses eta 0.02 with the adaptive rate clipped at the lr.
+  solo-learn's CIFAR setting uses eta 0.02 with its rate clipping (``clip="solo-learn"``).
 
 The schedule is a setting of its own (``SCHEDULES``), used by pretraining, the linear
 probes and the supervised baseline alike: ``lr_at_step``.
@@ -18,6 +18,7 @@ from torch import nn
 
 OPTIMIZERS = ("adam", "lars")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
+LARS_CLIPS = ("none", "trust", "solo-learn")
 
 
 def exclude_bias_and_norm(p: torch.Tensor) -> bool:
@@ -25,31 +26,47 @@ def exclude_bias_and_norm(p: torch.Tensor) -> bool:
     return p.ndim == 1
 
 
+def lars_clip_mode(clip: str | bool) -> str:
+    """A LARS clipping rule by name; True and False (older configs) read as "trust" and "none"."""
+    if isinstance(clip, bool):
+        return "trust" if clip else "none"
+    if clip not in LARS_CLIPS:
+        raise ValueError(f"unknown LARS clipping {clip!r}: use one of {', '.join(LARS_CLIPS)}")
+    return clip
+
+
 class LARS(torch.optim.Optimizer):
-    """Layer-wise Adaptive Rate Scaling (You et al., 2017), as in the official VICReg code.
+    """Layer-wise Adaptive Rate Scaling (You et al., 2017) over all tensors at once (torch._foreach_*).
 
-    For each weight tensor ``w`` with gradient ``g``:
-        g <- g + weight_decay * w                      (not for biases / norms)
-        g <- g * eta * ||w|| / ||g||                   (trust ratio, not for biases / norms)
-        m <- momentum * m + g
-        w <- w - lr * m
+    For each weight tensor ``w`` with gradient ``g`` (biases and norms, ``exclude``, take plain
+    momentum SGD: d = g):
+        d = g + weight_decay * w
+        d = d * trust,  trust = eta * ||w|| / ||d||        (1 when either norm is 0; the official code)
+        m = momentum * m + d
+        w = w - lr * m
 
-    ``clip=True`` caps the trust ratio at 1: a weight tensor's step is lr * min(trust, 1), so no
-    layer moves faster than plain momentum SGD at lr would move it (the idea of solo-learn's
-    ``clip_lr``, used with eta 0.02 in its CIFAR recipes).
+    ``clip`` chooses how the rate is capped:
+    - ``"none"``: as above (the official code);
+    - ``"trust"``: trust capped at 1, a step of lr * min(trust, 1);
+    - ``"solo-learn"``: solo-learn's ``clip_lr``: trust = eta ||w|| / (||g|| + wd ||w|| + 1e-8), and
+      d = (g + wd w) * min(trust / lr, 1), a step of min(trust, lr): the rate is capped at lr.
+
+    ``lr`` may be a 0-d tensor (then ``set_lr`` writes into it): a CUDA graph of the step then reads
+    each step's rate from it. The step makes a fixed, small number of tensor ops, whatever the number
+    of parameter tensors, and never waits for the device.
     """
 
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict],
-        lr: float = 0.0,
+        lr: float | torch.Tensor = 0.0,
         weight_decay: float = 0.0,
         momentum: float = 0.9,
         eta: float = 0.001,
-        clip: bool = False,
+        clip: str | bool = "none",
         exclude=exclude_bias_and_norm,
     ) -> None:
-        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta, clip=clip)
+        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta, clip=lars_clip_mode(clip))
         super().__init__(params, defaults)
         self.exclude = exclude
 
@@ -60,42 +77,54 @@ class LARS(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                dp = p.grad
-                if not self.exclude(p):
-                    dp = dp.add(p, alpha=group["weight_decay"])
-                    param_norm = torch.norm(p)
-                    update_norm = torch.norm(dp)
-                    one = torch.ones_like(param_norm)
-                    # trust ratio eta * ||w|| / ||g||; 1 when either norm is zero
-                    trust = torch.where(
-                        param_norm > 0.0,
-                        torch.where(update_norm > 0.0, group["eta"] * param_norm / update_norm, one),
-                        one,
-                    )
-                    if group["clip"]:
-                        trust = torch.clamp(trust, max=1.0)
-                    dp = dp.mul(trust)
-                state = self.state[p]
-                if "mu" not in state:
-                    state["mu"] = torch.zeros_like(p)
-                mu = state["mu"]
-                mu.mul_(group["momentum"]).add_(dp)
-                p.add_(mu, alpha=-group["lr"])
+            params = [p for p in group["params"] if p.grad is not None]
+            adapted = [p for p in params if not self.exclude(p)]
+            plain = [p for p in params if self.exclude(p)]
+            updates = list(self._adapted_updates(adapted, group)) + [p.grad for p in plain]
+            momenta = [self._momentum(p) for p in adapted + plain]
+            torch._foreach_mul_(momenta, group["momentum"])
+            torch._foreach_add_(momenta, updates)  # m = momentum m + d
+            lr = group["lr"]
+            if isinstance(lr, torch.Tensor):
+                torch._foreach_sub_(adapted + plain, torch._foreach_mul(momenta, lr))  # w = w - lr m
+            else:
+                torch._foreach_add_(adapted + plain, momenta, alpha=-lr)
         return loss
 
+    def _momentum(self, p: torch.Tensor) -> torch.Tensor:
+        state = self.state[p]
+        if "mu" not in state:
+            state["mu"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state["mu"]
 
-def default_lr(optimizer: str, batch_size: int) -> float:
-    """Adam: 2e-4 (blog post). LARS: base lr 0.2 scaled linearly by batch_size / 256 (official code)."""
-    if optimizer == "adam":
-        return 2e-4
-    return 0.2 * batch_size / 256
+    @staticmethod
+    def _adapted_updates(weights: list[torch.Tensor], group: dict) -> list[torch.Tensor]:
+        """d for every adapted weight tensor: decayed and scaled by its trust ratio (one op per line)."""
+        if not weights:
+            return []
+        grads = [w.grad for w in weights]
+        wd, eta, lr = group["weight_decay"], group["eta"], group["lr"]
+        weight_norms = torch.stack(torch._foreach_norm(weights))  # (k,)
+        if group["clip"] == "solo-learn":
+            grad_norms = torch.stack(torch._foreach_norm(grads))
+            trust = eta * weight_norms / (grad_norms + wd * weight_norms + 1e-8)
+            active = (weight_norms > 0) & (grad_norms > 0)  # solo-learn leaves d = g otherwise
+            scale = torch.where(active, torch.clamp(trust / lr, max=1.0), 1.0)  # min(trust / lr, 1)
+            decay = torch.where(active, wd, 0.0)
+            updates = torch._foreach_add(grads, torch._foreach_mul(weights, list(decay.unbind(0))))
+        else:
+            updates = torch._foreach_add(grads, weights, alpha=wd)
+            update_norms = torch.stack(torch._foreach_norm(updates))
+            ok = (weight_norms > 0) & (update_norms > 0)
+            scale = torch.where(ok, eta * weight_norms / update_norms, 1.0)
+            if group["clip"] == "trust":
+                scale = scale.clamp(max=1.0)
+        torch._foreach_mul_(updates, list(scale.unbind(0)))
+        return updates
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, eta: float = 0.001,
-                    clip: bool = False) -> torch.optim.Optimizer:
+                    clip: str | bool = "none") -> torch.optim.Optimizer:
     """The optimizer called ``name`` ("adam" | "lars") over all parameters of ``model``;
     eta and clip are LARS's (see ``LARS``)."""
     if name == "adam":
@@ -136,9 +165,9 @@ def lr_at_step(
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's learning rate; a tensor rate (a graphed step's) is written in place."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
-
-
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .augment import BatchAugment, two_views_transform
+from .augment import BatchAugment, get_recipe, two_views_transform
 from .checkpoint import CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import TrainConfig, resume_differences
 from .data import load_dataset, random_subset
@@ -188,7 +188,7 @@ def _views(run: Run, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor
     if not batches:
         return
     loader = torch.utils.data.DataLoader(
-        _TwoViewDataset(run.train_images, two_views_transform(run.config.recipe)),
+        _TwoViewDataset(run.train_images, two_views_transform(get_recipe(run.config.recipe, run.config.crop_interpolation))),
         batch_size=batches[0].shape[0], sampler=torch.cat(batches).tolist(), num_workers=run.config.num_workers,
         pin_memory=run.device.type == "cuda", drop_last=True, generator=run.perm_generator)
     for view1, view2 in loader:
@@ -242,7 +242,7 @@ def prepare_run(config: TrainConfig, dist: DistInfo, out_dir: Path) -> Run:
         eval_images=eval_images, eval_labels=eval_labels, num_classes=num_classes, model=model,
         train_model=train_model, optimizer=optimizer,
         loss_fn=VICRegLoss(config.lam, config.mu, config.nu, convention=config.loss),
-        augment=BatchAugment(config.recipe).to(device),
+        augment=BatchAugment(get_recipe(config.recipe, config.crop_interpolation)).to(device),
         perm_generator=torch.Generator().manual_seed(config.seed),
         augment_generator=torch.Generator(device=device).manual_seed(config.seed + 1 + dist.rank),
         use_amp=use_amp, channels_last=channels_last,
