@@ -117,6 +117,9 @@ class TrainConfig:
                                  choices=SWITCH_MODES)
     compile: str = _bookkeeping("off", "torch.compile the model: auto = on for CUDA (the first steps "
                                        "are slow)", choices=SWITCH_MODES)
+    cuda_graph: str = _bookkeeping("auto", "capture the whole training step in a CUDA graph (no launch overhead): "
+                                           "auto = on for CUDA with LARS and the batched pipeline",
+                                   choices=SWITCH_MODES)
     # bookkeeping
     out_dir: str = _bookkeeping("runs/vicreg", "folder for config.json, metrics.jsonl and checkpoint.pt",
                                 per_setting=True)

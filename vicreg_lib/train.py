@@ -105,6 +105,7 @@ class Run:
     use_amp: bool
     channels_last: bool
     steps_per_epoch: int
+    graphed_step: GraphedStep | None = None  # the step in a CUDA graph (None: training_step, eagerly)
     epoch: int = 0  # the epoch in progress, or the last completed one when epoch_step == 0
     step: int = 0  # optimizer steps taken
     epoch_step: int = 0  # steps taken in the epoch in progress
@@ -150,6 +151,92 @@ def training_step(model: nn.Module, loss_fn: VICRegLoss, optimizer: torch.optim.
     loss.total.backward()
     optimizer.step()
     return loss
+
+
+class GraphedStep:
+    """``training_step`` captured once in a CUDA graph and replayed: no Python and no launches per step.
+
+        step = GraphedStep(model, loss_fn, optimizer, use_amp)
+        terms = step(view1, view2, lr)   # the first WARMUP_STEPS calls run eagerly, then one capture
+
+    The graph holds static buffers: each call copies the views into them and writes the learning
+    rate into a 0-d tensor that the optimizer reads (``LARS`` takes a tensor lr), so the schedule
+    still applies. The returned loss terms live in the graph's buffers: read them before the next
+    call. The warm-up steps are real steps (on a side stream, as CUDA graph capture asks), so no
+    batch is lost. If capture fails, every later call runs ``training_step`` and ``why_eager`` says why.
+    """
+
+    WARMUP_STEPS = 3
+
+    def __init__(self, model: nn.Module, loss_fn: VICRegLoss, optimizer: torch.optim.Optimizer,
+                 use_amp: bool) -> None:
+        self.model, self.loss_fn, self.optimizer, self.use_amp = model, loss_fn, optimizer, use_amp
+        self.calls = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.why_eager: str | None = None
+        self.lr = torch.zeros((), device=next(model.parameters()).device)
+
+    @property
+    def graphed(self) -> bool:
+        return self.graph is not None
+
+    def __call__(self, view1: torch.Tensor, view2: torch.Tensor, lr: float) -> LossTerms:
+        self.calls += 1
+        if self.graph is not None:
+            self.static_views[0].copy_(view1)
+            self.static_views[1].copy_(view2)
+            self.lr.fill_(lr)
+            self.graph.replay()
+            return self.static_terms
+        if self.why_eager is not None or self.calls <= self.WARMUP_STEPS:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                terms = training_step(self.model, self.loss_fn, self.optimizer, view1, view2, lr, self.use_amp)
+            torch.cuda.current_stream().wait_stream(side)
+            return terms
+        return self._capture(view1, view2, lr)
+
+    def _capture(self, view1: torch.Tensor, view2: torch.Tensor, lr: float) -> LossTerms:
+        self.static_views = (view1.clone(), view2.clone())
+        self.lr.fill_(lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        self.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                # autocast's weight cache would hold casts made during capture: off inside a graph
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_amp, cache_enabled=False):
+                    z1, z2 = self.model(*self.static_views)  # (b, d) each
+                self.static_terms = self.loss_fn(z1, z2)
+                self.static_terms.total.backward()
+                self.optimizer.step()
+        except Exception as error:  # noqa: BLE001 - any capture failure falls back to eager steps
+            self.why_eager = f"CUDA graph capture failed ({type(error).__name__}: {str(error).splitlines()[0]})"
+            warnings.warn(f"{self.why_eager}; training continues without the graph", RuntimeWarning, stacklevel=3)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.optimizer.zero_grad(set_to_none=True)
+            return training_step(self.model, self.loss_fn, self.optimizer, view1, view2, lr, self.use_amp)
+        self.graph = graph
+        graph.replay()  # capture only records: this runs the step
+        return self.static_terms
+
+
+def graph_refusal(config: TrainConfig, device: torch.device, distributed: bool) -> str | None:
+    """Why the run's step is not captured in a CUDA graph (None: it is)."""
+    if config.cuda_graph == "off":
+        return "cuda_graph is off"
+    if device.type != "cuda":
+        return "CUDA graphs need a CUDA device" if config.cuda_graph == "on" else "not on CUDA"
+    if distributed:
+        return "not under DDP (its gradient hooks talk to other processes)"
+    if config.optimizer != "lars":
+        return "the graphed step needs LARS (it reads a tensor learning rate)"
+    if config.pipeline != "batched":
+        return "the dataloader pipeline feeds the step from the host"
+    return None
 
 
 # ----------------------------------------------------------------------------- input pipelines
@@ -237,11 +324,16 @@ def prepare_run(config: TrainConfig, dist: DistInfo, out_dir: Path) -> Run:
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile == "on" or (config.compile == "auto" and device.type == "cuda"):
         train_model = torch.compile(train_model)
+    use_graph = graph_refusal(config, device, dist.enabled) is None
+    if config.cuda_graph == "on" and not use_graph:
+        raise ValueError(f"cuda_graph is on but {graph_refusal(config, device, dist.enabled)}; "
+                         f"use cuda_graph auto or off")
+    loss_fn = VICRegLoss(config.lam, config.mu, config.nu, convention=config.loss)
     return Run(
         config=config, dist=dist, out_dir=out_dir, train_images=train_images, train_labels=train_labels,
         eval_images=eval_images, eval_labels=eval_labels, num_classes=num_classes, model=model,
-        train_model=train_model, optimizer=optimizer,
-        loss_fn=VICRegLoss(config.lam, config.mu, config.nu, convention=config.loss),
+        train_model=train_model, optimizer=optimizer, loss_fn=loss_fn,
+        graphed_step=GraphedStep(train_model, loss_fn, optimizer, use_amp) if use_graph else None,
         augment=BatchAugment(get_recipe(config.recipe, config.crop_interpolation)).to(device),
         perm_generator=torch.Generator().manual_seed(config.seed),
         augment_generator=torch.Generator(device=device).manual_seed(config.seed + 1 + dist.rank),
@@ -290,6 +382,18 @@ def _augment_states(run: Run) -> list[torch.Tensor]:
     return states
 
 
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The first group's learning rate as a number (a graphed step keeps it in a tensor)."""
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """optimizer.state_dict() with plain-number learning rates, whatever device the step reads them on."""
+    state = optimizer.state_dict()
+    state["param_groups"] = [{**group, "lr": float(group["lr"])} for group in state["param_groups"]]
+    return state
+
+
 def save_state(run: Run) -> None:
     """Write everything a resumed run needs to out_dir/checkpoint.pt (main process; atomic).
 
@@ -305,7 +409,7 @@ def save_state(run: Run) -> None:
     rng["augment"] = augment_states
     state = {
         "arch": run.config.arch(), "config": run.config.to_dict(), "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(), "epoch": run.epoch, "step": run.step,
+        "optimizer": _optimizer_state(run.optimizer), "epoch": run.epoch, "step": run.step,
         "epoch_step": run.epoch_step, "device_type": run.device.type, "rng": rng,
     }
     if mid_epoch:
@@ -329,7 +433,7 @@ def _diverged(run: Run, what: str) -> TrainingDiverged:
              else "no checkpoint was saved")
     return TrainingDiverged(
         f"{what} in epoch {run.epoch} by optimizer step {run.step} "
-        f"(lr {run.optimizer.param_groups[0]['lr']:.3g}); lower the learning rate (--lr) or check lam/mu/nu "
+        f"(lr {current_lr(run.optimizer):.3g}); lower the learning rate (--lr) or check lam/mu/nu "
         f"(now {run.config.lam}/{run.config.mu}/{run.config.nu}); {saved}")
 
 
@@ -366,8 +470,11 @@ def train_one_epoch(run: Run, stop: StopSignals, bar) -> None:
         if run.channels_last:
             view1 = view1.contiguous(memory_format=torch.channels_last)
             view2 = view2.contiguous(memory_format=torch.channels_last)
-        loss = training_step(run.train_model, run.loss_fn, run.optimizer, view1, view2,
-                             lr_at_step(run.step, **schedule), run.use_amp)
+        lr = lr_at_step(run.step, **schedule)
+        if run.graphed_step is not None:
+            loss = run.graphed_step(view1, view2, lr)
+        else:
+            loss = training_step(run.train_model, run.loss_fn, run.optimizer, view1, view2, lr, run.use_amp)
         run.step += 1
         run.epoch_step += 1
         run.epoch_sums += torch.stack([loss.total, loss.invariance, loss.variance, loss.covariance]).detach()
@@ -400,7 +507,7 @@ def epoch_record(run: Run, train_time: float) -> dict[str, Any]:
     totals = (run.epoch_sums / max(run.epoch_step, 1)).tolist()
     record = {"epoch": run.epoch, "step": run.step, "loss": totals[0], "invariance": totals[1],
               "variance": totals[2], "covariance": totals[3], **_heldout_spread(run),
-              "lr": run.optimizer.param_groups[0]["lr"], "train_time_s": train_time,
+              "lr": current_lr(run.optimizer), "train_time_s": train_time,
               "images_per_s": _steps_timed(run) * run.config.batch_size / train_time}
     if run.epoch_step < run.steps_per_epoch:
         record["steps"] = run.epoch_step  # a max_steps run stopped inside this epoch
