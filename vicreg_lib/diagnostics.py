@@ -48,6 +48,8 @@ import math
 
 import torch
 
+from .loss import check_embeddings
+
 __all__ = [
     "COLLAPSED", "DIMENSIONAL_COLLAPSE", "HEALTHY", "HELDOUT_BATCH_SIZE",
     "heldout_batch", "per_dim_std", "covariance_matrix", "correlation_matrix", "singular_values",
@@ -67,15 +69,7 @@ _FLOAT64_EPS = torch.finfo(torch.float64).eps
 
 
 def _as_float64(z: torch.Tensor) -> torch.Tensor:
-    if not isinstance(z, torch.Tensor):
-        raise ValueError(f"z must be a torch.Tensor of shape (n, d), got {type(z).__name__}")
-    if z.dim() != 2:
-        raise ValueError(
-            f"z must be 2-D (n, d) embeddings, got shape {tuple(z.shape)}; "
-            "flatten it first, e.g. z.flatten(1)"
-        )
-    if z.shape[0] < 2 or z.shape[1] < 1:
-        raise ValueError(f"z needs at least 2 samples and 1 dimension, got shape {tuple(z.shape)}")
+    check_embeddings(z)
     return z.detach().to(torch.float64)
 
 

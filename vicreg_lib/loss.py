@@ -30,8 +30,7 @@ github.com/augustwester/vicreg):
 
 This module follows the **official code** by default (``convention="official"``).
 Whether the paper's lam = mu = 25, nu = 1 were tuned with the summed (eq. 6) or the
-averaged (code) variance is not stated anywhere we know of (official issues #8 and #26
-ask, unanswered). Under the paper's literal equations the same coefficients would weight
+averaged (code) variance is stated neither in the paper nor in the official code. Under the paper's literal equations the same coefficients would weight
 invariance d times more and variance twice as much. ``convention="blog"`` computes what
 the blog post's code computes: ``relu(1 - z.std(0)).mean()`` per view, the two summed.
 
@@ -69,7 +68,8 @@ class LossTerms(NamedTuple):
     covariance: torch.Tensor  # c(Z) + c(Z')
 
 
-def _check_embeddings(z: torch.Tensor, name: str = "z") -> None:
+def check_embeddings(z: torch.Tensor, name: str = "z") -> None:
+    """Raise ValueError unless z is a (n, d) tensor with n >= 2 (shape only: no wait for the device)."""
     if not isinstance(z, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of shape (n, d), got {type(z).__name__}")
     if z.dim() != 2:
@@ -96,31 +96,28 @@ def _check_coefficient(value: float, name: str) -> None:
         raise ValueError(f"{name} must be >= 0, got {value!r}; pass a non-negative number")
 
 
-def _float32(z: torch.Tensor) -> torch.Tensor:
-    # Autocast only touches the ops it lists; casting explicitly covers bf16 inputs too.
-    return z.to(torch.float32)
+def _check_convention(convention: str) -> None:
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown loss convention {convention!r}: use one of {', '.join(CONVENTIONS)}")
 
 
-def variance_loss(z: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
+def variance_loss(z: torch.Tensor, gamma: float = 1.0, eps: float | None = 1e-4) -> torch.Tensor:
     """Hinge on the per-dimension standard deviation, eq. (1)-(2).
 
     v(Z) = 1/d sum_j max(0, gamma - sqrt(Var(z^j) + eps))
 
     z: (n, d). Returns a float32 scalar. ``Var`` is unbiased (divides by n-1).
     ``eps`` keeps the gradient finite when a dimension has collapsed: the
-    derivative of sqrt(v) is 1/(2 sqrt(v)), infinite at v = 0.
+    derivative of sqrt(v) is 1/(2 sqrt(v)), infinite at v = 0. ``eps=None`` is the
+    blog code's ``z.std(0)``.
     """
-    _check_embeddings(z)
+    check_embeddings(z)
     _check_coefficient(gamma, "gamma")
-    _check_coefficient(eps, "eps")
-    return _variance(z, gamma, eps)
-
-
-def _variance(z: torch.Tensor, gamma: float, eps: float | None) -> torch.Tensor:
-    """v(Z) without input checks; eps None: the blog code's ``z.std(0)``."""
+    if eps is not None:
+        _check_coefficient(eps, "eps")
     with torch.autocast(device_type=z.device.type, enabled=False):
-        z = _float32(z)
-        std = z.std(dim=0) if eps is None else torch.sqrt(z.var(dim=0) + eps)  # S(z^j, eps), (d,)
+        z = z.float()  # autocast only touches the ops it lists: bf16 inputs are cast here
+        std = z.std(dim=0) if eps is None else torch.sqrt(z.var(dim=0) + eps)  # S(z^j, eps), (d,), eq. (2)
         return F.relu(gamma - std).mean()  # eq. (1)
 
 
@@ -132,13 +129,15 @@ def invariance_loss(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
 
     z1, z2: (n, d). Returns a float32 scalar.
     """
-    _check_pair(z1, z2)
-    return _invariance(z1, z2)
-
-
-def _invariance(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    check_embeddings(z1, "z1")
+    check_embeddings(z2, "z2")
+    if z1.shape != z2.shape:
+        raise ValueError(
+            f"z1 and z2 must have the same shape (n, d), got {tuple(z1.shape)} and "
+            f"{tuple(z2.shape)}; row i of each must embed two views of the same image"
+        )
     with torch.autocast(device_type=z1.device.type, enabled=False):
-        return F.mse_loss(_float32(z1), _float32(z2))  # s(Z, Z') / d, eq. (5)
+        return F.mse_loss(z1.float(), z2.float())  # s(Z, Z') / d, eq. (5)
 
 
 def covariance_loss(z: torch.Tensor) -> torch.Tensor:
@@ -149,13 +148,9 @@ def covariance_loss(z: torch.Tensor) -> torch.Tensor:
     z: (n, d). Returns a float32 scalar. Dividing by d (not d*(d-1)) is the
     paper's and the official code's choice; it makes the term grow with d.
     """
-    _check_embeddings(z)
-    return _covariance(z)
-
-
-def _covariance(z: torch.Tensor) -> torch.Tensor:
+    check_embeddings(z)
     with torch.autocast(device_type=z.device.type, enabled=False):
-        z = _float32(z)
+        z = z.float()
         n, d = z.shape
         centred = z - z.mean(dim=0)
         cov = centred.T @ centred / (n - 1)  # C(Z), (d, d), eq. (3)
@@ -163,29 +158,40 @@ def _covariance(z: torch.Tensor) -> torch.Tensor:
         return off_diagonal.pow(2).sum() / d  # eq. (4)
 
 
-def _check_pair(z1: torch.Tensor, z2: torch.Tensor) -> None:
-    _check_embeddings(z1, "z1")
-    _check_embeddings(z2, "z2")
-    if z1.shape != z2.shape:
-        raise ValueError(
-            f"z1 and z2 must have the same shape (n, d), got {tuple(z1.shape)} and "
-            f"{tuple(z2.shape)}; row i of each must embed two views of the same image"
-        )
+def vicreg_loss(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    lam: float = 25.0,
+    mu: float = 25.0,
+    nu: float = 1.0,
+    gamma: float = 1.0,
+    eps: float = 1e-4,
+    convention: str = "official",
+) -> LossTerms:
+    """The VICReg objective: ``LossTerms(total, invariance, variance, covariance)``, float32 scalars.
 
-
-def _check_convention(convention: str) -> None:
-    if convention not in CONVENTIONS:
-        raise ValueError(f"unknown loss convention {convention!r}: use one of {', '.join(CONVENTIONS)}")
-
-
-class VICRegLoss(nn.Module):
-    """The VICReg objective as a module (as lightly and solo-learn name it); coefficients are
-    checked once here, so the training step computes without re-validating.
-
-    ``VICRegLoss(25, 25, 1)(z1, z2)`` -> ``LossTerms(total, invariance, variance, covariance)``.
+    z1, z2: (n, d) embeddings of two views (row i of each from the same image). The three terms
+    are unweighted, so ``total`` can be rebuilt from them. ``VICRegLoss`` is the same with its
+    coefficients checked once; this function does not check them.
     convention "official": total = lam * MSE(Z, Z') + mu * (v(Z) + v(Z')) / 2 + nu * (c(Z) + c(Z'));
     "blog": the variance terms use ``z.std(0)`` (no eps) and are summed, not averaged.
     Compare the paper's eq. (6): lam s(Z,Z') + mu [v(Z) + v(Z')] + nu [c(Z) + c(Z')].
+    """
+    _check_convention(convention)
+    invariance = invariance_loss(z1, z2)
+    if convention == "blog":
+        variance = variance_loss(z1, gamma, None) + variance_loss(z2, gamma, None)
+    else:
+        variance = (variance_loss(z1, gamma, eps) + variance_loss(z2, gamma, eps)) / 2
+    covariance = covariance_loss(z1) + covariance_loss(z2)
+    total = lam * invariance + mu * variance + nu * covariance  # eq. (6), with the code's conventions
+    return LossTerms(total, invariance, variance, covariance)
+
+
+class VICRegLoss(nn.Module):
+    """``vicreg_loss`` as a module (as lightly and solo-learn name it), its coefficients checked once.
+
+    ``VICRegLoss(25, 25, 1)(z1, z2)`` -> ``LossTerms(total, invariance, variance, covariance)``.
     """
 
     def __init__(self, lam: float = 25.0, mu: float = 25.0, nu: float = 1.0, gamma: float = 1.0,
@@ -201,31 +207,4 @@ class VICRegLoss(nn.Module):
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> LossTerms:
         """z1, z2: (n, d) embeddings of two views (row i of each from the same image)."""
-        invariance = _invariance(z1, z2)
-        if self.convention == "blog":
-            variance = _variance(z1, self.gamma, None) + _variance(z2, self.gamma, None)
-        else:
-            variance = (_variance(z1, self.gamma, self.eps) + _variance(z2, self.gamma, self.eps)) / 2
-        covariance = _covariance(z1) + _covariance(z2)
-        total = self.lam * invariance + self.mu * variance + self.nu * covariance
-        return LossTerms(total, invariance, variance, covariance)
-
-
-def vicreg_loss(
-    z1: torch.Tensor,
-    z2: torch.Tensor,
-    lam: float = 25.0,
-    mu: float = 25.0,
-    nu: float = 1.0,
-    gamma: float = 1.0,
-    eps: float = 1e-4,
-    convention: str = "official",
-) -> LossTerms:
-    """The VICReg objective (see ``VICRegLoss``), with its inputs checked.
-
-    z1, z2: (n, d) embeddings of two views (row i of each from the same image).
-    Returns ``LossTerms(total, invariance, variance, covariance)``, float32
-    scalars; the three terms are unweighted, so ``total`` can be rebuilt from them.
-    """
-    _check_pair(z1, z2)
-    return VICRegLoss(lam, mu, nu, gamma, eps, convention)(z1, z2)
+        return vicreg_loss(z1, z2, self.lam, self.mu, self.nu, self.gamma, self.eps, self.convention)
