@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from vicreg_lib.distributed import gather_with_grad, get_world_size, init_distributed, is_main_process
+from vicreg_lib.hardware import gather_with_grad, get_world_size, init_distributed, is_main_process
 from vicreg_lib.loss import vicreg_loss
 
 WORLD_SIZE = 2

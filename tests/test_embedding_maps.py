@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from vicreg_lib.embedding_maps import nearest_neighbors, umap_2d
+from vicreg_lib.tutorial.embedding_maps import nearest_neighbors, umap_2d
 
 
 def test_nearest_neighbors_matches_brute_force_cosine():

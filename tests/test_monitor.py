@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import pytest
 
 from vicreg_lib.cli import build_parser, config_from_args
-from vicreg_lib.monitor import launch, pretrain_command, watch_run
+from vicreg_lib.tutorial.monitor import launch, pretrain_command, watch_run
 from vicreg_lib.config import TrainConfig
 
 

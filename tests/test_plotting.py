@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from vicreg_lib.data import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
-from vicreg_lib.plotting import (  # noqa: E402
+from vicreg_lib.tutorial.plotting import (  # noqa: E402
     METRIC_PANELS,
     LiveMetricsFigure,
     _spread_points,
@@ -97,7 +97,7 @@ def test_importing_plotting_leaves_matplotlib_unloaded():
     import subprocess
     import sys
 
-    code = "import sys, vicreg_lib.plotting; print('matplotlib' in sys.modules)"
+    code = "import sys, vicreg_lib.tutorial.plotting; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from vicreg_lib.device import resolve_device
-from vicreg_lib.settings import find_checkout, notebook_settings
+from vicreg_lib.hardware import resolve_device
+from vicreg_lib.tutorial.notebook_env import find_checkout, notebook_settings
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,15 +19,14 @@ from .diagnostics import (
     per_dim_std,
     singular_values,
 )
-from .distributed import gather_with_grad, init_distributed, is_main_process
+from .hardware import gather_with_grad, init_distributed, is_main_process
 from .evaluate import evaluate_checkpoint, extract_features, knn_accuracy, label_efficiency, linear_probe
 from .config import PRESETS, TrainConfig
 from .loss import LossTerms, VICRegLoss, covariance_loss, invariance_loss, variance_loss, vicreg_loss
-from .embedding_maps import nearest_neighbors, umap_2d
+from .tutorial.embedding_maps import nearest_neighbors, umap_2d
 from .model import VICReg, Projector, build_model, parse_projector_spec, resnet18_cifar
-from .monitor import launch, pretrain_command, watch_run
-from .settings import notebook_settings
-from .progress import progress_bar
+from .tutorial.monitor import launch, pretrain_command, watch_run
+from .tutorial.notebook_env import notebook_settings
 from .supervised import train_supervised
 from .runfolder import read_config, read_metrics
 from .train import PretrainResult, RunInterrupted, TrainingDiverged, pretrain, training_step
@@ -41,7 +40,7 @@ __all__ = [
     "invariance_loss", "is_main_process", "knn_accuracy", "label_efficiency", "launch", "linear_probe",
     "load_checkpoint", "load_dataset", "load_pretrained", "LossTerms", "nearest_neighbors",
     "notebook_settings", "PAPER_ABLATION", "parse_projector_spec", "per_dim_std", "PRESETS", "pretrain",
-    "pretrain_command", "PretrainResult", "progress_bar", "Projector", "random_subset", "read_config",
+    "pretrain_command", "PretrainResult", "Projector", "random_subset", "read_config",
     "read_metrics", "RECIPES", "resnet18_cifar", "run_ablation", "RunInterrupted", "save_checkpoint",
     "singular_values", "train_supervised", "TrainConfig", "training_step", "TrainingDiverged",
     "two_views_transform", "umap_2d", "variance_loss", "VICReg", "vicreg_loss", "VICRegLoss", "watch_run",

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from . import train
 from .config import TrainConfig, field_names
@@ -46,7 +47,6 @@ from .evaluate import extract_features, knn_accuracy, linear_probe
 from .features import normalize_images
 from .files import atomic_write
 from .model import build_model, calibrate_batchnorm
-from .progress import progress_bar
 from .runfolder import read_metrics
 
 __all__ = [
@@ -276,7 +276,7 @@ def run_ablation(
     start = time.perf_counter()
     data_fingerprint = _data_fingerprint(config)
     rows: list[dict[str, Any]] = []
-    with progress_bar(settings, total=len(settings), desc="ablation", disable=not progress) as bar:
+    with tqdm(settings, total=len(settings), desc="ablation", disable=not progress) as bar:
         for setting in bar:
             setting_config = dataclasses.replace(config, lam=setting[0], mu=setting[1], nu=setting[2])
             key = cache_key(setting_config, probe, data_fingerprint)

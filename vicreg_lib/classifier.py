@@ -34,9 +34,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from .optim import SCHEDULES, lr_at_step, set_lr
-from .progress import progress_bar
 
 __all__ = ["CLASSIFIER_OPTIMIZERS", "SCHEDULE_UNITS", "ClassifierRecipe", "FitResult", "check_labels",
            "fit_classifier", "topk_accuracy"]
@@ -225,7 +225,7 @@ def fit_classifier(
     schedule = _Schedule(recipe, epochs, time_budget_s, steps_per_epoch)
     min_batch = 2 if _has_batchnorm(model) else 1
     shuffle_device = generator.device if generator is not None else device
-    bar = progress_bar(total=epochs * steps_per_epoch if epochs else round(time_budget_s), desc=desc,
+    bar = tqdm(total=epochs * steps_per_epoch if epochs else round(time_budget_s), desc=desc,
                        disable=not progress)
     result = FitResult()
     model.train()

@@ -17,7 +17,7 @@ import sys
 from typing import Callable, Sequence
 
 from .config import PRESETS, TrainConfig, field_names, field_type
-from .device import DEVICE_CHOICES, resolve_device
+from .hardware import DEVICE_CHOICES, resolve_device
 
 # ----------------------------------------------------------------------------- pretrain
 
@@ -85,7 +85,7 @@ def _slow_cpu_hint(config: TrainConfig) -> str | None:
 
 
 def run_pretrain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .distributed import is_main_process
+    from .hardware import is_main_process
     from .train import TrainingDiverged, pretrain
 
     try:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .augment import RECIPES
-from .device import DEVICE_CHOICES, check_device_text
+from .hardware import DEVICE_CHOICES, check_device_text
 from .loss import CONVENTIONS
 from .model import BACKBONES, parse_projector_spec
 from .optim import LARS_CLIPS, OPTIMIZERS, SCHEDULES, lars_clip_mode

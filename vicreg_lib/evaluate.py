@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from .checkpoint import load_pretrained
 from .classifier import check_labels
 from .data import default_data_spec, load_dataset, random_subset
-from .device import resolve_device
+from .hardware import resolve_device
 from .features import NonFiniteFeaturesError, extract_features, normalize_images, require_finite
 from .linear_eval import (
     PROTOCOL_SETTINGS,

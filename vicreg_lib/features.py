@@ -22,10 +22,10 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+from tqdm.auto import tqdm
 
 from .data import CIFAR10_MEAN, CIFAR10_STD
-from .device import resolve_device
-from .progress import progress_bar
+from .hardware import resolve_device
 
 __all__ = [
     "WHICH",
@@ -145,7 +145,7 @@ def extract_features(
 
     chunks = []
     starts = range(0, images.shape[0], batch_size)
-    bar = progress_bar(starts, total=math.ceil(images.shape[0] / batch_size), desc=f"features ({which})",
+    bar = tqdm(starts, total=math.ceil(images.shape[0] / batch_size), desc=f"features ({which})",
                        disable=not progress)
     with frozen(model, device), torch.inference_mode(), accelerator_autocast(device):
         for start in bar:

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .augment import BatchAugment, ViewRecipe, two_views_transform
+from .hardware import synchronize
 
 
 class TransformedImages(Dataset):
@@ -29,15 +30,6 @@ class TransformedImages(Dataset):
 
     def __getitem__(self, index: int):
         return self.transform(self.images[index])
-
-
-def synchronize(device: torch.device | str) -> None:
-    """Wait for the work queued on an accelerator (a no-op on the CPU), so a timer reads real time."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def per_image_throughput(

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .classifier import ClassifierRecipe, check_labels, fit_classifier
-from .device import resolve_device
+from .hardware import resolve_device
 from .features import normalize_images
 from .model import resnet18_cifar
 

@@ -39,19 +39,18 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .augment import BatchAugment, get_recipe, two_views_transform
 from .checkpoint import CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import TrainConfig, resume_differences
 from .data import load_dataset, random_subset
-from .device import precision_for
 from .diagnostics import HELDOUT_BATCH_SIZE, effective_rank, heldout_batch, per_dim_std
-from .distributed import DistInfo, gather_with_grad, init_distributed
+from .hardware import DistInfo, gather_with_grad, init_distributed, precision_for
 from .evaluate import extract_features, knn_accuracy
 from .loss import LossTerms, VICRegLoss
 from .model import VICReg, build_model
 from .optim import build_optimizer, lr_at_step, set_lr
-from .progress import progress_bar
 from .runfolder import (CHECKPOINT_NAME, RunLock, append_metrics, check_out_dir, clear_run, read_metrics,
                         rewrite_metrics, write_config)
 
@@ -645,7 +644,7 @@ def pretrain(config: TrainConfig) -> PretrainResult:
         run = prepare_run(config, dist, out_dir)
         _begin(run)
         first = run.epoch + 1 if run.epoch_step == 0 else run.epoch
-        bar = progress_bar(total=max((run.last_epoch - first + 1) * run.steps_per_epoch - run.epoch_step, 0),
+        bar = tqdm(total=max((run.last_epoch - first + 1) * run.steps_per_epoch - run.epoch_step, 0),
                            desc="pretrain", disable=not (config.progress and dist.is_main))
         run.model.train()
         try:

@@ -28,7 +28,7 @@ from typing import Mapping
 
 import torch
 
-from .device import resolve_device
+from ..hardware import resolve_device
 
 __all__ = ["NotebookSettings", "notebook_settings", "find_checkout"]
 

@@ -4,7 +4,7 @@
     similarities, indices = nearest_neighbors(query_feats, bank_feats, k=5)  # (q, k), (q, k)
 
 Only computation; the figures drawn from these (``plot_embedding_scatter``, ``plot_thumbnails``,
-``plot_retrieval``) are in ``vicreg_lib.plotting``. umap-learn is imported inside ``umap_2d``, so
+``plot_retrieval``) are in ``vicreg_lib.tutorial.plotting``. umap-learn is imported inside ``umap_2d``, so
 the package imports without it (umap's first import also compiles numba code, ~15 s).
 """
 from __future__ import annotations

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from vicreg_lib.data import CIFAR10_MEAN, CIFAR10_STD
+from ..data import CIFAR10_MEAN, CIFAR10_STD
 
 __all__ = [
     "to_display", "show_image_grid",

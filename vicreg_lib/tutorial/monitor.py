@@ -18,9 +18,10 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import TrainConfig
-from .progress import progress_bar
-from .runfolder import read_metrics
+from tqdm.auto import tqdm
+
+from ..config import TrainConfig
+from ..runfolder import read_metrics
 
 __all__ = ["pretrain_command", "launch", "watch_run"]
 
@@ -85,7 +86,7 @@ def watch_run(
     out_dir = Path(out_dir)
     start = time.monotonic()
     live = LiveMetricsFigure(total_epochs)
-    bar = progress_bar(total=total_epochs, desc="epochs", unit="epoch")
+    bar = tqdm(total=total_epochs, desc="epochs", unit="epoch")
     records: list[dict] = []
     try:  # an interrupted watch still closes the bar and the figure (the run goes on)
         while True:
