@@ -4,7 +4,7 @@ they draw the same augmentations.
     per-image: two_views_transform(recipe) in a torch DataLoader (workers 0, 2, os.cpu_count())
     batched:   BatchAugment(recipe) on whole batches, on the CPU (and on CUDA if available)
 
-An image counts once per pair of views. The timing functions live in vicreg_lib.speed (the notebooks
+An image counts once per pair of views. The timing functions live in vicreg_lib.tutorial.speed (the notebooks
 import them too). Then, for each op of each view of the recipe, switched on alone with the recipe's
 probability: how often each pipeline changes an image (blur with sigma 1-2, so that no blur is too
 faint to see); and the crop areas each pipeline draws, compared by a two-sample KS test.
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from common import check, run_info, write_json  # noqa: E402  (the script folder is on sys.path)
 from vicreg_lib.augment import BatchAugment, ViewRecipe, get_recipe, view_transform  # noqa: E402
 from vicreg_lib.data import CIFAR10_MEAN, CIFAR10_STD, load_dataset  # noqa: E402
-from vicreg_lib.speed import batched_throughput, per_image_throughput  # noqa: E402
+from vicreg_lib.tutorial.speed import batched_throughput, per_image_throughput  # noqa: E402
 
 OPS = {"flip": "flip_p", "colour jitter": "jitter_p", "grayscale": "gray_p", "blur": "blur_p",
        "solarize": "solarize_p"}

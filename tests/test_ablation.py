@@ -225,7 +225,7 @@ def test_plots_draw_one_line_per_setting(sweep):
 
     _, _, table = sweep
     fig, axes = plt.subplots(1, 4)
-    from vicreg_lib import plotting
+    from vicreg_lib.tutorial import plotting
 
     plotting.plot_ablation_std_history(table, axes[0])
     plotting.plot_ablation_std_per_dim(table, axes[1])

@@ -343,7 +343,7 @@ def test_bad_input_errors():
 
 
 def test_speed_functions_time_both_pipelines():
-    from vicreg_lib.speed import batched_throughput, per_image_throughput
+    from vicreg_lib.tutorial.speed import batched_throughput, per_image_throughput
 
     images = random_images(24)
     per_image = per_image_throughput(images, "fast", batch_size=8, workers=0)

@@ -145,6 +145,19 @@ def view_transform(view: ViewRecipe, size: int = 32):
     )
 
 
+class TransformedImages(torch.utils.data.Dataset):
+    """uint8 images (n, 3, h, w) -> transform(image), one image per item (for a DataLoader)."""
+
+    def __init__(self, images: torch.Tensor, transform) -> None:
+        self.images, self.transform = images, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.transform(self.images[index])
+
+
 class TwoViews:
     """Apply two view transforms to one image: image -> (view1, view2)."""
 

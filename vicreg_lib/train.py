@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .augment import BatchAugment, get_recipe, two_views_transform
+from .augment import BatchAugment, TransformedImages, get_recipe, two_views_transform
 from .checkpoint import CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import TrainConfig, resume_differences
 from .data import load_dataset, random_subset
@@ -241,19 +241,6 @@ def graph_refusal(config: TrainConfig, device: torch.device, distributed: bool) 
 # ----------------------------------------------------------------------------- input pipelines
 
 
-class _TwoViewDataset(torch.utils.data.Dataset):
-    """images: uint8 (N, 3, H, W); item i -> (view1, view2), each float (3, H, W)."""
-
-    def __init__(self, images: torch.Tensor, transform) -> None:
-        self.images, self.transform = images, transform
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(self.images[index])
-
-
 def _rank_batches(perm: torch.Tensor, batch_size: int, dist_info: DistInfo) -> list[torch.Tensor]:
     """Split a permutation (N,) into full global batches; keep this rank's slice of each.
 
@@ -274,7 +261,8 @@ def _views(run: Run, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor
     if not batches:
         return
     loader = torch.utils.data.DataLoader(
-        _TwoViewDataset(run.train_images, two_views_transform(get_recipe(run.config.recipe, run.config.crop_interpolation))),
+        TransformedImages(run.train_images,
+                          two_views_transform(get_recipe(run.config.recipe, run.config.crop_interpolation))),
         batch_size=batches[0].shape[0], sampler=torch.cat(batches).tolist(), num_workers=run.config.num_workers,
         pin_memory=run.device.type == "cuda", drop_last=True, generator=run.perm_generator)
     for view1, view2 in loader:

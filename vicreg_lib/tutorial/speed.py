@@ -13,23 +13,10 @@ from __future__ import annotations
 import time
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from .augment import BatchAugment, ViewRecipe, two_views_transform
-from .hardware import synchronize
-
-
-class TransformedImages(Dataset):
-    """uint8 images (n, 3, h, w) -> transform(image), one image per item."""
-
-    def __init__(self, images: torch.Tensor, transform) -> None:
-        self.images, self.transform = images, transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int):
-        return self.transform(self.images[index])
+from ..augment import BatchAugment, TransformedImages, ViewRecipe, two_views_transform
+from ..hardware import synchronize
 
 
 def per_image_throughput(
