@@ -84,7 +84,7 @@ def test_presets_fill_in_and_options_override(tmp_path, capsys):
     argv = ["pretrain", "--preset", "blog", *TINY, "--max-steps", "1", "--eval-every", "0", "--out-dir", str(out)]
     assert main(argv) == 0
     stored = TrainConfig(**{**__import__("json").loads((out / "config.json").read_text()), "overwrite": False})
-    assert (stored.preset, stored.backbone, stored.loss, stored.optimizer, stored.width) == ("blog", "blog", "blog",
+    assert (stored.preset, stored.backbone, stored.loss_convention, stored.optimizer, stored.width) == ("blog", "blog", "blog",
                                                                                              "adam", 4)
 
 

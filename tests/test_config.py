@@ -20,7 +20,7 @@ from vicreg_lib.model import build_model
     ({"amp": "fp8"}, "unknown amp"),
     ({"schedule": "step"}, "unknown schedule"),
     ({"backbone": "resnet50"}, "unknown backbone"),
-    ({"loss": "paper"}, "unknown loss"),
+    ({"loss_convention": "paper"}, "unknown loss_convention"),
     ({"batch_size": 1}, "batch_size must be >= 2"),
     ({"epochs": 0}, "epochs must be >= 1"),
     ({"width": 2.5}, "width must be an integer"),
@@ -54,7 +54,7 @@ def test_field_sets_come_from_metadata():
     assert {"out_dir", "progress", "eval_every", "device", "compile"} <= resume_safe
     assert not {"lam", "lr", "width", "recipe", "epochs", "seed", "schedule"} & resume_safe
     in_key = set(field_names("cache_key"))
-    assert {"lam", "mu", "nu", "width", "data", "epochs", "recipe", "loss"} <= in_key
+    assert {"lam", "mu", "nu", "width", "data", "epochs", "recipe", "loss_convention"} <= in_key
     assert not {"out_dir", "progress", "resume", "overwrite", "log_every", "checkpoint_every"} & in_key
     assert set(field_names("per_setting")) == {"lam", "mu", "nu", "out_dir", "resume", "overwrite"}
 
@@ -69,12 +69,12 @@ def test_resume_allows_bookkeeping_changes_and_names_the_others():
 
 def test_presets_say_what_they_are():
     blog = TrainConfig.from_preset("blog")
-    assert (blog.preset, blog.backbone, blog.recipe, blog.loss, blog.optimizer, blog.lr, blog.weight_decay,
+    assert (blog.preset, blog.backbone, blog.recipe, blog.loss_convention, blog.optimizer, blog.lr, blog.weight_decay,
             blog.schedule, blog.batch_size, blog.epochs) == ("blog", "blog", "blog", "blog", "adam", 2e-4, 1e-6,
                                                             "constant", 256, 500)
     assert blog.projector == "1024-1024-1024-1024" and blog.projector_bias and blog.concat_views
     paper = TrainConfig.from_preset("paper")
-    assert (paper.optimizer, paper.lars_eta, paper.weight_decay, paper.warmup_epochs, paper.loss,
+    assert (paper.optimizer, paper.lars_eta, paper.weight_decay, paper.warmup_epochs, paper.loss_convention,
             paper.final_lr_ratio) == ("lars", 0.001, 1e-6, 10, "official", 0.001)
     fast = TrainConfig.from_preset("fast", width=16)
     assert (fast.width, fast.recipe, fast.lars_eta, fast.lars_clip, fast.weight_decay) == (16, "fast", 0.02, "trust",
@@ -122,3 +122,10 @@ def test_older_stored_configs_still_read():
     assert resume_differences(stored, TrainConfig.from_preset("fast")) == []
     stored["lars_clip"] = False
     assert resume_differences(stored, TrainConfig.from_preset("fast")) == ["lars_clip: checkpoint 'none', now 'trust'"]
+
+
+def test_a_stored_config_with_the_old_loss_key_reads_as_loss_convention():
+    stored = TrainConfig.from_preset("blog").to_dict()
+    stored["loss"] = stored.pop("loss_convention")  # as older versions stored it
+    assert TrainConfig.from_dict(stored).loss_convention == "blog"
+    assert resume_differences(stored, TrainConfig.from_preset("blog")) == []

@@ -70,7 +70,7 @@ def compare_with_library(step, steps: int = 2, **step_kwargs) -> None:
     config, model, view1, view2 = _setup()
     ours, theirs = copy.deepcopy(model), copy.deepcopy(model)
     our_optimizer, their_optimizer = _optimizer(ours, config), _optimizer(theirs, config)
-    loss_fn = VICRegLoss(config.lam, config.mu, config.nu, convention=config.loss)
+    loss_fn = VICRegLoss(config.lam, config.mu, config.nu, convention=config.loss_convention)
     for index in range(steps):
         our_terms = step(ours, our_optimizer, view1, view2, **step_kwargs)
         their_terms = training_step(theirs, loss_fn, their_optimizer, view1, view2, lr=config.lr)

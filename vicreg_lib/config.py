@@ -82,7 +82,7 @@ class TrainConfig:
     lam: float = _option(25.0, "invariance coefficient lambda", minimum=0.0, per_setting=True)
     mu: float = _option(25.0, "variance coefficient mu", minimum=0.0, per_setting=True)
     nu: float = _option(1.0, "covariance coefficient nu", minimum=0.0, per_setting=True)
-    loss: str = _option("official", "official: variance terms averaged, eps 1e-4; blog: summed, no eps",
+    loss_convention: str = _option("official", "official: variance terms averaged, eps 1e-4; blog: summed, no eps",
                         choices=CONVENTIONS)
     # optimisation
     batch_size: int = _option(256, "global batch size (split over processes when distributed)", minimum=2)
@@ -201,8 +201,11 @@ class TrainConfig:
 
 
 def upgrade_stored_config(stored: dict[str, Any]) -> dict[str, Any]:
-    """A stored config's dict with older versions' values read as today's (lars_clip was a bool)."""
+    """A stored config's dict with older versions' keys and values read as today's (``loss`` is now
+    ``loss_convention``; lars_clip was a bool)."""
     stored = dict(stored)
+    if "loss" in stored and "loss_convention" not in stored:  # renamed: it holds a convention's name
+        stored["loss_convention"] = stored.pop("loss")
     if isinstance(stored.get("lars_clip"), bool):
         stored["lars_clip"] = lars_clip_mode(stored["lars_clip"])
     return stored
@@ -279,7 +282,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # no eps, Adam 2e-4 at a constant lr, weight decay 1e-6, batch 256, 500 epochs.
     "blog": dict(
         backbone="blog", width=64, projector="1024-1024-1024-1024", projector_bias=True, concat_views=True,
-        recipe="blog", loss="blog", optimizer="adam", lr=2e-4, weight_decay=1e-6, schedule="constant",
+        recipe="blog", loss_convention="blog", optimizer="adam", lr=2e-4, weight_decay=1e-6, schedule="constant",
         warmup_epochs=0, batch_size=256, epochs=500,
     ),
     # The official code's conventions (main_vicreg.py) adapted to CIFAR-10 on one GPU:
@@ -294,7 +297,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     #   script's default).
     "paper": dict(
         backbone="cifar", width=64, projector="2048-2048-2048", projector_bias=False, concat_views=False,
-        recipe="paper", loss="official", optimizer="lars", lr=0.2, weight_decay=1e-6, lars_eta=0.001,
+        recipe="paper", loss_convention="official", optimizer="lars", lr=0.2, weight_decay=1e-6, lars_eta=0.001,
         lars_clip="none", schedule="warmup_cosine", warmup_epochs=10, final_lr_ratio=0.001,
         batch_size=256, epochs=100,
     ),
@@ -305,7 +308,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # torch.compile on a GPU. docs/design.md says what each choice was measured on.
     "fast": dict(
         backbone="cifar", width=64, projector="2048-2048-2048", projector_bias=False, concat_views=False,
-        recipe="fast", loss="official", optimizer="lars", lr=0.3, weight_decay=1e-4, lars_eta=0.02,
+        recipe="fast", loss_convention="official", optimizer="lars", lr=0.3, weight_decay=1e-4, lars_eta=0.02,
         lars_clip="trust", schedule="warmup_cosine", warmup_epochs=2, final_lr_ratio=0.001,
         batch_size=256, epochs=100, compile="auto",
     ),

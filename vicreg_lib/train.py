@@ -315,7 +315,7 @@ def prepare_run(config: TrainConfig, dist: DistInfo, out_dir: Path) -> Run:
     if config.cuda_graph == "on" and not use_graph:
         raise ValueError(f"cuda_graph is on but {graph_refusal(config, device, dist.enabled)}; "
                          f"use cuda_graph auto or off")
-    loss_fn = VICRegLoss(config.lam, config.mu, config.nu, convention=config.loss)
+    loss_fn = VICRegLoss(config.lam, config.mu, config.nu, convention=config.loss_convention)
     return Run(
         config=config, dist=dist, out_dir=out_dir, train_images=train_images, train_labels=train_labels,
         eval_images=eval_images, eval_labels=eval_labels, num_classes=num_classes, model=model,
