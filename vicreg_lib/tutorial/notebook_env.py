@@ -47,7 +47,7 @@ class NotebookSettings:
 
     notebook: its name (e.g. "05_linear_eval"); data: the data spec; data_root: where downloads
     and unpacked archives go; fast: quick settings for a first look; runs: the folder for runs,
-    checkpoints and caches; device: "cuda" or "cpu"; run: the run folder or weights file named in
+    checkpoints and caches; device: "cuda", "mps" or "cpu"; run: the run folder or weights file named in
     VICREG_RUN (None if unset); checkout: the repository root, None outside a checkout.
     """
 
@@ -80,7 +80,9 @@ class NotebookSettings:
                 "Full settings (VICREG_FAST=1 gives quick settings for a first look).")
         if self.device == "cpu":
             threads = torch.get_num_threads()
-            device = f"the CPU ({threads} thread{'s' if threads != 1 else ''}; no CUDA GPU found)"
+            device = f"the CPU ({threads} thread{'s' if threads != 1 else ''}; no GPU found)"
+        elif self.device == "mps":
+            device = "the Apple-silicon GPU (mps)"
         else:
             device = f"the GPU {self.device} ({torch.cuda.get_device_name(torch.device(self.device))})"
         text = (f"{self.notebook}: data {_shown_spec(self.data)} (VICREG_DATA); downloads and unpacked "
@@ -120,7 +122,8 @@ def notebook_settings(
     """The settings of `notebook` (its name, e.g. "05_linear_eval") from the environment.
 
     fast: True or False overrides VICREG_FAST (None: read it).
-    device: "auto" (a CUDA GPU when there is one, else the CPU), "cpu", "cuda" or "cuda:N".
+    device: "auto" (a CUDA GPU when there is one, else Apple's MPS, else the CPU), "cpu", "mps",
+    "cuda" or "cuda:N".
     environ: the variables to read (default ``os.environ``); start: the folder to look for the
     checkout from (default the current folder). Raises ValueError for a bad value (naming the
     variable and what it accepts) and FileNotFoundError when VICREG_RUN names nothing.
