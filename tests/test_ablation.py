@@ -13,7 +13,7 @@ import numpy as np
 from vicreg_lib import ablation, train
 from vicreg_lib.ablation import PAPER_ABLATION, AblationTable, parse_grid, run_ablation
 from vicreg_lib.config import TrainConfig
-from vicreg_lib.diagnostics import COLLAPSED, DIMENSIONAL_COLLAPSE, HEALTHY
+from vicreg_lib.eval.diagnostics import COLLAPSED, DIMENSIONAL_COLLAPSE, HEALTHY
 
 # width 4 (32-d representation h), projector 48-48-48 (48-d embedding z, so the two cannot be
 # confused), 64 synthetic train / 32 test images, batch 32: two steps per run

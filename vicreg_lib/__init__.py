@@ -11,7 +11,7 @@ from .ablation import PAPER_ABLATION, run_ablation
 from .augment import RECIPES, BatchAugment, two_views_transform
 from .checkpoint import CheckpointError, load_checkpoint, load_pretrained, save_checkpoint
 from .data import CIFAR10_MEAN, CIFAR10_STD, DataSpecError, default_data_spec, load_dataset, random_subset
-from .diagnostics import (
+from .eval.diagnostics import (
     collapse_report,
     correlation_matrix,
     covariance_matrix,
@@ -20,14 +20,14 @@ from .diagnostics import (
     singular_values,
 )
 from .hardware import gather_with_grad, init_distributed, is_main_process
-from .evaluate import evaluate_checkpoint, extract_features, knn_accuracy, label_efficiency, linear_probe
+from .eval.report import evaluate_checkpoint, extract_features, knn_accuracy, label_efficiency, linear_probe
 from .config import PRESETS, TrainConfig
 from .loss import LossTerms, VICRegLoss, covariance_loss, invariance_loss, variance_loss, vicreg_loss
 from .tutorial.embedding_maps import nearest_neighbors, umap_2d
 from .model import VICReg, Projector, build_model, parse_projector_spec, resnet18_cifar
 from .tutorial.monitor import launch, pretrain_command, watch_run
 from .tutorial.notebook_env import notebook_settings
-from .supervised import train_supervised
+from .eval.supervised import train_supervised
 from .runfolder import read_config, read_metrics
 from .train import PretrainResult, RunInterrupted, TrainingDiverged, pretrain, training_step
 

@@ -42,9 +42,9 @@ from tqdm.auto import tqdm
 from . import train
 from .config import TrainConfig, field_names
 from .data import fingerprint, load_dataset, random_subset
-from .diagnostics import COLLAPSED, HELDOUT_BATCH_SIZE, collapse_report, heldout_batch, effective_rank, per_dim_std, singular_values
-from .evaluate import extract_features, knn_accuracy, linear_probe
-from .features import normalize_images
+from .eval.diagnostics import COLLAPSED, HELDOUT_BATCH_SIZE, collapse_report, heldout_batch, effective_rank, per_dim_std, singular_values
+from .eval.report import extract_features, knn_accuracy, linear_probe
+from .eval.features import normalize_images
 from .files import atomic_write
 from .model import build_model, calibrate_batchnorm
 from .runfolder import read_metrics

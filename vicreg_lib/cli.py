@@ -115,7 +115,7 @@ def run_pretrain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    from .linear_eval import PROTOCOLS
+    from .eval.probes import PROTOCOLS
 
     parser.add_argument("checkpoint", help="a checkpoint.pt written by pretrain")
     parser.add_argument("--data", default=None, help="data spec to evaluate on (default: the one it was trained on)")
@@ -136,7 +136,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .evaluate import evaluate_checkpoint, format_table
+    from .eval.report import evaluate_checkpoint, format_table
 
     try:
         resolve_device(args.device)

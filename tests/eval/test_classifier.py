@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from vicreg_lib import classifier
-from vicreg_lib.classifier import ClassifierRecipe, check_labels, fit_classifier, topk_accuracy
+from vicreg_lib.eval import classifier
+from vicreg_lib.eval.classifier import ClassifierRecipe, check_labels, fit_classifier, topk_accuracy
 from vicreg_lib.optim import lr_at_step
 
 

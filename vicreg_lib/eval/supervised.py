@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .classifier import ClassifierRecipe, check_labels, fit_classifier
-from .hardware import resolve_device
+from ..hardware import resolve_device
 from .features import normalize_images
-from .model import resnet18_cifar
+from ..model import resnet18_cifar
 
 __all__ = ["SupervisedResult", "random_crop_flip", "train_supervised"]
 

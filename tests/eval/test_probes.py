@@ -10,9 +10,9 @@ import torch
 from support import gaussian_clusters
 from torch import nn
 
-from vicreg_lib import linear_eval as le
-from vicreg_lib.features import NonFiniteFeaturesError, extract_features, normalize_images
-from vicreg_lib.linear_eval import PROTOCOL_SETTINGS, PROTOCOLS, describe_protocol, linear_eval, linear_probe
+from vicreg_lib.eval import probes as le
+from vicreg_lib.eval.features import NonFiniteFeaturesError, extract_features, normalize_images
+from vicreg_lib.eval.probes import PROTOCOL_SETTINGS, PROTOCOLS, describe_protocol, linear_eval, linear_probe
 from vicreg_lib.optim import lr_at_step
 
 
@@ -341,7 +341,7 @@ def test_the_fast_probe_takes_enough_steps_on_a_few_samples():
     pytest.importorskip("sklearn")
     from sklearn.linear_model import LogisticRegression
 
-    from vicreg_lib.linear_eval import FAST_MIN_STEPS, fast_probe_epochs, linear_probe
+    from vicreg_lib.eval.probes import FAST_MIN_STEPS, fast_probe_epochs, linear_probe
 
     generator = torch.Generator().manual_seed(0)
     centres = torch.randn(10, 32, generator=generator) * 1.2

@@ -24,8 +24,8 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .data import CIFAR10_MEAN, CIFAR10_STD
-from .hardware import resolve_device
+from ..data import CIFAR10_MEAN, CIFAR10_STD
+from ..hardware import resolve_device
 
 __all__ = [
     "WHICH",

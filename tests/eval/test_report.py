@@ -1,5 +1,5 @@
-"""Tests for vicreg_lib.evaluate (weighted kNN, label efficiency, the checkpoint report) and
-vicreg_lib.features (frozen features). The linear protocols are tested in test_linear_eval.py."""
+"""Tests for vicreg_lib.eval.report (weighted kNN, label efficiency, the checkpoint report) and
+vicreg_lib.eval.features (frozen features). The linear protocols are tested in test_linear_eval.py."""
 from __future__ import annotations
 
 import pytest
@@ -7,9 +7,9 @@ import torch
 from support import gaussian_clusters
 import torch.nn as nn
 
-from vicreg_lib import evaluate
+from vicreg_lib.eval import report as evaluate
 from vicreg_lib.data import CIFAR10_MEAN, CIFAR10_STD
-from vicreg_lib.evaluate import (
+from vicreg_lib.eval.report import (
     class_balanced_subset,
     evaluate_encoder,
     format_table,
@@ -17,7 +17,7 @@ from vicreg_lib.evaluate import (
     knn_accuracy,
     label_efficiency,
 )
-from vicreg_lib.features import NonFiniteFeaturesError, extract_features, normalize_images
+from vicreg_lib.eval.features import NonFiniteFeaturesError, extract_features, normalize_images
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -307,7 +307,7 @@ def test_frozen_feature_report_has_knn_fast_probe_and_label_fractions():
 
 
 def test_evaluate_encoder_runs_the_chosen_protocols(monkeypatch):
-    import vicreg_lib.linear_eval as linear_eval_module
+    import vicreg_lib.eval.probes as linear_eval_module
 
     ran = []
     real = evaluate.linear_eval
@@ -388,7 +388,7 @@ def test_evaluate_checkpoint_end_to_end(tiny_checkpoint):
     assert {k: results[k] for k in ("knn_top1@20", "knn_top1@200")} == knn_of(model.encoder)
     # ...and the baseline's those of the same architecture freshly built (seeded) by build_model,
     # with BatchNorm statistics from the training images (not their initial values)
-    from vicreg_lib.features import normalize_images
+    from vicreg_lib.eval.features import normalize_images
     from vicreg_lib.model import calibrate_batchnorm
 
     torch.manual_seed(0)

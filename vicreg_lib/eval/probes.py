@@ -58,10 +58,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .augment import resized_crop_flip, sample_crop_boxes
+from ..augment import resized_crop_flip, sample_crop_boxes
 from .classifier import ClassifierRecipe, check_labels, fit_classifier, topk_accuracy
-from .data import CIFAR10_MEAN, CIFAR10_STD
-from .hardware import resolve_device
+from ..data import CIFAR10_MEAN, CIFAR10_STD
+from ..hardware import resolve_device
 from .features import accelerator_autocast, extract_features, feature_function, frozen, require_finite
 
 __all__ = ["PROTOCOLS", "PROTOCOL_SETTINGS", "STANDARD_LR_NOTE", "LinearEvalProtocol", "check_feature_pair",

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .optim import SCHEDULES, lr_at_step, set_lr
+from ..optim import SCHEDULES, lr_at_step, set_lr
 
 __all__ = ["CLASSIFIER_OPTIMIZERS", "SCHEDULE_UNITS", "ClassifierRecipe", "FitResult", "check_labels",
            "fit_classifier", "topk_accuracy"]

@@ -48,7 +48,7 @@ import math
 
 import torch
 
-from .loss import check_embeddings
+from ..loss import check_embeddings
 
 __all__ = [
     "COLLAPSED", "DIMENSIONAL_COLLAPSE", "HEALTHY", "HELDOUT_BATCH_SIZE",

@@ -45,12 +45,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import load_pretrained
+from ..checkpoint import load_pretrained
 from .classifier import check_labels
-from .data import default_data_spec, load_dataset, random_subset
-from .hardware import resolve_device
+from ..data import default_data_spec, load_dataset, random_subset
+from ..hardware import resolve_device
 from .features import NonFiniteFeaturesError, extract_features, normalize_images, require_finite
-from .linear_eval import (
+from .probes import (
     PROTOCOL_SETTINGS,
     PROTOCOLS,
     check_feature_pair,
@@ -59,7 +59,7 @@ from .linear_eval import (
     linear_eval,
     linear_probe,
 )
-from .model import build_model, calibrate_batchnorm
+from ..model import build_model, calibrate_batchnorm
 
 __all__ = [
     "NonFiniteFeaturesError",
