@@ -20,7 +20,9 @@ from .eval.diagnostics import (
     singular_values,
 )
 from .hardware import gather_with_grad, init_distributed, is_main_process
-from .eval.report import evaluate_checkpoint, extract_features, knn_accuracy, label_efficiency, linear_probe
+from .eval.features import extract_features, knn_accuracy
+from .eval.probes import label_efficiency, linear_probe
+from .eval.report import EvalConfig, evaluate_checkpoint
 from .config import PRESETS, TrainConfig
 from .loss import LossTerms, VICRegLoss, covariance_loss, invariance_loss, variance_loss, vicreg_loss
 from .tutorial.embedding_maps import nearest_neighbors, umap_2d
@@ -36,7 +38,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BatchAugment", "build_model", "CheckpointError", "CIFAR10_MEAN", "CIFAR10_STD", "collapse_report",
     "correlation_matrix", "covariance_loss", "covariance_matrix", "DataSpecError", "default_data_spec",
-    "effective_rank", "evaluate_checkpoint", "extract_features", "gather_with_grad", "init_distributed",
+    "effective_rank", "EvalConfig", "evaluate_checkpoint", "extract_features", "gather_with_grad", "init_distributed",
     "invariance_loss", "is_main_process", "knn_accuracy", "label_efficiency", "launch", "linear_probe",
     "load_checkpoint", "load_dataset", "load_pretrained", "LossTerms", "nearest_neighbors",
     "notebook_settings", "PAPER_ABLATION", "parse_projector_spec", "per_dim_std", "PRESETS", "pretrain",

@@ -90,10 +90,10 @@ def test_train_supervised_stops_at_the_time_budget(monkeypatch):
     # a fake clock that advances 0.25 s per optimizer step makes "time" a function of the steps
     import types
 
-    import vicreg_lib.eval.classifier as classifier  # the training loop train_supervised runs
+    import vicreg_lib.eval.probes as probes  # fit_classifier, the training loop train_supervised runs
 
     clock = types.SimpleNamespace(now=100.0)
-    monkeypatch.setattr(classifier, "time", types.SimpleNamespace(perf_counter=lambda: clock.now))
+    monkeypatch.setattr(probes, "time", types.SimpleNamespace(perf_counter=lambda: clock.now))
     sgd_step = torch.optim.SGD.step
 
     def step(self, *args, **kwargs):
@@ -118,7 +118,7 @@ def test_train_supervised_rejects_bad_input():
         train_supervised(images, labels, width=2)
     with pytest.raises(ValueError, match="uint8"):
         train_supervised(images.float(), labels, width=2, epochs=1)
-    with pytest.raises(ValueError, match="one label per image"):
+    with pytest.raises(ValueError, match="one label per sample"):
         train_supervised(images, labels[:-1], width=2, epochs=1)
     with pytest.raises(ValueError, match="only 2 classes"):
         train_supervised(images, labels + 1, width=2, epochs=1, num_classes=2)

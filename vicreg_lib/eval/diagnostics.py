@@ -1,45 +1,22 @@
 """Is the embedding collapsed? Numbers computed from a batch of embeddings z: (n, d).
 
-Two failure modes matter for joint-embedding methods:
+- collapse (the paper's word): every input maps to (nearly) one vector, so every dimension has
+  ~zero spread. VICReg's variance term prevents it.
+- dimensional collapse (Jing, Vincent, LeCun & Tian, ICLR 2022, arXiv:2110.09348): the
+  embeddings vary along a few directions only; the covariance term works against it.
 
-- collapse (the paper's word): every input maps to (nearly) the same vector,
-  so every dimension has ~zero spread across the batch. VICReg's variance
-  term exists to prevent it.
-- dimensional collapse (Jing, Vincent, LeCun & Tian, "Understanding
-  Dimensional Collapse in Contrastive Self-supervised Learning", ICLR 2022,
-  arXiv:2110.09348): the embeddings vary, but only along a few directions,
-  so the (d, d) covariance has only a few non-negligible eigenvalues.
-  VICReg's covariance term works against it.
+Collapse is judged on the absolute spread (VICReg's target std is gamma = 1), not a scale-free
+one: without a bias in the last layer a collapse shrinks every embedding towards 0 while their
+directions stay varied. On 512 CIFAR-10 test images after 6 epochs of a width-8 ResNet-18
+(512-d z), the spread of l2-normalised embeddings was 0.57 and 0.60 for (1, 0, 0) and
+(25, 0, 1) (no variance term), 0.88 for (25, 25, 1) and 0.18 untrained: no scale-free line
+separates them; the rms std (0.005, 0.006 and 0.31) does.
 
-``collapse_report`` gives the verdict ("collapsed", "dimensional collapse" or
-"healthy") and the numbers behind it.
-
-Collapse is judged on the absolute spread (against VICReg's target std
-gamma = 1), not on a scale-free one: the effective rank, and the spread of
-l2-normalised embeddings, ignore scale, and a collapse without a bias in the
-last layer shrinks every embedding towards 0 while their directions stay
-varied. On 512 CIFAR-10 test images, after 6 epochs of the small model
-(width-8 ResNet-18, 512-d embeddings, Adam, lr 1e-3, batch 64), the spread
-of the l2-normalised embeddings, sqrt(trace C(z / ||z||)), was 0.57 and 0.60
-for the two settings without the variance term, (lam, mu, nu) = (1, 0, 0)
-and (25, 0, 1), 0.88 for (25, 25, 1), and 0.18 for the untrained network: no
-scale-free line calls the first two collapsed and the last not. The rms std
-(0.005, 0.006 and 0.31) separates them.
-
-An untrained network must be measured with BatchNorm statistics of the data.
-In eval mode its BatchNorm layers still hold their initial running statistics
-(mean 0, variance 1), pass activations through unnormalised, and give an rms
-std of about 0.005: a measurement artefact that reads as collapse. The same
-network in train mode, or after its running statistics are estimated on
-training images, gives about 0.34.
-
-Measure every model on the same held-out images (``heldout_batch``): the
-effective rank depends on the batch size n, so only values measured at the
-same n compare.
-
-All functions run without gradients and in float64 (sums over n samples of
-products, and logs of tiny probabilities, lose too much in float32). Tensors
-come back as float64 on z's device; scalars as Python floats.
+An untrained network in eval mode still holds BatchNorm's initial statistics and gives an rms std
+of ~0.005, an artefact that reads as collapse; with statistics of the data it gives ~0.34
+(`eval.report.random_init_model`). The effective rank depends on n, so measure every model on
+the same `heldout_batch`. Everything runs without gradients in float64 (sums of n products and
+logs of tiny probabilities lose too much in float32); tensors come back float64 on z's device.
 """
 
 from __future__ import annotations
@@ -50,16 +27,10 @@ import torch
 
 from ..loss import check_embeddings
 
-__all__ = [
-    "COLLAPSED", "DIMENSIONAL_COLLAPSE", "HEALTHY", "HELDOUT_BATCH_SIZE",
-    "heldout_batch", "per_dim_std", "covariance_matrix", "correlation_matrix", "singular_values",
-    "effective_rank", "collapse_report",
-]
+__all__ = ["COLLAPSED", "DIMENSIONAL_COLLAPSE", "HEALTHY", "HELDOUT_BATCH_SIZE", "heldout_batch", "per_dim_std",
+           "covariance_matrix", "correlation_matrix", "singular_values", "effective_rank", "collapse_report"]
 
-# the verdicts of collapse_report
-COLLAPSED = "collapsed"
-DIMENSIONAL_COLLAPSE = "dimensional collapse"
-HEALTHY = "healthy"
+COLLAPSED, DIMENSIONAL_COLLAPSE, HEALTHY = "collapsed", "dimensional collapse", "healthy"  # the verdicts
 
 # images in the held-out batch every model is measured on: at least the embedding width of the
 # small models (512), so the effective rank can reach d and is not capped by n - 1
@@ -74,14 +45,9 @@ def _as_float64(z: torch.Tensor) -> torch.Tensor:
 
 
 def heldout_batch(images: torch.Tensor, n: int = HELDOUT_BATCH_SIZE, seed: int = 0) -> torch.Tensor:
-    """The fixed held-out batch to measure embeddings on: n images (n, 3, H, W) of ``images``
-    (N, 3, H, W), the held-out (test) split, chosen at random with ``seed`` and kept in the split's
-    order. The same split, n and seed give the same batch in every notebook and run, so effective
-    ranks and verdicts compare across them.
-
-    Raises ValueError when the split has fewer than n images: pass a smaller n explicitly, and
-    compare its numbers only with numbers measured at that n.
-    """
+    """n images (n, 3, H, W) of the held-out split images (N, 3, H, W), seeded and in the split's
+    order: the same batch in every notebook and run, so effective ranks and verdicts compare.
+    A split with fewer than n images is refused: pass a smaller n, and compare only at that n."""
     if not isinstance(images, torch.Tensor) or images.dim() < 2:
         raise ValueError(f"images must be a torch.Tensor (N, 3, H, W), got {getattr(images, 'shape', type(images))}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
@@ -107,10 +73,7 @@ def _noise_floor(z64: torch.Tensor) -> float:
 
 @torch.no_grad()
 def per_dim_std(z: torch.Tensor) -> torch.Tensor:
-    """Standard deviation of each dimension over the batch, z: (n, d) -> (d,).
-
-    Unbiased (divides by n-1), the quantity VICReg's variance term hinges at gamma.
-    """
+    """Unbiased std of each dimension, z: (n, d) -> (d,): what VICReg's variance term hinges at gamma."""
     return _as_float64(z).std(dim=0)
 
 
@@ -124,12 +87,8 @@ def covariance_matrix(z: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def correlation_matrix(z: torch.Tensor) -> torch.Tensor:
-    """Pearson correlations between dimensions, z: (n, d) -> (d, d), entries in [-1, 1].
-
-    A dimension with no spread (std at the round-off level) has no defined
-    correlation: its whole row and column are 0, diagonal included, so dead
-    dimensions show up as blank lines in a heat map instead of as NaN.
-    """
+    """Pearson correlations, z: (n, d) -> (d, d) in [-1, 1]. A dimension without spread has none
+    defined: its row and column are 0, diagonal included (blank lines in a heat map, not NaN)."""
     z64 = _as_float64(z)
     cov = covariance_matrix(z64)
     std = cov.diagonal().clamp(min=0).sqrt()
@@ -144,37 +103,21 @@ def correlation_matrix(z: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def singular_values(z: torch.Tensor) -> torch.Tensor:
-    """Singular values of the centred embeddings, z: (n, d) -> (min(n, d),), descending.
-
-    sigma_k^2 / (n-1) are the eigenvalues of the covariance matrix C(Z).
-    """
+    """Singular values of the centred z: (n, d) -> (min(n, d),), descending; sigma_k^2 / (n-1) are C(Z)'s eigenvalues."""
     return torch.linalg.svdvals(_centred(_as_float64(z)))
 
 
 @torch.no_grad()
 def effective_rank(z: torch.Tensor, eps: float = 1e-7) -> float:
-    """RankMe (Garrido et al., ICML 2023): a smooth count of the directions used.
+    """RankMe (Garrido et al., ICML 2023): exp(-sum_k p_k log p_k), p_k = sigma_k / ||sigma||_1 + eps,
+    with sigma the singular values: the number of directions used when they are all equal, 1 when
+    one carries everything.
 
-        p_k  = sigma_k / ||sigma||_1 + eps
-        rank = exp(-sum_k p_k log p_k)
-
-    with sigma the singular values of the embeddings. It equals the number of
-    singular values when they are all equal (at most min(n - 1, d) after
-    centring) and 1 when a single direction carries everything.
-
-    Unlike RankMe, the embeddings are centred first: a common offset (VICReg
-    embeddings need not have zero mean) is not a direction the batch varies
-    along, and a large offset would otherwise hide the spread. Singular values
-    at the float64 round-off level are treated as 0; a batch with no spread at
-    all (every row equal) has effective rank 0.
-
-    Batch size: n points span at most n - 1 directions, so with n < d the value
-    is capped by n and grows with it; even with n > d a finite sample
-    under-counts (an isotropic Gaussian scores about 0.8 d at n = d, about d
-    when n >> d). Measure with n >= d (``heldout_batch``: 512 images for the
-    512-d embeddings of the small models) and compare values only between
-    batches of the same n.
-    """
+    Unlike RankMe, z is centred first: a common offset (VICReg embeddings need not have zero mean)
+    is not a direction the batch varies along. Singular values at float64 round-off count as 0;
+    a batch without spread has rank 0. n points span at most n - 1 directions and a finite sample
+    under-counts (an isotropic Gaussian scores ~0.8 d at n = d), so measure with n >= d and compare
+    only at the same n."""
     z64 = _as_float64(z)
     sigma = singular_values(z64)
     sigma = torch.where(sigma > _noise_floor(z64), sigma, torch.zeros_like(sigma))
@@ -196,38 +139,18 @@ def collapse_report(
     std_threshold: float = 0.05,
     rank_fraction_threshold: float = 0.1,
 ) -> dict:
-    """Diagnose a batch of embeddings z: (n, d) and give the numbers behind the verdict.
+    """The verdict on z: (n, d) and the numbers behind it.
 
-    verdict:
-      - "collapsed" (``COLLAPSED``, the paper's collapse): the total spread is
-        below ``std_threshold``. The spread is the root-mean-square of the
-        per-dimension stds, rms_std = sqrt(trace C(Z) / d): every dimension
-        together, so one straggler dimension cannot hide a collapse (as it would
-        with the max std), and a few live dimensions among many dead ones are
-        not called collapsed (as they would be with a threshold on most
-        dimensions) but dimensional collapse. The default 0.05 is 5% of
-        VICReg's target std gamma = 1, so it suits projector outputs; pass a
-        threshold in your features' units for others (e.g. 5% of a healthy or
-        untrained model's rms_std).
-      - "dimensional collapse" (``DIMENSIONAL_COLLAPSE``, Jing et al., 2022):
-        not collapsed, but rank_fraction = effective_rank / min(n - 1, d) is
-        below ``rank_fraction_threshold`` (default 0.1): the spread lives in
-        under a tenth of the directions available. For scale, an isotropic
-        Gaussian batch scores about 0.8 at n = d and about 1 when n >> d, so
-        0.1 flags a spectrum far from "uses its dimensions" without firing on
-        ordinary finite-sample anisotropy.
-      - "healthy" (``HEALTHY``): neither.
+    - "collapsed": rms_std = sqrt(trace C(Z) / d) < std_threshold. Every dimension together, so one
+      straggler cannot hide a collapse (as with the max std) and a few live dimensions among dead
+      ones are dimensional collapse, not collapse. 0.05 is 5% of gamma = 1, for projector outputs;
+      pass a threshold in your features' units for others.
+    - "dimensional collapse": not collapsed, but rank_fraction = effective_rank / min(n - 1, d) <
+      rank_fraction_threshold (0.1; an isotropic Gaussian scores ~0.8 at n = d, ~1 when n >> d).
+    - "healthy": neither.
 
-    Why the spread is judged in absolute units, and how to measure an untrained
-    network: see the module docstring.
-
-    The numbers: n, d, rms_std, mean_std / min_std / max_std (``per_dim_std``),
-    fraction_low_std (dims with std below ``std_threshold``), effective_rank
-    (``effective_rank``), max_rank = min(n - 1, d) (centring removes one degree
-    of freedom, so n - 1 is the most a batch of n can reach), rank_fraction =
-    effective_rank / max_rank, and "thresholds" with the two values used.
-    Compare reports measured on the same ``heldout_batch``.
-    """
+    Also n, d, mean_std / min_std / max_std, fraction_low_std, effective_rank, max_rank and the
+    "thresholds" used."""
     _check_threshold(std_threshold, "std_threshold", upper=math.inf)
     _check_threshold(rank_fraction_threshold, "rank_fraction_threshold", upper=1.0)
     z64 = _as_float64(z)
@@ -235,23 +158,11 @@ def collapse_report(
     std = per_dim_std(z64)
     rank = effective_rank(z64)
     max_rank = min(n - 1, d)
-    report = {
-        "n": n,
-        "d": d,
-        "rms_std": std.pow(2).mean().sqrt().item(),  # sqrt(trace C(Z) / d)
-        "mean_std": std.mean().item(),
-        "min_std": std.min().item(),
-        "max_std": std.max().item(),
-        "fraction_low_std": (std < std_threshold).double().mean().item(),
-        "effective_rank": rank,
-        "max_rank": max_rank,
-        "rank_fraction": rank / max_rank,
-        "thresholds": {"std_threshold": std_threshold, "rank_fraction_threshold": rank_fraction_threshold},
-    }
-    if report["rms_std"] < std_threshold:
-        report["verdict"] = COLLAPSED
-    elif report["rank_fraction"] < rank_fraction_threshold:
-        report["verdict"] = DIMENSIONAL_COLLAPSE
-    else:
-        report["verdict"] = HEALTHY
-    return report
+    rms_std = std.pow(2).mean().sqrt().item()  # sqrt(trace C(Z) / d)
+    verdict = (COLLAPSED if rms_std < std_threshold else
+               DIMENSIONAL_COLLAPSE if rank / max_rank < rank_fraction_threshold else HEALTHY)
+    return {"n": n, "d": d, "rms_std": rms_std, "mean_std": std.mean().item(), "min_std": std.min().item(),
+            "max_std": std.max().item(), "fraction_low_std": (std < std_threshold).double().mean().item(),
+            "effective_rank": rank, "max_rank": max_rank, "rank_fraction": rank / max_rank,
+            "thresholds": {"std_threshold": std_threshold, "rank_fraction_threshold": rank_fraction_threshold},
+            "verdict": verdict}

@@ -3,16 +3,12 @@
     result = train_supervised(images, labels, width=64, time_budget_s=600)   # or epochs=30
     features = extract_features(result.encoder, test_images)                # then probe as usual
 
-A self-supervised representation is only interesting next to two references: the same
-network at random initialisation (what you get for free) and the same network trained
-with the labels for the same time (what the labels buy). This module trains the second.
-
-Recipe: the standard CIFAR one, kept plain on purpose. ResNet-18-cifar encoder + one
-linear head, cross-entropy, SGD with momentum 0.9 and weight decay 5e-4, a cosine
-learning-rate decay to zero over the budget, and the usual augmentation (reflect-pad
-by 4 pixels, random 32x32 crop, horizontal flip), done on whole batches on the device.
-With a time budget the cosine runs on wall-clock time, so the schedule ends when the
-budget does, whatever the machine's speed.
+A self-supervised representation means something next to two references: the network at random
+initialisation (what you get for free) and the network trained with the labels for the same time
+(what the labels buy). This trains the second, the standard CIFAR way and kept plain: one linear
+head, cross-entropy, SGD (Nesterov momentum 0.9, weight decay 5e-4), a cosine to zero, reflect-pad
+4 + random crop + flip on whole batches on the device. With a time budget the cosine runs on the
+clock, so the schedule ends when the budget does, whatever the machine's speed.
 """
 from __future__ import annotations
 
@@ -22,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .classifier import ClassifierRecipe, check_labels, fit_classifier
 from ..hardware import resolve_device
-from .features import normalize_images
 from ..model import resnet18_cifar
+from .features import check_labels, normalize_images
+from .probes import Optimization, fit_classifier
 
 __all__ = ["SupervisedResult", "random_crop_flip", "train_supervised"]
 
@@ -42,11 +38,8 @@ class SupervisedResult:
 
 
 def random_crop_flip(x: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The standard CIFAR augmentation on a batch: x (n, c, h, w) float -> (n, c, h, w).
-
-    Reflect-pad every side by `padding`, cut a random h x w window per image, mirror half of
-    the images left-right. Parameters are drawn on the generator's device (x's without one).
-    """
+    """x (n, c, h, w) float -> (n, c, h, w): reflect-pad by `padding`, a random h x w window per image,
+    half of them mirrored. Parameters are drawn on the generator's device (x's without one)."""
     if x.ndim != 4 or not x.is_floating_point():
         raise ValueError(f"random_crop_flip expects a float batch (n, c, h, w), got {x.dtype} {tuple(x.shape)}")
     n, c, h, w = x.shape
@@ -62,44 +55,21 @@ def random_crop_flip(x: torch.Tensor, padding: int = 4, generator: torch.Generat
     return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def _check_inputs(images: torch.Tensor, labels: torch.Tensor, num_classes: int | None) -> int:
-    """Check the data at the door; return the number of classes."""
+def train_supervised(images: torch.Tensor, labels: torch.Tensor, width: int = 64, epochs: int | None = None,
+                     time_budget_s: float | None = None, batch_size: int = 256, lr: float = 0.1,
+                     weight_decay: float = 5e-4, momentum: float = 0.9, num_classes: int | None = None,
+                     device: str | torch.device = "auto", seed: int = 0, progress: bool = False) -> SupervisedResult:
+    """Train resnet18_cifar(width) + a linear head on uint8 images (N, 3, H, W) and labels (N,)
+    with `probes.fit_classifier`, for `epochs` (deterministic for a seed) or `time_budget_s`
+    (possibly stopping mid-epoch). Data sit on the device as one tensor; bf16 autocast on CUDA.
+    The returned encoder is in eval mode on `device`."""
     if images.ndim != 4 or images.shape[1] != 3 or images.dtype != torch.uint8:
         raise ValueError(f"images must be uint8 (N, 3, H, W) as load_dataset returns them, "
                          f"got {images.dtype} {tuple(images.shape)}")
-    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-        raise ValueError(f"labels must be (N,) with one label per image: {images.shape[0]} images, "
-                         f"labels of shape {tuple(labels.shape)}")
     check_labels(labels, images.shape[0], "train", num_classes)
-    return int(labels.max()) + 1 if num_classes is None else num_classes
-
-
-def train_supervised(
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    width: int = 64,
-    epochs: int | None = None,
-    time_budget_s: float | None = None,
-    batch_size: int = 256,
-    lr: float = 0.1,
-    weight_decay: float = 5e-4,
-    momentum: float = 0.9,
-    num_classes: int | None = None,
-    device: str | torch.device = "auto",
-    seed: int = 0,
-    progress: bool = False,
-) -> SupervisedResult:
-    """Train resnet18_cifar(width) + a linear head with cross-entropy on (images, labels).
-
-    images: uint8 (N, 3, H, W); labels: int64 (N,). Give `epochs` (deterministic for a seed) or
-    `time_budget_s` (train until that many seconds have passed, possibly mid-epoch).
-    The data sit on the device as one tensor; bf16 autocast on CUDA. Training is
-    `classifier.fit_classifier` with SGD (Nesterov momentum) and a cosine to zero.
-    Returns a SupervisedResult whose `encoder` is in eval mode on `device`.
-    """
-    num_classes = _check_inputs(images, labels, num_classes)
-    recipe = ClassifierRecipe(optimizer="sgd", lr=lr, momentum=momentum, nesterov=momentum > 0,
-                              weight_decay=weight_decay, schedule="cosine", batch_size=batch_size)
+    num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    optimization = Optimization(optimizer="sgd", lr=lr, momentum=momentum, nesterov=momentum > 0,
+                                weight_decay=weight_decay, schedule="cosine", batch_size=batch_size)
     device = resolve_device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # weight init
@@ -111,7 +81,7 @@ def train_supervised(
     def augment(x: torch.Tensor) -> torch.Tensor:
         return random_crop_flip(normalize_images(x), generator=generator)  # (b, 3, H, W)
 
-    fit = fit_classifier(network, images.to(device), labels, recipe, epochs=epochs, time_budget_s=time_budget_s,
+    fit = fit_classifier(network, images.to(device), labels, optimization, epochs=epochs, time_budget_s=time_budget_s,
                          prepare=augment, generator=generator, amp=device.type == "cuda", progress=progress,
                          desc="supervised")
     return SupervisedResult(encoder, classifier, fit.history, fit.steps, fit.seconds)
