@@ -62,7 +62,7 @@ import flops_floor
 import train_throughput
 from vicreg_lib.config import TrainConfig
 from vicreg_lib.data import load_dataset, make_synthetic
-from vicreg_lib.eval.report import extract_features, knn_accuracy
+from vicreg_lib.eval.features import extract_features, knn_accuracy
 from vicreg_lib.model import Projector, VICReg, build_model
 from vicreg_lib.runfolder import read_metrics
 from vicreg_lib.train import RunInterrupted, pretrain

@@ -4,17 +4,13 @@
     table = run_ablation([(1, 0, 0), (25, 25, 1)], config, cache_dir="runs/ablation")
     print(table.compare_with_paper())
 
-Each (lam, mu, nu) is one short `train.pretrain` run (its own out_dir), then `measure_model` on
-the held-out (test) split: the last epoch's loss terms, the embeddings z's spread, spectrum and
-`collapse_report` verdict, kNN and fast-probe top-1 of the representations h, and the run's
-per-epoch history for plots. The untrained network is measured the same way, built by
-`eval.report.random_init_model`, the baseline `evaluate_checkpoint` uses too.
-
-Every result is one JSON file, written atomically when its run finishes, under
-cache_dir/<lamX_muY_nuZ>-<key>/, where key hashes the config's result-changing fields (config.py's
-`cache_key` metadata), the probe and the data's content (`data.fingerprint`: a new file at the
-same path is a new key). Same config: loaded; anything changed: a new run; an interrupted sweep
-keeps what it finished; a run that diverges is a "diverged" row and the sweep goes on.
+Each (lam, mu, nu) is one short `train.pretrain` run, then `measure_model` on the test split: loss
+terms, z's spread, spectrum and collapse verdict, kNN and fast-probe top-1 of h, the history. The
+untrained network is measured the same way, built by `eval.report.random_init_model` (the baseline
+of `evaluate_checkpoint` too). Each result is one JSON file, written atomically when its run ends,
+in cache_dir/<lamX_muY_nuZ>-<key>/; the key hashes the config's `cache_key` fields, the probe and
+the data's content, so a rerun loads, a change reruns and an interrupted sweep keeps what it
+finished. A run that diverges is a "diverged" row and the sweep goes on.
 """
 
 from __future__ import annotations
@@ -47,10 +43,8 @@ __all__ = ["Coefficients", "PAPER_ABLATION", "PAPER_SOURCE", "PAPER_CONFIRMED", 
 
 Coefficients = tuple[float, float, float]  # (lam, mu, nu)
 
-PAPER_SOURCE = (
-    "Bardes, Ponce & LeCun, VICReg, ICLR 2022 (arXiv:2105.04906), appendix table on the loss "
-    "coefficients: ResNet-50, ImageNet, 100 pretraining epochs, linear-evaluation top-1 (%)"
-)
+PAPER_SOURCE = ("Bardes, Ponce & LeCun, VICReg, ICLR 2022 (arXiv:2105.04906), appendix table on the loss "
+                "coefficients: ResNet-50, ImageNet, 100 pretraining epochs, linear-evaluation top-1 (%)")
 # (lam, mu, nu) -> ImageNet linear top-1 (%) after 100 epochs; None: the run collapsed.
 PAPER_ABLATION: dict[Coefficients, float | None] = {
     (1.0, 0.0, 0.0): None,  # invariance only
@@ -61,19 +55,14 @@ PAPER_ABLATION: dict[Coefficients, float | None] = {
     (50.0, 50.0, 1.0): 68.3,
 }
 PAPER_CONFIRMED: frozenset[Coefficients] = frozenset({(1.0, 1.0, 0.0), (25.0, 25.0, 1.0)})
-PAPER_PROVENANCE = (
-    "Only (25, 25, 1) = 68.6 and 57.5 without the covariance term are confirmed by a source at hand "
-    "(the blog post); the other rows come from secondary sources and were not checked against the "
-    "paper's table."
-)
+PAPER_PROVENANCE = ("Only (25, 25, 1) = 68.6 and 57.5 without the covariance term are confirmed by a source at "
+                    "hand (the blog post); the other rows come from secondary sources and were not checked "
+                    "against the paper's table.")
 
 RESULT_NAME = "result.json"
 RUN_NAME = "run"
 RESULT_FORMAT = 3  # bump when the stored row changes, so old caches are recomputed
 ROW_KEYS = ("lam", "mu", "nu", "verdict", "knn_top1", "linear_top1", "history")  # a usable cached row has these
-
-
-# ----------------------------------------------------------------------------- coefficients
 
 
 def check_coefficients(value: Any) -> Coefficients:
@@ -128,9 +117,6 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("VICREG_RUNS", "") or "runs") / "ablation"
 
 
-# ----------------------------------------------------------------------------- one run
-
-
 def _load_cached(path: Path, key: str) -> dict[str, Any] | None:
     """The stored row when path holds a complete result with this key, else None."""
     try:
@@ -153,7 +139,7 @@ def measure_model(model, config: TrainConfig, probe: dict[str, Any]) -> dict[str
     train_images, train_labels = random_subset(train_images, train_labels, probe["train_images"], seed=0)
     test_images, test_labels, _ = load_dataset(config.data, "test", config.data_root)
     held_out = heldout_batch(test_images, n=min(HELDOUT_BATCH_SIZE, test_images.shape[0]))
-    z = extract_features(model, held_out, device=config.device, which="embedding")  # (512, d): the same images always
+    z = extract_features(model, held_out, device=config.device, which="embedding")  # (512, d), the same images
     if not bool(torch.isfinite(z).all()):
         raise train.TrainingDiverged("the trained model's embeddings of the test images are not finite")
     options = EvalConfig(knn_k=probe["knn_k"], probe_epochs=probe["probe_epochs"], label_fractions=(),
@@ -172,7 +158,8 @@ def _diverged_row(coefficients: Coefficients, run_dir: Path, error: Exception, s
     return {**dict(zip(("lam", "mu", "nu"), coefficients)), "verdict": "diverged", "error": str(error),
             "loss": nan, "invariance": nan, "variance": nan, "covariance": nan, "std_mean": nan,
             "std_per_dim": [], "effective_rank": nan, "singular_values": [], "knn_top1": nan, "linear_top1": nan,
-            "history": read_metrics(run_dir) if run_dir.is_dir() else [], "train_time_s": seconds, "time_s": seconds}
+            "history": read_metrics(run_dir) if run_dir.is_dir() else [], "train_time_s": seconds,
+            "time_s": seconds}
 
 
 def _run_one(coefficients: Coefficients, config: TrainConfig, run_dir: Path, probe: dict[str, Any],
@@ -194,15 +181,14 @@ def _run_one(coefficients: Coefficients, config: TrainConfig, run_dir: Path, pro
             **measured, "history": history, "train_time_s": train_time, "time_s": time.perf_counter() - start}
 
 
-# ----------------------------------------------------------------------------- the sweep
-
-
 def _probe(config: TrainConfig, probe_epochs: int, probe_train_images: int | None) -> dict[str, Any]:
-    """The probe settings, part of every cache key."""
-    if isinstance(probe_epochs, bool) or not isinstance(probe_epochs, int) or probe_epochs < 1:
+    """How the runs are probed: part of every cache key."""
+    def whole(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    if not whole(probe_epochs):
         raise ValueError(f"probe_epochs must be an integer >= 1, got {probe_epochs!r}")
-    if probe_train_images is not None and (isinstance(probe_train_images, bool)
-                                           or not isinstance(probe_train_images, int) or probe_train_images < 1):
+    if probe_train_images is not None and not whole(probe_train_images):
         raise ValueError(f"probe_train_images must be an integer >= 1 or None (all), got {probe_train_images!r}")
     return {"probe_epochs": probe_epochs, "knn_k": config.knn_k, "train_images": probe_train_images,
             "held_out": "test"}
@@ -290,7 +276,7 @@ def _agrees(value: Any) -> str:
 
 
 Column = tuple[str, str, Callable[[Any], str]]  # (row key, header, formatter)
-_COEFFICIENTS: list[Column] = [(key, header, "{:g}".format) for key, header in (("lam", "λ"), ("mu", "μ"), ("nu", "ν"))]
+_COEFFICIENTS: list[Column] = [("lam", "λ", "{:g}".format), ("mu", "μ", "{:g}".format), ("nu", "ν", "{:g}".format)]
 COLUMNS: list[Column] = _COEFFICIENTS + [
     ("loss", "loss", _number(3)), ("invariance", "inv", _number(4)), ("variance", "var", _number(4)),
     ("covariance", "cov", _number(4)), ("std_mean", "mean std", _number(3)),
@@ -318,12 +304,8 @@ def _paper_columns(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class AblationTable:
-    """The rows of a sweep, one dict per (lam, mu, nu), and how to print them.
-
-    A row holds lam, mu, nu, loss, invariance, variance, covariance, std_mean, std_per_dim (d,),
-    effective_rank, verdict, report, singular_values, knn_top1, linear_top1, history (per-epoch
-    records), train_time_s, time_s, cached, folder. table[i] is row i, table[(25, 25, 1)] that run's.
-    """
+    """The rows of a sweep, one dict per (lam, mu, nu) (`_run_one`'s keys, plus cached and folder),
+    and how to print them. table[i] is row i, table[(25, 25, 1)] that run's."""
 
     def __init__(self, rows: list[dict[str, Any]], columns: list[Column] | None = None,
                  elapsed_s: float | None = None) -> None:

@@ -49,26 +49,18 @@ def heldout_batch(images: torch.Tensor, n: int = HELDOUT_BATCH_SIZE, seed: int =
     order: the same batch in every notebook and run, so effective ranks and verdicts compare.
     A split with fewer than n images is refused: pass a smaller n, and compare only at that n."""
     if not isinstance(images, torch.Tensor) or images.dim() < 2:
-        raise ValueError(f"images must be a torch.Tensor (N, 3, H, W), got {getattr(images, 'shape', type(images))}")
+        raise ValueError(f"images must be a tensor (N, 3, H, W), got {getattr(images, 'shape', type(images))}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise ValueError(f"n must be an integer >= 2, got {n!r}")
     if images.shape[0] < n:
-        raise ValueError(
-            f"the held-out split has {images.shape[0]} images, fewer than n={n}; pass "
-            f"n={images.shape[0]} (or fewer) and compare effective ranks only between batches of the same n"
-        )
+        raise ValueError(f"the held-out split has {images.shape[0]} images, fewer than n={n}; pass "
+                         f"n={images.shape[0]} (or fewer) and compare effective ranks only at the same n")
     chosen = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
     return images[chosen.sort().values]
 
 
 def _centred(z64: torch.Tensor) -> torch.Tensor:
     return z64 - z64.mean(dim=0)
-
-
-def _noise_floor(z64: torch.Tensor) -> float:
-    """Spread below this is float64 round-off from centring, not signal."""
-    n, d = z64.shape
-    return max(n, d) * _FLOAT64_EPS * torch.linalg.norm(z64).item()
 
 
 @torch.no_grad()
@@ -80,9 +72,8 @@ def per_dim_std(z: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def covariance_matrix(z: torch.Tensor) -> torch.Tensor:
     """C(Z) = 1/(n-1) sum_i (z_i - zbar)(z_i - zbar)^T, z: (n, d) -> (d, d) (paper eq. 3)."""
-    z64 = _as_float64(z)
-    centred = _centred(z64)
-    return centred.T @ centred / (z64.shape[0] - 1)
+    centred = _centred(_as_float64(z))
+    return centred.T @ centred / (centred.shape[0] - 1)
 
 
 @torch.no_grad()
@@ -103,7 +94,7 @@ def correlation_matrix(z: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def singular_values(z: torch.Tensor) -> torch.Tensor:
-    """Singular values of the centred z: (n, d) -> (min(n, d),), descending; sigma_k^2 / (n-1) are C(Z)'s eigenvalues."""
+    """Singular values of the centred z: (n, d) -> (min(n, d),), descending (sigma^2 / (n-1): C(Z)'s eigenvalues)."""
     return torch.linalg.svdvals(_centred(_as_float64(z)))
 
 
@@ -120,7 +111,8 @@ def effective_rank(z: torch.Tensor, eps: float = 1e-7) -> float:
     only at the same n."""
     z64 = _as_float64(z)
     sigma = singular_values(z64)
-    sigma = torch.where(sigma > _noise_floor(z64), sigma, torch.zeros_like(sigma))
+    noise_floor = max(z64.shape) * _FLOAT64_EPS * torch.linalg.norm(z64).item()  # round-off from centring
+    sigma = torch.where(sigma > noise_floor, sigma, torch.zeros_like(sigma))
     total = sigma.sum()
     if total == 0:
         return 0.0
@@ -134,11 +126,7 @@ def _check_threshold(value: float, name: str, upper: float) -> None:
 
 
 @torch.no_grad()
-def collapse_report(
-    z: torch.Tensor,
-    std_threshold: float = 0.05,
-    rank_fraction_threshold: float = 0.1,
-) -> dict:
+def collapse_report(z: torch.Tensor, std_threshold: float = 0.05, rank_fraction_threshold: float = 0.1) -> dict:
     """The verdict on z: (n, d) and the numbers behind it.
 
     - "collapsed": rms_std = sqrt(trace C(Z) / d) < std_threshold. Every dimension together, so one

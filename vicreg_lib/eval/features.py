@@ -92,13 +92,10 @@ def require_finite(features: torch.Tensor, what: str) -> None:
 def extract_features(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int = 512,
                      device: str | torch.device = "auto", which: str = "representation",
                      progress: bool = False) -> torch.Tensor:
-    """Frozen features (N, D), float32 on the CPU, of images: uint8 (N, 3, H, W) (normalised here)
-    or float (taken as normalised already).
-
-    model: an encoder (or any callable (b, 3, H, W) -> (b, D)), or a VICReg model, whose h or z is
-    used as `which` says. Eval mode (BatchNorm's running statistics, so the result does not depend
-    on `batch_size`), inference mode, bf16 autocast on CUDA; modes and device restored after.
-    """
+    """Frozen features (N, D), float32 on the CPU, of uint8 images (N, 3, H, W) (normalised here) or float
+    ones (normalised already), by an encoder (any callable (b, 3, H, W) -> (b, D)) or a VICReg model's h
+    or z (`which`). Eval mode (BatchNorm's running statistics: `batch_size` changes nothing), inference
+    mode, bf16 autocast on CUDA; modes and device restored after."""
     fn = feature_function(model, which)
     if images.ndim != 4:
         raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}")
@@ -119,9 +116,6 @@ def extract_features(model: Callable[[torch.Tensor], torch.Tensor], images: torc
     if features.ndim != 2:
         raise ValueError(f"the model returned features of shape {tuple(features.shape)}; expected (N, D)")
     return features
-
-
-# ----------------------------------------------------------------------------- labels
 
 
 def check_labels(labels: torch.Tensor, num_rows: int, name: str, num_classes: int | None = None) -> None:
@@ -162,9 +156,6 @@ def check_feature_pair(train_features: torch.Tensor, train_labels: torch.Tensor,
         raise ValueError(f"train features have dimension {train_features.shape[1]} but test features "
                          f"have {test_features.shape[1]}; extract both with the same model")
     return count_classes(train_labels, test_labels, num_classes)
-
-
-# ----------------------------------------------------------------------------- weighted kNN
 
 
 def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,

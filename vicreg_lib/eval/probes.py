@@ -5,23 +5,16 @@ classifier with cross-entropy (for the probes and for the supervised baseline).
     linear_probe(h_train, y_train, h_test, y_test)            # the fast protocol on features
     label_efficiency(h_train, y_train, h_test, y_test, fractions=(0.01, 0.1))
 
-Numbers of different protocols do not compare: they differ in augmentation, optimizer and
-test-time preprocessing (`describe_protocol(name)` says how). Each reports the final epoch;
-the official script reports the best test epoch, which peeks at the test set.
-
-- ``blog``: the blog post's eval.py (augustwester/vicreg 89eab04) exactly, including its
-  quirk of test images only scaled to [0, 1], not normalised (`normalize_test=True` shows
-  what that costs).
-- ``standard``: the official evaluate.py's frozen-weights recipe at CIFAR size (no
-  Resize/CenterCrop: the images are 32x32 already); its lr 0.3 is the official --lr-head
-  default (see docs/design.md for how it was checked on CIFAR features).
-- ``fast``: ours, on features computed once: standardised, a zero-initialised head, Adam.
-  Seconds instead of an encoder pass per image per epoch; it agrees with scikit-learn's
-  LogisticRegression on the same features (tests).
-
-Everything runs batched on the device: crops are drawn for a whole batch
-(`augment.sample_crop_boxes`, `augment.resized_crop_flip`); the frozen encoder runs under bf16
-autocast on CUDA, where the reference scripts run fp32.
+Numbers of different protocols do not compare (`describe_protocol(name)` says how each trains).
+All report the final epoch; the official script reports the best test epoch, peeking at the test set.
+- ``blog``: the blog post's eval.py (augustwester/vicreg 89eab04) exactly, with its quirk of test
+  images only scaled to [0, 1] (`normalize_test=True` shows what that costs).
+- ``standard``: the official evaluate.py's frozen-weights recipe at CIFAR size (no Resize/CenterCrop);
+  its lr 0.3 is the official --lr-head default (docs/design.md: how it was checked on CIFAR).
+- ``fast``: ours, on features computed once, standardised, Adam: seconds instead of an encoder pass
+  per image per epoch; it agrees with scikit-learn's LogisticRegression (tests).
+Crops are drawn for a whole batch on the device; the frozen encoder runs under bf16 autocast on
+CUDA, where the reference scripts run fp32.
 """
 
 from __future__ import annotations
@@ -158,12 +151,10 @@ def fit_classifier(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
     """Train every parameter of `model` (a head, or nn.Sequential(network, head)) in place with
     cross-entropy on inputs (n, ...) (on the model's device) and labels (n,) in [0, C).
 
-    prepare: batch (b, ...) -> model input under torch.no_grad, for what stays fixed (augmentation,
-    a frozen encoder). Exactly one of epochs / time_budget_s; with a budget, training stops at the
-    first step that would start after it and the schedule runs on the clock, so it ends when the
-    budget does on any machine. generator drives the shuffling. amp: bf16 autocast (the loss in
-    float32). A lone-sample batch is skipped when `model` has BatchNorm (it cannot train on one).
-    """
+    prepare: batch (b, ...) -> model input under no_grad, for what stays fixed (augmentation, a frozen
+    encoder). Exactly one of epochs / time_budget_s; a budget stops at the first step that would start
+    after it and runs the schedule on the clock (it ends with the budget on any machine). amp: bf16
+    autocast, the loss in float32. A lone-sample batch is skipped when `model` has BatchNorm."""
     _check_fit_args(model, inputs, labels, optimization, epochs, time_budget_s)
     device, n, batch = inputs.device, inputs.shape[0], optimization.batch_size
     labels = labels.to(device).long()
@@ -190,8 +181,8 @@ def fit_classifier(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
             idx = order[first:first + batch]
             if idx.shape[0] < min_batch:
                 continue
-            position = elapsed / time_budget_s if time_budget_s else len(result.history) if per_epoch else result.steps
-            lr = optimization.lr_at(position, total)
+            at = elapsed / time_budget_s if time_budget_s else len(result.history) if per_epoch else result.steps
+            lr = optimization.lr_at(at, total)
             set_lr(optimizer, lr)
             with torch.no_grad():
                 x = prepare(inputs[idx]) if prepare is not None else inputs[idx]
@@ -268,7 +259,8 @@ def describe_protocol(name: str) -> str:
     return (f"{p.name}: {p.source}. {optimizer}, lr {o.lr:g}, weight decay {o.weight_decay:g}, "
             f"{o.schedule} per {o.schedule_unit}, {p.epochs} epochs, batch {o.batch_size}; head init "
             f"{p.head_init}; training images: {train}; test images "
-            f"{'normalised' if p.normalize_test else 'NOT normalised (only scaled to [0, 1])'}; final epoch reported.")
+            f"{'normalised' if p.normalize_test else 'NOT normalised (only scaled to [0, 1])'}; "
+            "final epoch reported.")
 
 
 def _new_head(dim: int, num_classes: int, init: str, seed: int, device: torch.device) -> nn.Linear:
@@ -276,8 +268,11 @@ def _new_head(dim: int, num_classes: int, init: str, seed: int, device: torch.de
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         head = nn.Linear(dim, num_classes)
-        if init != "default":  # "normal" is the official evaluate.py's; "zeros": a convex problem needs no random start
-            nn.init.normal_(head.weight, std=0.01) if init == "normal" else nn.init.zeros_(head.weight)
+        if init == "normal":  # the official evaluate.py's
+            nn.init.normal_(head.weight, std=0.01)
+        elif init == "zeros":  # a convex problem needs no random start
+            nn.init.zeros_(head.weight)
+        if init != "default":
             nn.init.zeros_(head.bias)
     return head.to(device)
 
@@ -449,7 +444,7 @@ def label_efficiency(train_features: torch.Tensor, train_labels: torch.Tensor, t
     for fraction in fractions:
         idx = class_balanced_subset(train_labels, fraction, torch.Generator().manual_seed(seed))
         epochs = fast_probe_epochs(len(idx), probe_kwargs.get("epochs", 100), probe_kwargs.get("batch_size", 256))
-        probe = linear_probe(train_features[idx.to(train_features.device)], train_labels[idx.to(train_labels.device)],
-                             test_features, test_labels, seed=seed, **{**probe_kwargs, "epochs": epochs})
+        subset = (train_features[idx.to(train_features.device)], train_labels[idx.to(train_labels.device)])
+        probe = linear_probe(*subset, test_features, test_labels, seed=seed, **{**probe_kwargs, "epochs": epochs})
         results[fraction] = probe["top1"]
     return results

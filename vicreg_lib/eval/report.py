@@ -22,7 +22,8 @@ from ..checkpoint import load_pretrained
 from ..data import default_data_spec, load_dataset, random_subset
 from ..hardware import resolve_device
 from ..model import VICReg, build_model, calibrate_batchnorm
-from .features import check_feature_pair, check_labels, extract_features, knn_accuracy, normalize_images, require_finite
+from .features import (check_feature_pair, check_labels, extract_features, knn_accuracy, normalize_images,
+                       require_finite)
 from .probes import PROTOCOLS, check_fractions, label_efficiency, linear_eval, linear_probe
 
 __all__ = ["EvalConfig", "CALIBRATION_IMAGES", "frozen_feature_report", "encoder_report", "random_init_model",
@@ -59,7 +60,8 @@ class EvalConfig:
         if unknown:
             raise ValueError(f"unknown linear-evaluation protocol(s) {unknown}: use any of {', '.join(PROTOCOLS)}")
         if self.probe_epochs is not None and (not isinstance(self.probe_epochs, int) or self.probe_epochs < 1):
-            raise ValueError(f"probe_epochs must be an int >= 1 or None (each protocol's own), got {self.probe_epochs!r}")
+            raise ValueError(f"probe_epochs must be an int >= 1 or None (each protocol's own), "
+                             f"got {self.probe_epochs!r}")
         if self.max_train_images is not None and self.max_train_images < 1:
             raise ValueError(f"max_train_images must be >= 1 or None, got {self.max_train_images}")
         check_fractions(self.label_fractions)
@@ -82,8 +84,8 @@ def frozen_feature_report(train_features: torch.Tensor, train_labels: torch.Tens
     if linear:
         result = linear_probe(*pair, seed=config.seed, **probe)
         metrics["linear_fast_top1"], metrics["linear_fast_top5"] = result["top1"], result["top5"]
-    for fraction, top1 in label_efficiency(*pair, fractions=config.label_fractions, seed=config.seed, **probe).items():
-        metrics[f"label_{fraction * 100:g}%_top1"] = top1
+    few = label_efficiency(*pair, fractions=config.label_fractions, seed=config.seed, **probe)
+    metrics.update({f"label_{fraction * 100:g}%_top1": top1 for fraction, top1 in few.items()})
     return metrics
 
 
@@ -158,9 +160,6 @@ def evaluate_checkpoint(path: str, config: EvalConfig | None = None, **overrides
         metrics = encoder_report(baseline, *images, config, num_classes=len(classes))
         results["random_init"] = {k: v for k, v in metrics.items() if isinstance(v, float)}
     return results
-
-
-# ----------------------------------------------------------------------------- tables
 
 
 def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 0) -> str:

@@ -58,7 +58,8 @@ def random_crop_flip(x: torch.Tensor, padding: int = 4, generator: torch.Generat
 def train_supervised(images: torch.Tensor, labels: torch.Tensor, width: int = 64, epochs: int | None = None,
                      time_budget_s: float | None = None, batch_size: int = 256, lr: float = 0.1,
                      weight_decay: float = 5e-4, momentum: float = 0.9, num_classes: int | None = None,
-                     device: str | torch.device = "auto", seed: int = 0, progress: bool = False) -> SupervisedResult:
+                     device: str | torch.device = "auto", seed: int = 0,
+                     progress: bool = False) -> SupervisedResult:
     """Train resnet18_cifar(width) + a linear head on uint8 images (N, 3, H, W) and labels (N,)
     with `probes.fit_classifier`, for `epochs` (deterministic for a seed) or `time_budget_s`
     (possibly stopping mid-epoch). Data sit on the device as one tensor; bf16 autocast on CUDA.
@@ -81,7 +82,7 @@ def train_supervised(images: torch.Tensor, labels: torch.Tensor, width: int = 64
     def augment(x: torch.Tensor) -> torch.Tensor:
         return random_crop_flip(normalize_images(x), generator=generator)  # (b, 3, H, W)
 
-    fit = fit_classifier(network, images.to(device), labels, optimization, epochs=epochs, time_budget_s=time_budget_s,
-                         prepare=augment, generator=generator, amp=device.type == "cuda", progress=progress,
-                         desc="supervised")
+    fit = fit_classifier(network, images.to(device), labels, optimization, epochs=epochs,
+                         time_budget_s=time_budget_s, prepare=augment, generator=generator,
+                         amp=device.type == "cuda", progress=progress, desc="supervised")
     return SupervisedResult(encoder, classifier, fit.history, fit.steps, fit.seconds)
