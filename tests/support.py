@@ -1,4 +1,4 @@
-"""Small helpers shared by the unit tests (pytest puts this folder on sys.path)."""
+"""Small helpers shared by the unit tests (tests/conftest.py puts this folder on sys.path)."""
 
 from __future__ import annotations
 
