@@ -19,7 +19,7 @@ It needs torch, torchvision and numpy only. Five steps, each written into the re
    evaluation give the number of epochs (the cosine schedule spans exactly those); kNN (k=200
    and k=20, every test image) every `eval_every` epochs. The budget shrinks when the whole
    command would not end by --deadline-min; a watchdog stops training (saving it) if it overruns;
-5. the `fast` and `standard` linear probes (vicreg_lib.linear_eval) on every test image.
+5. the `fast` and `standard` linear probes (vicreg_lib.eval.probes) on every test image.
 
 Under --out: results.json (every figure, the device, torch version, command, the code paths
 that ran or failed, PASS/FAIL of each target of issue 11), metrics.jsonl (the run's records),
@@ -62,7 +62,7 @@ import flops_floor
 import train_throughput
 from vicreg_lib.config import TrainConfig
 from vicreg_lib.data import load_dataset, make_synthetic
-from vicreg_lib.evaluate import extract_features, knn_accuracy
+from vicreg_lib.eval.features import extract_features, knn_accuracy
 from vicreg_lib.model import Projector, VICReg, build_model
 from vicreg_lib.runfolder import read_metrics
 from vicreg_lib.train import RunInterrupted, pretrain
@@ -663,7 +663,7 @@ def run_probes(args, model: nn.Module, data: dict[str, Any], device: torch.devic
                plan: dict[str, Any], results: Results) -> None:
     """The `fast` and `standard` linear probes on every test image (the standard one is skipped only
     when it would end after --deadline-min by more than a minute)."""
-    from vicreg_lib.linear_eval import linear_eval
+    from vicreg_lib.eval.probes import linear_eval
 
     say("[5/5] linear probes (frozen encoder, every test image)")
     encoder = model.encoder.to(device).eval()

@@ -1,8 +1,9 @@
-"""Small helpers shared by the unit tests (pytest puts this folder on sys.path)."""
+"""Small helpers shared by the unit tests (tests/conftest.py puts this folder on sys.path)."""
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def gaussian_clusters(n_per_class: int, num_classes: int, dim: int = 32, spread: float = 1.0, seed: int = 0):
@@ -34,3 +35,22 @@ class AtenCalls:
 
     def __exit__(self, *exc):
         self.mode.__exit__(*exc)
+
+
+class TinyEncoder(nn.Module):
+    """A stand-in encoder with BatchNorm, so train and eval mode give different outputs: (n, 3, H, W) -> (n, out_dim)."""
+
+    def __init__(self, out_dim: int = 8):
+        super().__init__()
+        self.conv = nn.Conv2d(3, out_dim, 3, padding=1)
+        self.bn = nn.BatchNorm2d(out_dim)
+        self.out_dim = out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3))  # (n, out_dim)
+
+
+def random_images(n: int, seed: int = 0, size: int = 8) -> torch.Tensor:
+    """uint8 noise images (n, 3, size, size)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)

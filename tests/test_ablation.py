@@ -13,7 +13,7 @@ import numpy as np
 from vicreg_lib import ablation, train
 from vicreg_lib.ablation import PAPER_ABLATION, AblationTable, parse_grid, run_ablation
 from vicreg_lib.config import TrainConfig
-from vicreg_lib.diagnostics import COLLAPSED, DIMENSIONAL_COLLAPSE, HEALTHY
+from vicreg_lib.eval.diagnostics import COLLAPSED, DIMENSIONAL_COLLAPSE, HEALTHY
 
 # width 4 (32-d representation h), projector 48-48-48 (48-d embedding z, so the two cannot be
 # confused), 64 synthetic train / 32 test images, batch 32: two steps per run
@@ -57,7 +57,7 @@ def sweep(one_thread, tmp_path_factory):
 def test_each_setting_is_one_run_and_its_row_holds_the_diagnostics(sweep):
     _, spy, table = sweep
     assert spy.calls == [(1.0, 0.0, 0.0), (25.0, 25.0, 1.0)]
-    assert table.settings() == [(1.0, 0.0, 0.0), (25.0, 25.0, 1.0)]
+    assert table.coefficients() == [(1.0, 0.0, 0.0), (25.0, 25.0, 1.0)]
     for row in table:
         assert not row["cached"]
         # the diagnostics are of the embedding z (48-d), not of the representation h (32-d)
@@ -166,7 +166,7 @@ def test_damaged_result_file_is_recomputed(sweep, tmp_path):
     ("25,25,-1", "nu = -1.0"),
     ([], "grid is empty"),
     ([(1, 1, 1)], "probe_train_images must be"),
-    (";", "holds no setting"),
+    (";", "holds no coefficients"),
 ])
 def test_bad_settings_fail_before_any_training(grid, message, tmp_path):
     spy = Spy()
@@ -201,13 +201,13 @@ def test_table_renders_with_the_papers_numbers():
     assert f"| {PAPER_ABLATION[(1.0, 1.0, 0.0)]:.1f} | yes |" in lines[3]
     assert lines[4].endswith("| - | - |")  # (25, 5, 1) is not in the paper
     compared = table.compare_with_paper()
-    assert compared.settings() == [(1.0, 0.0, 0.0), (1.0, 1.0, 0.0)]
+    assert compared.coefficients() == [(1.0, 0.0, 0.0), (1.0, 1.0, 0.0)]
     assert table._repr_markdown_() == table.to_markdown()
     # a disagreement is shown, not hidden
     disagree = AblationTable([_row((25, 0, 1), "ok", 20.0)]).compare_with_paper().to_markdown()
     assert "collapse" in disagree and disagree.splitlines()[-1].endswith("| NO |")
     assert table[(25, 5, 1)]["linear_top1"] == 40.0
-    with pytest.raises(KeyError, match="no row for setting"):
+    with pytest.raises(KeyError, match="no row for"):
         table[(2, 2, 2)]
 
 
@@ -292,16 +292,12 @@ def test_paper_collapse_means_a_complete_verdict():
     assert lines[2].endswith("| yes |")
 
 
-def test_the_untrained_baseline_is_measured_with_batchnorm_statistics_of_the_data(one_thread):
+def test_the_untrained_baseline_is_measured_with_batchnorm_statistics_of_the_data(one_thread, monkeypatch):
     """At BatchNorm's initial statistics an untrained network's embeddings read as collapsed."""
-    from vicreg_lib import model as model_module
+    from vicreg_lib.eval import report
 
     calibrated = ablation.evaluate_random_init(TINY, probe_epochs=2)
-    real = model_module.calibrate_batchnorm
-    try:
-        ablation.calibrate_batchnorm = lambda model, batches: model.eval()  # skip the calibration
-        raw = ablation.evaluate_random_init(TINY, probe_epochs=2)
-    finally:
-        ablation.calibrate_batchnorm = real
+    monkeypatch.setattr(report, "calibrate_batchnorm", lambda model, batches: model.eval())  # skip the calibration
+    raw = ablation.evaluate_random_init(TINY, probe_epochs=2)
     assert calibrated["report"]["rms_std"] > 5 * raw["report"]["rms_std"]
     assert calibrated["verdict"] != COLLAPSED

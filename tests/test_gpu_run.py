@@ -241,7 +241,7 @@ def test_gpu_run_imports_with_only_torch_torchvision_and_numpy(tmp_path):
         if GPU_MACHINE_PACKAGES.match(entry.name):
             (tmp_path / entry.name).symlink_to(entry)
     repo = BENCHMARKS.parent
-    code = ("import gpu_run, vicreg_lib.linear_eval, vicreg_lib.checkpoint, torchvision.io\n"
+    code = ("import gpu_run, vicreg_lib.eval.probes, vicreg_lib.checkpoint, torchvision.io\n"
             "for name in ('tqdm', 'matplotlib', 'sklearn', 'umap'):\n"
             "    try:\n"
             "        __import__(name)\n"

@@ -72,6 +72,17 @@ def test_only_the_cli_the_ablation_runner_and_the_monitor_import_the_training_lo
     assert users <= TRAIN_LOOP_USERS, f"unexpected importers of train.py: {sorted(users - TRAIN_LOOP_USERS)}"
 
 
+def test_the_training_loop_reaches_only_features_and_diagnostics_of_eval():
+    """Training measures kNN and collapse each epoch; the probes, reports and baselines stay outside it."""
+    graph, reached, todo = _graph(), set(), ["train"]
+    while todo:
+        for target in graph[todo.pop()] - reached:
+            reached.add(target)
+            todo.append(target)
+    assert {m for m in reached if m.startswith("eval.")} <= {"eval.features", "eval.diagnostics"}
+    assert "eval.features" in reached  # the check above is not vacuous
+
+
 def test_functions_are_short():
     long = [f"{name}.{node.name} ({node.end_lineno - node.lineno + 1} lines)"
             for name, tree in _modules().items() for node in ast.walk(tree)

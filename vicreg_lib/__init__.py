@@ -11,7 +11,7 @@ from .ablation import PAPER_ABLATION, run_ablation
 from .augment import RECIPES, BatchAugment, two_views_transform
 from .checkpoint import CheckpointError, load_checkpoint, load_pretrained, save_checkpoint
 from .data import CIFAR10_MEAN, CIFAR10_STD, DataSpecError, default_data_spec, load_dataset, random_subset
-from .diagnostics import (
+from .eval.diagnostics import (
     collapse_report,
     correlation_matrix,
     covariance_matrix,
@@ -20,14 +20,16 @@ from .diagnostics import (
     singular_values,
 )
 from .hardware import gather_with_grad, init_distributed, is_main_process
-from .evaluate import evaluate_checkpoint, extract_features, knn_accuracy, label_efficiency, linear_probe
+from .eval.features import extract_features, knn_accuracy
+from .eval.probes import label_efficiency, linear_probe
+from .eval.report import EvalConfig, evaluate_checkpoint
 from .config import PRESETS, TrainConfig
 from .loss import LossTerms, VICRegLoss, covariance_loss, invariance_loss, variance_loss, vicreg_loss
 from .tutorial.embedding_maps import nearest_neighbors, umap_2d
 from .model import VICReg, Projector, build_model, parse_projector_spec, resnet18_cifar
 from .tutorial.monitor import launch, pretrain_command, watch_run
 from .tutorial.notebook_env import notebook_settings
-from .supervised import train_supervised
+from .eval.supervised import train_supervised
 from .runfolder import read_config, read_metrics
 from .train import PretrainResult, RunInterrupted, TrainingDiverged, pretrain, training_step
 
@@ -36,7 +38,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BatchAugment", "build_model", "CheckpointError", "CIFAR10_MEAN", "CIFAR10_STD", "collapse_report",
     "correlation_matrix", "covariance_loss", "covariance_matrix", "DataSpecError", "default_data_spec",
-    "effective_rank", "evaluate_checkpoint", "extract_features", "gather_with_grad", "init_distributed",
+    "effective_rank", "EvalConfig", "evaluate_checkpoint", "extract_features", "gather_with_grad", "init_distributed",
     "invariance_loss", "is_main_process", "knn_accuracy", "label_efficiency", "launch", "linear_probe",
     "load_checkpoint", "load_dataset", "load_pretrained", "LossTerms", "nearest_neighbors",
     "notebook_settings", "PAPER_ABLATION", "parse_projector_spec", "per_dim_std", "PRESETS", "pretrain",

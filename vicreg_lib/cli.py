@@ -115,11 +115,12 @@ def run_pretrain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    from .linear_eval import PROTOCOLS
+    from .eval.probes import PROTOCOLS
 
     parser.add_argument("checkpoint", help="a checkpoint.pt written by pretrain")
     parser.add_argument("--data", default=None, help="data spec to evaluate on (default: the one it was trained on)")
-    parser.add_argument("--data-root", default=None, help="where downloads and unpacked archives go")
+    parser.add_argument("--data-root", default=None, help="where downloads and unpacked archives go (default: "
+                                                          "$VICREG_DATA_ROOT, else data; never the checkpoint's)")
     parser.add_argument("--device", default="auto", help=f"device: {DEVICE_CHOICES}")
     parser.add_argument("--batch-size", type=int, default=512, help="batch size of feature extraction")
     parser.add_argument("--protocol", action="append", choices=PROTOCOLS, default=None, dest="protocols",
@@ -136,23 +137,16 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .evaluate import evaluate_checkpoint, format_table
+    from .eval.report import EvalConfig, evaluate_checkpoint, format_table
 
     try:
         resolve_device(args.device)
-        results = evaluate_checkpoint(
-            args.checkpoint,
-            data=args.data,
-            data_root=args.data_root,
-            device=args.device,
-            batch_size=args.batch_size,
-            protocols=tuple(args.protocols or ("fast",)),
-            probe_epochs=args.probe_epochs,
-            max_train_images=args.max_train_images,
-            random_init_baseline=args.random_init_baseline,
-            progress=args.progress,
-        )
-    except (ValueError, FileNotFoundError) as error:  # CheckpointError, DataSpecError, bad numbers
+        config = EvalConfig(data=args.data, data_root=args.data_root, device=args.device, batch_size=args.batch_size,
+                            protocols=tuple(args.protocols or ("fast",)), probe_epochs=args.probe_epochs,
+                            max_train_images=args.max_train_images, random_init_baseline=args.random_init_baseline,
+                            progress=args.progress)
+        results = evaluate_checkpoint(args.checkpoint, config)
+    except (ValueError, OSError) as error:  # CheckpointError, DataSpecError, bad numbers, an unwritable folder
         return _fail(str(error))
     print(format_table(results))
     return 0

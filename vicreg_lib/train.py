@@ -45,9 +45,9 @@ from .augment import BatchAugment, TransformedImages, get_recipe, two_views_tran
 from .checkpoint import CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import TrainConfig, resume_differences
 from .data import load_dataset, random_subset
-from .diagnostics import HELDOUT_BATCH_SIZE, effective_rank, heldout_batch, per_dim_std
+from .eval.diagnostics import HELDOUT_BATCH_SIZE, effective_rank, heldout_batch, per_dim_std
 from .hardware import DistInfo, gather_with_grad, init_distributed, precision_for
-from .evaluate import extract_features, knn_accuracy
+from .eval.features import extract_features, knn_accuracy
 from .loss import LossTerms, VICRegLoss
 from .model import VICReg, build_model
 from .optim import build_optimizer, lr_at_step, set_lr

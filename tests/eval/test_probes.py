@@ -1,31 +1,22 @@
-"""linear_eval: the blog, standard and fast protocols do what they say, and the fast probe
-agrees with scikit-learn's logistic regression."""
+"""eval/probes.py: fit_classifier trains what it is given as told; the blog, standard and fast
+protocols do what they say; the fast probe agrees with scikit-learn's logistic regression;
+label efficiency probes class-balanced subsets."""
 from __future__ import annotations
 
 import math
+import types
 
 import numpy as np
 import pytest
 import torch
-from support import gaussian_clusters
+from support import TinyEncoder, gaussian_clusters
 from torch import nn
 
-from vicreg_lib import linear_eval as le
-from vicreg_lib.features import NonFiniteFeaturesError, extract_features, normalize_images
-from vicreg_lib.linear_eval import PROTOCOL_SETTINGS, PROTOCOLS, describe_protocol, linear_eval, linear_probe
+from vicreg_lib.eval import probes as le
+from vicreg_lib.eval.features import NonFiniteFeaturesError, check_labels, extract_features
+from vicreg_lib.eval.probes import (PROTOCOLS, Optimization, class_balanced_subset, describe_protocol,
+                                    fit_classifier, label_efficiency, linear_eval, linear_probe, topk_accuracy)
 from vicreg_lib.optim import lr_at_step
-
-
-class TinyEncoder(nn.Module):
-    """A stand-in encoder with BatchNorm, so train and eval mode give different outputs."""
-
-    def __init__(self, out_dim: int = 8):
-        super().__init__()
-        self.conv = nn.Conv2d(3, out_dim, 3, padding=1)
-        self.bn = nn.BatchNorm2d(out_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3))  # (n, out_dim)
 
 
 def brightness_classes(n_per_class: int, seed: int = 0, size: int = 8):
@@ -74,14 +65,14 @@ def spy_on_crop_scales(monkeypatch) -> list:
 
 
 def spy_on_fit(monkeypatch) -> list:
-    """Record (head before training, recipe, epochs) of each fit_classifier call in linear_eval."""
+    """Record (head before training, optimization, epochs) of each fit_classifier call in linear_eval."""
     calls = []
     real_fit = le.fit_classifier
 
-    def spy(model, inputs, labels, recipe, **kwargs):
-        calls.append({"head": {k: v.clone() for k, v in model.state_dict().items()}, "recipe": recipe,
+    def spy(model, inputs, labels, optimization, **kwargs):
+        calls.append({"head": {k: v.clone() for k, v in model.state_dict().items()}, "optimization": optimization,
                       "epochs": kwargs["epochs"], "model": model})
-        return real_fit(model, inputs, labels, recipe, **kwargs)
+        return real_fit(model, inputs, labels, optimization, **kwargs)
 
     monkeypatch.setattr(le, "fit_classifier", spy)
     return calls
@@ -91,7 +82,7 @@ def spy_on_fit(monkeypatch) -> list:
 
 
 def test_every_protocol_is_described():
-    assert PROTOCOLS == ("blog", "standard", "fast")
+    assert tuple(PROTOCOLS) == ("blog", "standard", "fast")
     for name in PROTOCOLS:
         text = describe_protocol(name)
         assert text.startswith(f"{name}:") and "final epoch" in text
@@ -122,7 +113,7 @@ def test_standard_protocol_settings(monkeypatch):
     calls = spy_on_fit(monkeypatch)
     images, labels = brightness_classes(10, size=8)
     result = linear_eval(TinyEncoder(), images, labels, images, labels, protocol="standard", epochs=3, device="cpu")
-    assert result["epochs"] == 3 and PROTOCOL_SETTINGS["standard"].epochs == 100
+    assert result["epochs"] == 3 and PROTOCOLS["standard"].epochs == 100
     assert [g["lr"] for g in seen] == pytest.approx([lr_at_step(e, schedule="cosine", peak_lr=0.3, total_steps=3)
                                                     for e in range(3)])
     assert {g["momentum"] for g in seen} == {0.9} and {g["weight_decay"] for g in seen} == {1e-6}
@@ -341,7 +332,7 @@ def test_the_fast_probe_takes_enough_steps_on_a_few_samples():
     pytest.importorskip("sklearn")
     from sklearn.linear_model import LogisticRegression
 
-    from vicreg_lib.linear_eval import FAST_MIN_STEPS, fast_probe_epochs, linear_probe
+    from vicreg_lib.eval.probes import FAST_MIN_STEPS, fast_probe_epochs
 
     generator = torch.Generator().manual_seed(0)
     centres = torch.randn(10, 32, generator=generator) * 1.2
@@ -364,3 +355,180 @@ def test_the_fast_probe_returns_its_test_predictions():
     predictions = probe["test_predictions"]
     assert predictions.shape == (100,) and predictions.dtype == torch.int64
     assert 100 * (predictions == labels[200:]).float().mean().item() == pytest.approx(probe["top1"])
+
+
+# ----------------------------------------------------------------------------- label efficiency
+
+
+def test_class_balanced_subset_takes_fraction_of_each_class():
+    labels = torch.arange(5).repeat_interleave(torch.tensor([100, 50, 20, 10, 3]))
+    idx = class_balanced_subset(labels, 0.1, torch.Generator().manual_seed(0))
+    counts = torch.bincount(labels[idx], minlength=5)
+    assert counts.tolist() == [10, 5, 2, 1, 1]  # rounded, at least one per class
+    assert idx.unique().shape == idx.shape  # no sample twice
+    assert class_balanced_subset(labels, 1.0).shape[0] == labels.shape[0]
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="fraction"):
+            class_balanced_subset(labels, bad)
+
+
+def test_label_efficiency_probes_on_balanced_subsets(monkeypatch):
+    train_x, train_y = gaussian_clusters(50, 4, seed=9)
+    test_x, test_y = gaussian_clusters(10, 4, seed=9)
+    seen = []
+    real_probe = le.linear_probe
+
+    def spy(train_features, train_labels, *args, **kwargs):
+        seen.append(torch.bincount(train_labels, minlength=4).tolist())
+        assert train_features.shape[0] == train_labels.shape[0]
+        return real_probe(train_features, train_labels, *args, **kwargs)
+
+    monkeypatch.setattr(le, "linear_probe", spy)
+    result = label_efficiency(train_x, train_y, test_x, test_y, fractions=(0.01, 0.1, 1.0),
+                              epochs=20, lr=1e-2, device="cpu")
+    assert list(result) == [0.01, 0.1, 1.0]
+    assert seen == [[1, 1, 1, 1], [5, 5, 5, 5], [50, 50, 50, 50]]
+    assert result[1.0] >= 95.0
+
+
+def test_label_efficiency_rejects_bad_fractions():
+    x, y = torch.randn(10, 4), torch.randint(0, 2, (10,))
+    with pytest.raises(ValueError, match="fractions"):
+        label_efficiency(x, y, x, y, fractions=(0.1, 2.0))
+
+
+# ----------------------------------------------------------------------------- fit_classifier
+
+
+def blobs(n_per_class: int = 20, num_classes: int = 3, dim: int = 5, seed: int = 0):
+    """Well-separated Gaussian blobs: features (n, dim), labels (n,)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = 4.0 * torch.randn(num_classes, dim, generator=g)
+    labels = torch.arange(num_classes).repeat_interleave(n_per_class)
+    return centres[labels] + torch.randn(labels.shape[0], dim, generator=g), labels
+
+
+def record_lrs(monkeypatch, optimizer_class) -> list[dict]:
+    """Record the lr, momentum and weight decay each optimizer step of `optimizer_class` used."""
+    seen = []
+    real_step = optimizer_class.step
+
+    def step(self, *args, **kwargs):
+        group = self.param_groups[0]
+        seen.append({k: group.get(k) for k in ("lr", "momentum", "weight_decay")})
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(optimizer_class, "step", step)
+    return seen
+
+
+def test_fit_classifier_learns_and_leaves_model_in_eval_mode():
+    x, y = blobs()
+    head = nn.Linear(5, 3)
+    fit = fit_classifier(head, x, y, Optimization(lr=0.05, batch_size=16), epochs=10,
+                         generator=torch.Generator().manual_seed(0))
+    assert [h["epoch"] for h in fit.history] == list(range(1, 11))
+    assert fit.steps == 10 * math.ceil(60 / 16)
+    assert fit.history[-1]["loss"] < 0.5 * fit.history[0]["loss"]
+    with torch.no_grad():
+        assert topk_accuracy(head(x), y, 1) > 95.0
+    assert not head.training
+
+
+@pytest.mark.parametrize("unit", ["step", "epoch"])
+def test_the_lr_each_step_used_is_the_schedules(monkeypatch, unit):
+    seen = record_lrs(monkeypatch, torch.optim.SGD)
+    x, y = blobs()
+    optimization = Optimization(lr=0.4, batch_size=16, schedule="warmup_cosine", schedule_unit=unit, warmup=2,
+                                final_ratio=0.1)
+    fit_classifier(nn.Linear(5, 3), x, y, optimization, epochs=5, generator=torch.Generator().manual_seed(0))
+    steps_per_epoch = 4  # ceil(60 / 16)
+    assert len(seen) == 5 * steps_per_epoch
+    for step, used in enumerate(seen):
+        position, total = (step // steps_per_epoch, 5) if unit == "epoch" else (step, 5 * steps_per_epoch)
+        expected = lr_at_step(position, schedule="warmup_cosine", peak_lr=0.4, total_steps=total,
+                              warmup_steps=2, final_ratio=0.1)
+        assert used["lr"] == pytest.approx(expected)
+    assert len({round(s["lr"], 12) for s in seen}) > 3  # the rate moves: not a constant schedule
+
+
+def test_momentum_and_weight_decay_reach_the_optimizer(monkeypatch):
+    seen = record_lrs(monkeypatch, torch.optim.SGD)
+    x, y = blobs()
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    torch.manual_seed(0)
+    plain, heavy = nn.Linear(5, 3), nn.Linear(5, 3)
+    heavy.load_state_dict(plain.state_dict())
+    fit_classifier(plain, x, y, Optimization(lr=0.05, momentum=0.0, weight_decay=0.0), epochs=3, generator=g())
+    fit_classifier(heavy, x, y, Optimization(lr=0.05, momentum=0.5, weight_decay=0.5), epochs=3, generator=g())
+    assert {s["momentum"] for s in seen} == {0.0, 0.5} and {s["weight_decay"] for s in seen} == {0.0, 0.5}
+    assert heavy.weight.norm() < plain.weight.norm()  # decay shrinks the weights
+
+
+def test_adam_is_used_when_asked(monkeypatch):
+    seen = record_lrs(monkeypatch, torch.optim.Adam)
+    x, y = blobs()
+    fit_classifier(nn.Linear(5, 3), x, y, Optimization(optimizer="adam", lr=1e-2, schedule="constant"),
+                   epochs=2)
+    assert [s["lr"] for s in seen] == [1e-2, 1e-2]
+
+
+def test_prepare_runs_without_gradients_and_only_the_model_trains():
+    x, y = blobs()
+    frozen_layer = nn.Linear(5, 5)
+    before = frozen_layer.weight.clone()
+    calls = []
+
+    def prepare(batch: torch.Tensor) -> torch.Tensor:
+        calls.append(torch.is_grad_enabled())
+        return frozen_layer(batch)
+
+    head = nn.Linear(5, 3)
+    head_before = head.weight.clone()
+    fit_classifier(head, x, y, Optimization(lr=0.1), epochs=2, prepare=prepare)
+    assert calls and not any(calls)
+    assert torch.equal(frozen_layer.weight, before) and frozen_layer.weight.grad is None
+    assert not torch.equal(head.weight, head_before)
+
+
+def test_a_lone_sample_batch_is_skipped_only_with_batchnorm():
+    x, y = blobs(n_per_class=3)  # 9 samples, batch 4: the last batch holds one
+    with_bn = nn.Sequential(nn.BatchNorm1d(5), nn.Linear(5, 3))
+    assert fit_classifier(with_bn, x, y, Optimization(lr=0.1, batch_size=4), epochs=2).steps == 2 * 2
+    assert fit_classifier(nn.Linear(5, 3), x, y, Optimization(lr=0.1, batch_size=4), epochs=2).steps == 2 * 3
+
+
+def test_time_budget_stops_mid_epoch_and_runs_the_schedule_on_the_clock(monkeypatch):
+    clock = types.SimpleNamespace(now=50.0)  # a fake clock: 0.25 s per optimizer step
+    monkeypatch.setattr(le, "time", types.SimpleNamespace(perf_counter=lambda: clock.now))
+    seen = record_lrs(monkeypatch, torch.optim.SGD)
+    real_step = torch.optim.SGD.step
+
+    def step(self, *args, **kwargs):
+        clock.now += 0.25
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    x, y = blobs()
+    fit = fit_classifier(nn.Linear(5, 3), x, y, Optimization(lr=0.2, batch_size=4), time_budget_s=1.0)
+    assert fit.steps == 4 and fit.seconds == 1.0 and len(fit.history) == 1
+    assert [s["lr"] for s in seen] == pytest.approx([0.2 * 0.5 * (1 + math.cos(f * math.pi)) for f in (0, .25, .5, .75)])
+
+
+def test_bad_input_gets_one_clear_error():
+    x, y = blobs()
+    head = nn.Linear(5, 3)
+    with pytest.raises(ValueError, match="only 3 classes"):
+        fit_classifier(head, x, y + 1, Optimization(), epochs=1)
+    with pytest.raises(ValueError, match=">= 0"):
+        fit_classifier(head, x, y - 1, Optimization(), epochs=1)
+    with pytest.raises(ValueError, match="exactly one of epochs"):
+        fit_classifier(head, x, y, Optimization())
+    with pytest.raises(ValueError, match="integer class ids"):
+        fit_classifier(head, x, y.float(), Optimization(), epochs=1)
+    with pytest.raises(ValueError, match="one label per sample"):
+        check_labels(y[:3], 60, "train")
+    for bad in (dict(optimizer="lamb"), dict(schedule="step"), dict(lr=0.0), dict(batch_size=0),
+                dict(schedule_unit="minute"), dict(momentum=-1.0)):
+        with pytest.raises(ValueError, match="Optimization"):
+            Optimization(**bad)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from vicreg_lib.supervised import random_crop_flip, train_supervised
+from vicreg_lib.eval.supervised import random_crop_flip, train_supervised
 
 
 def _windows(x: torch.Tensor, padding: int) -> list[torch.Tensor]:
@@ -57,7 +57,7 @@ def _two_colour_classes(n: int = 64, size: int = 16, seed: int = 0) -> tuple[tor
 
 
 def test_train_supervised_trains_the_network_and_learns_the_labels():
-    from vicreg_lib.features import normalize_images
+    from vicreg_lib.eval.features import normalize_images
     from vicreg_lib.model import resnet18_cifar
 
     images, labels = _two_colour_classes(48, 8)
@@ -90,10 +90,10 @@ def test_train_supervised_stops_at_the_time_budget(monkeypatch):
     # a fake clock that advances 0.25 s per optimizer step makes "time" a function of the steps
     import types
 
-    import vicreg_lib.classifier as classifier  # the training loop train_supervised runs
+    import vicreg_lib.eval.probes as probes  # fit_classifier, the training loop train_supervised runs
 
     clock = types.SimpleNamespace(now=100.0)
-    monkeypatch.setattr(classifier, "time", types.SimpleNamespace(perf_counter=lambda: clock.now))
+    monkeypatch.setattr(probes, "time", types.SimpleNamespace(perf_counter=lambda: clock.now))
     sgd_step = torch.optim.SGD.step
 
     def step(self, *args, **kwargs):
@@ -118,7 +118,7 @@ def test_train_supervised_rejects_bad_input():
         train_supervised(images, labels, width=2)
     with pytest.raises(ValueError, match="uint8"):
         train_supervised(images.float(), labels, width=2, epochs=1)
-    with pytest.raises(ValueError, match="one label per image"):
+    with pytest.raises(ValueError, match="one label per sample"):
         train_supervised(images, labels[:-1], width=2, epochs=1)
     with pytest.raises(ValueError, match="only 2 classes"):
         train_supervised(images, labels + 1, width=2, epochs=1, num_classes=2)

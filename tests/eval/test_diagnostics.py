@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vicreg_lib.diagnostics import (
+from vicreg_lib.eval.diagnostics import (
     COLLAPSED,
     DIMENSIONAL_COLLAPSE,
     HEALTHY,
