@@ -221,13 +221,12 @@ def check_graphed_step(config: TrainConfig, batch: int, device: torch.device,
             "losses_eager": eager_losses, "losses_graphed": graphed_losses, "losses_close": losses_close}
 
 
-def time_parts(config: TrainConfig, batch: int, device: torch.device, use_compile: bool, deadline: float,
-               timing: dict[str, int], compile_cost: list[float], log: Callable[[str], None]) -> dict[str, Any]:
-    """ms per call of every part at one batch size; a part that would end after `deadline`
+def time_parts(bench: Bench, names: tuple[str, ...], rows: dict[str, Any], use_compile: bool, deadline: float,
+               timing: dict[str, int], compile_cost: list[float], log: Callable[[str], None]) -> None:
+    """Time parts `names` of `bench` into rows (ms per call); a part that would end after `deadline`
     (perf_counter) is skipped and says why."""
-    bench = Bench(config, batch, device)
-    rows: dict[str, Any] = {}
-    for name in PARTS:
+    batch, device = bench.batch, bench.device
+    for name in names:
         why = refusal(name, device, use_compile)
         guess = (compile_cost[-1] if compile_cost else COMPILE_GUESS_S) if (
             name in COMPILED_PARTS and bench.compiled is None) else 0.0
@@ -251,13 +250,17 @@ def time_parts(config: TrainConfig, batch: int, device: torch.device, use_compil
             compile_cost.append(seconds)
         rows[name] = {"ms": ms, "seconds": seconds}
         log(f"  batch {batch} {name}: {ms:.2f} ms ({seconds:.1f} s)")
+
+
+def add_images_per_s(rows: dict[str, Any], batch: int) -> None:
+    """Images/s of the augmentation alone and of each whole step with its augmentation."""
     augment_ms = rows["augment"].get("ms")
+    if not augment_ms:
+        return
+    rows["augment"]["images_per_s"] = batch * 1000 / augment_ms
     for name in STEP_PARTS:
-        if "ms" in rows[name] and augment_ms:
+        if "ms" in rows[name]:
             rows[name]["images_per_s"] = batch * 1000 / (rows[name]["ms"] + augment_ms)
-    if augment_ms:
-        rows["augment"]["images_per_s"] = batch * 1000 / augment_ms
-    return rows
 
 
 def profile_config(width: int, batch: int, projector: str | None) -> TrainConfig:
@@ -294,12 +297,15 @@ def profile_step(device: torch.device, width: int = 64, batch_sizes: tuple[int, 
     else:
         result["graph_check"] = {"passed": None, "skipped": "CUDA graphs need a CUDA device"}
     compile_cost: list[float] = []
+    benches = {batch: Bench(profile_config(width, batch, projector), batch, device) for batch in batch_sizes}
+    # every batch size's uncompiled parts first: a budget spent on compiling leaves them measured
+    for names in (tuple(n for n in PARTS if n not in COMPILED_PARTS), COMPILED_PARTS):
+        for batch, bench in benches.items():
+            rows = result["parts"].setdefault(str(batch), {})
+            time_parts(bench, names, rows, use_compile, deadline, timing, compile_cost, log)
     for batch in batch_sizes:
-        config = profile_config(width, batch, projector)
-        result["parts"][str(batch)] = time_parts(config, batch, device, use_compile, deadline, timing,
-                                                 compile_cost, log)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        result["parts"][str(batch)] = {name: result["parts"][str(batch)][name] for name in PARTS}  # table order
+        add_images_per_s(result["parts"][str(batch)], batch)
     result["seconds"] = time.perf_counter() - started
     return result
 
