@@ -86,9 +86,15 @@ SPEEDUP_TARGET = 20.0
 FLOOR_TARGET, FLOOR_MOONSHOT = 0.15, 0.30
 KNN_TARGET, KNN_MOONSHOT = 80.0, 85.0
 # guesses for the plan printed at the start, before anything is measured (from the first H200 run)
-DATA_GUESS_S, LADDER_ROW_GUESS_S, FLOOR_GUESS_S, FAST_PROBE_GUESS_S, WEIGHTS_GUESS_S = 20.0, 8.0, 15.0, 35.0, 5.0
+DATA_GUESS_S, LADDER_ROW_GUESS_S, FLOOR_GUESS_S, FAST_PROBE_GUESS_S, WEIGHTS_GUESS_S = 15.0, 6.0, 10.0, 35.0, 5.0
+PLANNING_GUESS_S = 10.0  # the pretraining's planning: a kNN evaluation and a timed epoch of each probe
 BLOG_IMAGES_PER_S_GUESS = 800.0  # the blog loop with 2 workers on the GPU machine's CPUs
 MIN_BUDGETED_STEP_S = 10.0  # a profile or A/B given less than this is skipped instead
+# settings this command decides itself (sizes, tricks, schedule, files): an A/B override of one is not applied
+RUN_SETTINGS = frozenset({"preset", "data", "data_root", "max_train_images", "width", "batch_size", "epochs",
+                          "device", "out_dir", "eval_every", "eval_at_start", "pipeline", "num_workers", "amp",
+                          "channels_last", "compile", "cuda_graph", "log_every", "checkpoint_every", "overwrite",
+                          "resume", "progress", "max_steps", "projector"})
 
 
 # ============================================================================ output
@@ -304,7 +310,7 @@ def run_profile_step(args, device: torch.device, clock: Clock, protect_s: float,
     say(f"[step_profile] width {args.width}, batches {args.profile_batch_sizes}, budget {budget:.0f} s")
     profile = step_profile.profile_step(
         device, width=args.width, batch_sizes=args.profile_batch_sizes, projector=args.projector,
-        use_compile=not args.smoke, budget_s=budget, log=say,
+        use_compile=not args.smoke, budget_s=None if args.smoke else budget, log=say,
         **(dict(warmup=1, steps=2, repeats=2) if args.smoke else {}))
     step_profile.print_profile(profile)
     train_throughput.reset_compiler()
@@ -326,7 +332,8 @@ def run_profile_step(args, device: torch.device, clock: Clock, protect_s: float,
 def run_ab_step(args, spec: str, device: torch.device, clock: Clock, protect_s: float,
                 results: Results) -> dict[str, Any]:
     """recipe_ab.run_recipe_ab within --ab-budget-s; returns the TrainConfig overrides that won ({}
-    when skipped). Overrides that are not TrainConfig settings are recorded and left out."""
+    when skipped). Overrides that are not TrainConfig settings, or are settings this command decides
+    (RUN_SETTINGS), are recorded and left out."""
     if args.ab_budget_s <= 0:
         raise Skip("--ab-budget-s 0")
     try:
@@ -344,11 +351,17 @@ def run_ab_step(args, spec: str, device: torch.device, clock: Clock, protect_s: 
                                       out_dir=args.work / "recipe_ab", smoke=args.smoke)
     train_throughput.reset_compiler()
     overrides = dict(outcome.get("overrides") or {})
-    unknown = sorted(set(overrides) - set(field_names()))
-    applied = {key: value for key, value in overrides.items() if key not in unknown}
-    results.data["recipe_ab"] = {"result": outcome, "overrides": applied, "not_settings": unknown,
+    left_out = sorted(key for key in overrides if key not in field_names() or key in RUN_SETTINGS)
+    applied = {key: value for key, value in overrides.items() if key not in left_out}
+    try:
+        TrainConfig.from_preset(PRESET, **applied)
+    except (TypeError, ValueError) as error:  # a bad value must not break every later step
+        results.data["recipe_ab"] = {"result": outcome, "overrides": {}, "rejected": applied, "why": str(error)}
+        raise ValueError(f"the A/B's overrides {applied} are not a valid config ({error}); none applied") from None
+    results.data["recipe_ab"] = {"result": outcome, "overrides": applied, "left_out": left_out,
                                  "budget_s": budget, "seconds": time.perf_counter() - started}
-    say(f"      overrides that won: {applied or 'none'}" + (f"; not TrainConfig settings: {unknown}" if unknown else ""))
+    say(f"      overrides that won: {applied or 'none'}"
+        + (f"; left out (not recipe settings): {left_out}" if left_out else ""))
     return applied
 
 
@@ -978,7 +991,7 @@ def header(args, device: torch.device) -> dict[str, Any]:
 def protected_s(args) -> float:
     """Seconds the steps before the pretraining leave for it: its budget, its planning (a kNN
     evaluation, the probes' timed epochs), the weights and the fast probe."""
-    return args.budget_min * 60 + 15.0 + WEIGHTS_GUESS_S + FAST_PROBE_GUESS_S
+    return args.budget_min * 60 + PLANNING_GUESS_S + WEIGHTS_GUESS_S + FAST_PROBE_GUESS_S
 
 
 def the_plan(args) -> dict[str, float]:
@@ -987,7 +1000,7 @@ def the_plan(args) -> dict[str, float]:
     ladder_s = 1.5 * blog_s + 4 * LADDER_ROW_GUESS_S  # the blog loop twice, our four rows without compile
     return {"data": DATA_GUESS_S, "step_profile": args.profile_budget_s, "recipe_ab": args.ab_budget_s,
             "ladder (without its compile row)": ladder_s, "floor": FLOOR_GUESS_S,
-            "pretrain (planning, budget)": 15.0 + args.budget_min * 60, "weights": WEIGHTS_GUESS_S,
+            "pretrain (planning, budget)": PLANNING_GUESS_S + args.budget_min * 60, "weights": WEIGHTS_GUESS_S,
             "probes (fast; standard if time is left)": FAST_PROBE_GUESS_S, "reserve": args.reserve_s}
 
 
@@ -998,9 +1011,12 @@ def print_plan(args, results: Results) -> None:
     say("the plan (seconds; the pretraining's budget is kept, the steps before it give way):")
     for name, seconds in plan.items():
         say(f"  {name:<42} {seconds:6.0f}")
-    verdict = "fits" if total <= args.deadline_min * 60 else "does NOT fit: later steps will be shortened or skipped"
+    verdict = ("fits" if total <= args.deadline_min * 60 else
+               "does NOT fit: the steps before the pretraining will be shortened or skipped")
+    if args.smoke:
+        verdict = "the smoke runs every step whatever the clock says"
     say(f"  {'total':<42} {total:6.0f} of --deadline-min {args.deadline_min:g} ({args.deadline_min * 60:.0f} s): "
-        f"{verdict}" + (" (smoke: every step runs whatever the clock says)" if args.smoke else ""))
+        f"{verdict}")
 
 
 def run_all(args, device: torch.device, results: Results, clock: Clock) -> None:
@@ -1102,9 +1118,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the whole command ends by then: steps that do not fit are skipped (default 9.3)")
     add("--reserve-s", type=float, default=None, help="seconds kept for the last write (default 10)")
     add("--profile-budget-s", type=seconds_option, default=None,
-        help="seconds for the step profile; 0 skips it (default 45)")
+        help="seconds for the step profile; 0 skips it (default 40)")
     add("--profile-batch-sizes", default=None, help="the step profile's batch sizes (default 256,1024)")
-    add("--ab-budget-s", type=seconds_option, default=None, help="seconds for the recipe A/B; 0 skips it (default 75)")
+    add("--ab-budget-s", type=seconds_option, default=None, help="seconds for the recipe A/B; 0 skips it (default 60)")
     add("--eval-every", type=common.positive_int, default=None, help="kNN every N epochs (default: ~8 in a run)")
     add("--width", type=common.positive_int, default=None, help="ResNet-18 width (default 64)")
     add("--batch-size", type=common.positive_int, default=None,
@@ -1130,7 +1146,7 @@ def fill_defaults(args: argparse.Namespace) -> argparse.Namespace:
                  reserve_s=5.0, fast_epochs=5, standard_epochs=1, matmul_size=256, profile_budget_s=60.0,
                  ab_budget_s=60.0, profile_batch_sizes="16")
     full = dict(width=64, batch_size=256, projector=None, ladder_steps=12, budget_min=5.0, deadline_min=9.3,
-                reserve_s=10.0, fast_epochs=100, standard_epochs=100, profile_budget_s=45.0, ab_budget_s=75.0,
+                reserve_s=10.0, fast_epochs=100, standard_epochs=100, profile_budget_s=40.0, ab_budget_s=60.0,
                 profile_batch_sizes="256,1024", matmul_size=8192 if args.device.type == "cuda" else 2048)
     for key, value in (smoke if args.smoke else full).items():
         if getattr(args, key) is None:
