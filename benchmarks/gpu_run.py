@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import io
 import json
 import math
@@ -314,6 +315,9 @@ def run_profile_step(args, device: torch.device, clock: Clock, protect_s: float,
         **(dict(warmup=1, steps=2, repeats=2) if args.smoke else {}))
     step_profile.print_profile(profile)
     train_throughput.reset_compiler()
+    if device.type == "cuda":  # the profile's models and graphs are gone: give their memory back
+        gc.collect()
+        torch.cuda.empty_cache()
     payload = {"benchmark": "step_profile", **common.run_info(device), **profile}
     scratch = args.out / f".{PROFILE_NAME}.tmp"
     scratch.write_text(json.dumps(common.finite(payload), indent=2, default=_json_default) + "\n")

@@ -123,6 +123,7 @@ class Bench:
             self.view1 = self.view1.contiguous(memory_format=torch.channels_last)
             self.view2 = self.view2.contiguous(memory_format=torch.channels_last)
         self.compiled: torch.nn.Module | None = None
+        self.graph_step: GraphedStep | None = None  # the last graphed part's, to say whether it captured
         self.lr = config.lr
 
     def optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
@@ -143,7 +144,7 @@ class Bench:
     def step(self, model: torch.nn.Module, graphed: bool) -> Callable[[], Any]:
         optimizer = self.optimizer()  # its params are self.model's, which a compiled wrapper shares
         if graphed:
-            graph_step = GraphedStep(model, self.loss_fn, optimizer, self.use_amp)
+            graph_step = self.graph_step = GraphedStep(model, self.loss_fn, optimizer, self.use_amp)
             return lambda: graph_step(self.view1, self.view2, self.lr)
         return lambda: training_step(model, self.loss_fn, optimizer, self.view1, self.view2, self.lr, self.use_amp)
 
@@ -249,7 +250,11 @@ def time_parts(bench: Bench, names: tuple[str, ...], rows: dict[str, Any], use_c
         if name in COMPILED_PARTS and not compile_cost:
             compile_cost.append(seconds)
         rows[name] = {"ms": ms, "seconds": seconds}
-        log(f"  batch {batch} {name}: {ms:.2f} ms ({seconds:.1f} s)")
+        if name in GRAPHED_PARTS:  # a capture that failed ran eagerly: the time is not a graph's
+            rows[name].update(graphed=bench.graph_step.graphed, why_eager=bench.graph_step.why_eager)
+            bench.graph_step = None
+        log(f"  batch {batch} {name}: {ms:.2f} ms ({seconds:.1f} s)"
+            + (f" NOT GRAPHED: {rows[name]['why_eager']}" if rows[name].get("graphed") is False else ""))
 
 
 def add_images_per_s(rows: dict[str, Any], batch: int) -> None:
