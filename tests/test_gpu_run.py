@@ -28,6 +28,7 @@ sys.path.insert(0, str(BENCHMARKS))
 
 import gpu_run  # noqa: E402
 import train_throughput  # noqa: E402
+import vicreg_lib.train as train_module  # noqa: E402
 from vicreg_lib.config import TrainConfig  # noqa: E402
 from vicreg_lib.model import build_model  # noqa: E402
 from vicreg_lib.weight_parts import load_model_from_parts, load_weight_parts, save_weight_parts  # noqa: E402
@@ -353,3 +354,51 @@ def test_gpu_run_imports_with_only_torch_torchvision_and_numpy(tmp_path):
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(map(str, (tmp_path, repo, BENCHMARKS)))},
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+# ----------------------------------------------------------------------------- the step profile's graph check
+
+
+class _EagerStandIn:
+    """GraphedStep's interface on the CPU: every call an eager training_step, at lr x lr_factor."""
+
+    WARMUP_STEPS = 3
+    lr_factor = 1.0
+
+    def __init__(self, model, loss_fn, optimizer, use_amp):
+        self.args = (model, loss_fn, optimizer)
+        self.graphed, self.why_eager = True, None
+
+    def __call__(self, view1, view2, lr):
+        model, loss_fn, optimizer = self.args
+        return train_module.training_step(model, loss_fn, optimizer, view1, view2, lr * self.lr_factor)
+
+
+class _WrongLr(_EagerStandIn):
+    lr_factor = 0.5  # a graph that kept a stale learning rate
+
+
+def test_the_graph_check_passes_an_equal_step_and_fails_a_wrong_one(monkeypatch):
+    import step_profile
+
+    config = step_profile.profile_config(width=4, batch=8, projector="32-32-32")
+    monkeypatch.setattr(step_profile, "GraphedStep", _EagerStandIn)
+    same = step_profile.check_graphed_step(config, 8, torch.device("cpu"), steps=3)
+    assert same["passed"] is True and same["weight_difference_over_update"] < 1e-4, same
+    monkeypatch.setattr(step_profile, "GraphedStep", _WrongLr)
+    wrong = step_profile.check_graphed_step(config, 8, torch.device("cpu"), steps=3)
+    assert wrong["passed"] is False and wrong["weight_difference_over_update"] > 0.2, wrong
+
+
+def test_the_profile_times_and_counts_a_graphed_part_and_says_whether_it_captured(monkeypatch):
+    import step_profile
+
+    monkeypatch.setattr(step_profile, "GraphedStep", _EagerStandIn)
+    monkeypatch.setattr(step_profile, "refusal", lambda name, device, use_compile: (
+        "torch.compile is off in this run" if name in step_profile.COMPILED_PARTS else None))
+    result = step_profile.profile_step(torch.device("cpu"), width=4, batch_sizes=(8,), projector="32-32-32",
+                                       use_compile=False, warmup=1, steps=1, repeats=1, log=lambda line: None)
+    graphed = result["parts"]["8"]["graphed_step"]
+    assert graphed["graphed"] is True and graphed["why_eager"] is None and graphed["ms"] > 0
+    assert graphed["images_per_s"] > 0 and result["aten_calls"]["graphed_step"] > 0
+    assert result["parts"]["8"]["compiled_graphed_step"] == {"skipped": "torch.compile is off in this run"}
