@@ -351,7 +351,7 @@ def run_ab_step(args, spec: str, device: torch.device, clock: Clock, protect_s: 
         raise Skip(clock.refusal(MIN_BUDGETED_STEP_S, protect_s, "the recipe A/B") or "no time left")
     say(f"[recipe_ab] budget {budget:.0f} s")
     started = time.perf_counter()
-    outcome = recipe_ab.run_recipe_ab(data=spec, data_root=args.data_root, device=device, budget_s=budget,
+    outcome = recipe_ab.run_recipe_ab(data=spec, data_root=args.data_root, device=str(device), budget_s=budget,
                                       out_dir=args.work / "recipe_ab", smoke=args.smoke)
     train_throughput.reset_compiler()
     overrides = dict(outcome.get("overrides") or {})
@@ -406,12 +406,11 @@ def run_ladder_step(args, spec: str, device: torch.device, clock: Clock, protect
         started = time.perf_counter()
         with one_conv_model_in_pretrain() if smoke_compile else contextlib.nullcontext(), \
                 warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+            warnings.simplefilter("default")  # each warning once per place, not per step
             row = train_throughput.measure_variant(
                 variant, args.width, args.batch_size, args.projector, device, steps, preset=PRESET,
                 data=spec, data_root=args.data_root, overrides=overrides)
-        row.update(steps=steps, wall_s=time.perf_counter() - started,
-                   warnings=[str(w.message)[:300] for w in caught if "CUDA graph" in str(w.message)])
+        row.update(steps=steps, wall_s=time.perf_counter() - started, warnings=graph_warnings(caught))
         if smoke_compile:
             row["model"] = "one-convolution network (smoke: inductor on a CPU)"
         rows.append(row)
@@ -431,6 +430,14 @@ def run_ladder_step(args, spec: str, device: torch.device, clock: Clock, protect
               "blog_steps": 2 * args.ladder_steps, "extrapolated_to": common.EPOCH_IMAGES, "overrides": overrides}
     results.data["ladder"] = ladder
     return ladder
+
+
+def graph_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    """Print every warning caught while training (recording them hides them otherwise); return those
+    of a CUDA graph capture that failed (the step then ran eagerly)."""
+    for warning in caught:
+        say(f"      warning: {str(warning.message)[:500]}")
+    return [str(w.message)[:300] for w in caught if "CUDA graph" in str(w.message)]
 
 
 TRICK_KEYS = ("amp", "channels_last", "cuda_graph", "compile")
@@ -799,7 +806,8 @@ def run_pretrain_step(args, spec: str, device: torch.device, clock: Clock, ladde
     results.data["pretrain"] = info
     rows = ladder
     for attempt in range(2):
-        row = choose_row(rows, max(clock.left(), 1.0), steps, args.batch_size, args.smoke)
+        row = choose_row(rows, max(min(args.budget_min * 60, clock.left()), 1.0), steps, args.batch_size,
+                         args.smoke)
         if row is None:
             raise RuntimeError("no batched row ran in the ladder: nothing to fit the schedule to")
         tricks = tricks_of(row)
@@ -811,7 +819,7 @@ def run_pretrain_step(args, spec: str, device: torch.device, clock: Clock, ladde
         started = time.perf_counter()
         try:
             with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
+                warnings.simplefilter("default")  # each warning once per place, not per step
                 model, ending = train(config, None if args.smoke else watchdog_limit_s(plan["budget_s"]),
                                       args.out, device)
         except Exception as error:
@@ -823,7 +831,7 @@ def run_pretrain_step(args, spec: str, device: torch.device, clock: Clock, ladde
             continue
         info["attempts"].append({"tricks": dict(tricks), "ending": ending})
         info.update(ending=ending, wall_s=time.perf_counter() - started,
-                    graph_warnings=[str(w.message)[:300] for w in caught if "CUDA graph" in str(w.message)],
+                    graph_warnings=graph_warnings(caught),
                     **summarize_run(read_metrics(config.out_dir), args.batch_size))
         if device.type == "cuda":
             info["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
