@@ -402,3 +402,29 @@ def test_the_profile_times_and_counts_a_graphed_part_and_says_whether_it_capture
     assert graphed["graphed"] is True and graphed["why_eager"] is None and graphed["ms"] > 0
     assert graphed["images_per_s"] > 0 and result["aten_calls"]["graphed_step"] > 0
     assert result["parts"]["8"]["compiled_graphed_step"] == {"skipped": "torch.compile is off in this run"}
+
+
+# ----------------------------------------------------------------------------- recording a run in the docs
+
+
+def test_a_run_is_recorded_without_its_weights_and_summarised(tmp_path, capsys):
+    import record_gpu_run
+
+    out = tmp_path / "out"
+    out.mkdir()
+    results = {"gpu": "Some GPU", "torch": "2.11", "command": "python gpu_run.py --out OUT", "status": "complete",
+               **_results(), "probes": {"fast": {"top1": 78.3, "top5": 98.7, "seconds": 28.6},
+                                        "standard": {"skipped": "needs ~170 s, 20 s left"}},
+               "checks": [{"name": "epoch at width 64 <= 2.5 s", "passed": True, "detail": "2.00 s"}]}
+    results["ladder"]["rows"][1].update(images_per_s=25_000.0, speedup_vs_blog=27.3)
+    results["ladder"]["rows"][0].update(images_per_s=830.0, speedup_vs_blog=1.0)
+    (out / "results.json").write_text(json.dumps(results))
+    (out / "metrics.jsonl").write_text("{}\n")
+    (out / "model-bf16.part1of1.pt").write_bytes(b"weights")
+    text = record_gpu_run.main([str(out), str(tmp_path / "docs"), "--markdown", str(tmp_path / "summary.md")])
+    assert sorted(p.name for p in (tmp_path / "docs").iterdir()) == ["metrics.jsonl", "results.json"]
+    assert "| + CUDA graph | 25,000 | 2.20 | 27.3 |" in text and "probe fast: top-1 78.30%" in text
+    assert "probe standard: needs ~170 s" in text and "PASS: epoch at width 64 <= 2.5 s" in text
+    assert (tmp_path / "summary.md").read_text() == text
+    with pytest.raises(SystemExit, match="no results.json in"):
+        record_gpu_run.main([str(tmp_path / "elsewhere"), str(tmp_path / "docs")])
