@@ -27,6 +27,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import gpu_run  # noqa: E402
+import step_profile  # noqa: E402
 import train_throughput  # noqa: E402
 import vicreg_lib.train as train_module  # noqa: E402
 from vicreg_lib.config import TrainConfig  # noqa: E402
@@ -379,8 +380,6 @@ class _WrongLr(_EagerStandIn):
 
 
 def test_the_graph_check_passes_an_equal_step_and_fails_a_wrong_one(monkeypatch):
-    import step_profile
-
     config = step_profile.profile_config(width=4, batch=8, projector="32-32-32")
     monkeypatch.setattr(step_profile, "GraphedStep", _EagerStandIn)
     same = step_profile.check_graphed_step(config, 8, torch.device("cpu"), steps=3)
@@ -391,8 +390,6 @@ def test_the_graph_check_passes_an_equal_step_and_fails_a_wrong_one(monkeypatch)
 
 
 def test_the_profile_times_and_counts_a_graphed_part_and_says_whether_it_captured(monkeypatch):
-    import step_profile
-
     monkeypatch.setattr(step_profile, "GraphedStep", _EagerStandIn)
     monkeypatch.setattr(step_profile, "refusal", lambda name, device, use_compile: (
         "torch.compile is off in this run" if name in step_profile.COMPILED_PARTS else None))
@@ -428,3 +425,19 @@ def test_a_run_is_recorded_without_its_weights_and_summarised(tmp_path, capsys):
     assert (tmp_path / "summary.md").read_text() == text
     with pytest.raises(SystemExit, match="no results.json in"):
         record_gpu_run.main([str(tmp_path / "elsewhere"), str(tmp_path / "docs")])
+
+
+def test_ladder_rows_are_estimated_from_what_was_measured():
+    args = gpu_run.parse_args(["--device", "cpu", "--ladder-steps", "10", "--batch-size", "256"])
+    blog = train_throughput.blog_variants(4)[0]
+    compiled = train_throughput.Variant("+ torch.compile", amp=True, cuda_graph=True, compile=True)
+    plain = train_throughput.Variant("+ bf16 autocast", amp=True)
+    # the blog loop: two epochs of 20 steps at the guessed rate, then at its measured one
+    assert gpu_run.ladder_row_estimate(blog, args, [], {}) == pytest.approx(
+        2 * 20 * 256 / gpu_run.BLOG_IMAGES_PER_S_GUESS + 5)
+    assert gpu_run.ladder_row_estimate(blog, args, [{"pipeline": "dataloader", "images_per_s": 1024.0}], {}) == \
+        pytest.approx(2 * 20 * 256 / 1024 + 5)
+    rows = [{"pipeline": "batched", "wall_s": 3.0}, {"pipeline": "batched", "wall_s": 5.0}]
+    assert gpu_run.ladder_row_estimate(plain, args, rows, {}) == 5.0  # the slowest batched row so far
+    assert gpu_run.ladder_row_estimate(compiled, args, rows, {"compile_s": 31.0}) == 36.0  # + the profile's compile
+    assert gpu_run.ladder_row_estimate(compiled, args, rows, {}) == 5.0 + step_profile.COMPILE_GUESS_S
