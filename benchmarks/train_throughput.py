@@ -29,7 +29,7 @@ other processes.
 
     python benchmarks/train_throughput.py                  # GPU: width 64, batch 256, 20 timed steps
     python benchmarks/train_throughput.py --device cpu     # CPU: width 16, batch 256, 2 timed steps
-    python benchmarks/train_throughput.py --data folder:/work/data/cifar10_jpeg   # real images
+    python benchmarks/train_throughput.py --data archive:PATH   # real images
     python benchmarks/train_throughput.py --smoke          # tiny sizes, a few seconds
 """
 
