@@ -466,6 +466,20 @@ def row_startup_s(row: dict[str, Any]) -> float:
     return (COMPILE_CACHE_SHARE if row.get("compile") else 1.0) * warmup_s
 
 
+def profile_row(profile: dict[str, Any], batch_size: int, device: torch.device) -> dict[str, Any] | None:
+    """A stand-in ladder row from the step profile (augmentation + the fastest uncompiled whole step
+    at this batch size), for a pretraining whose ladder rows were all skipped or failed."""
+    ms = (profile or {}).get("ms", {}).get(str(batch_size), {})
+    steps = {name: ms.get(name) for name in ("graphed_step", "eager_step") if ms.get(name)}
+    if not steps or not ms.get("augment"):
+        return None
+    name = min(steps, key=steps.get)
+    on_cuda = device.type == "cuda"
+    return {"name": f"step profile: {name}", "pipeline": "batched", "first_epoch_s": 0.0, "timed_epoch_s": 0.0,
+            "images_per_s": batch_size * 1000 / (steps[name] + ms["augment"]), "amp": on_cuda,
+            "channels_last": on_cuda, "cuda_graph": name == "graphed_step", "compile": False}
+
+
 def choose_row(ladder: dict[str, Any], budget_s: float, steps_per_epoch: int, batch_size: int,
                smoke: bool) -> dict[str, Any] | None:
     """The batched row whose tricks fit the most epochs into the budget (compile pays its start-up).
@@ -796,9 +810,10 @@ def summarize_run(records: list[dict[str, Any]], batch_size: int) -> dict[str, A
 
 def run_pretrain_step(args, spec: str, device: torch.device, clock: Clock, ladder: dict[str, Any],
                       data: dict[str, Any], floor: dict[str, Any], overrides: dict[str, Any],
-                      results: Results) -> tuple[nn.Module, dict[str, Any]]:
+                      profile: dict[str, Any], results: Results) -> tuple[nn.Module, dict[str, Any]]:
     """Plan, train (retrying once with the fastest row without torch.compile if a compiled run
-    fails), summarise. The tricks are those of the ladder row that fits the most epochs."""
+    fails), summarise. The tricks are those of the ladder row that fits the most epochs (without
+    any, a row made from the step profile)."""
     say(f"[pretrain] `{PRESET}` on the full training set, budget {args.budget_min:g} min"
         + (f", overrides {overrides}" if overrides else ""))
     steps = data["train_images"].shape[0] // args.batch_size
@@ -807,9 +822,10 @@ def run_pretrain_step(args, spec: str, device: torch.device, clock: Clock, ladde
     rows = ladder
     for attempt in range(2):
         row = choose_row(rows, max(min(args.budget_min * 60, clock.left()), 1.0), steps, args.batch_size,
-                         args.smoke)
+                         args.smoke) or profile_row(profile, args.batch_size, device)
         if row is None:
-            raise RuntimeError("no batched row ran in the ladder: nothing to fit the schedule to")
+            raise RuntimeError("no batched row ran in the ladder and the step profile timed no step at "
+                               f"batch {args.batch_size}: nothing to fit the schedule to")
         tricks = tricks_of(row)
         plan = plan_pretraining(args, row, data, device, tricks, clock, overrides)
         config = pretrain_config(args, spec, device, tricks, plan["epochs"], plan["eval_every"], overrides)
@@ -1051,7 +1067,7 @@ def run_all(args, device: torch.device, results: Results, clock: Clock) -> None:
     floor = run_step(results, "floor", lambda: run_floor_step(args, device, clock, protect, ladder, overrides,
                                                               results), default={})
     model, info = run_step(results, "pretrain", lambda: run_pretrain_step(args, spec, device, clock, ladder, data,
-                                                                          floor, overrides, results),
+                                                                          floor, overrides, profile, results),
                            default=(None, {}))
     if model is None:
         for step in ("weights", "probes"):

@@ -441,3 +441,14 @@ def test_ladder_rows_are_estimated_from_what_was_measured():
     assert gpu_run.ladder_row_estimate(plain, args, rows, {}) == 5.0  # the slowest batched row so far
     assert gpu_run.ladder_row_estimate(compiled, args, rows, {"compile_s": 31.0}) == 36.0  # + the profile's compile
     assert gpu_run.ladder_row_estimate(compiled, args, rows, {}) == 5.0 + step_profile.COMPILE_GUESS_S
+
+
+def test_without_a_ladder_row_the_pretraining_plans_from_the_step_profile():
+    profile = {"ms": {"256": {"augment": 2.0, "eager_step": 30.0, "graphed_step": 8.0, "compiled_step": 5.0}}}
+    row = gpu_run.profile_row(profile, 256, torch.device("cuda"))
+    assert row["name"] == "step profile: graphed_step" and row["images_per_s"] == pytest.approx(256_000 / 10.0)
+    assert gpu_run.tricks_of(row) == {"batched": True, "amp": True, "channels_last": True, "cuda_graph": True,
+                                      "compile": False}
+    assert gpu_run.row_startup_s(row) == 0.0
+    assert gpu_run.profile_row(profile, 1024, torch.device("cuda")) is None  # no step timed at that batch
+    assert gpu_run.profile_row({}, 256, torch.device("cpu")) is None
