@@ -159,6 +159,17 @@ def run_info(device: torch.device) -> dict[str, Any]:
     }
 
 
+def finite(value: Any) -> Any:
+    """`value` with every NaN or infinity (a diverged loss, say) replaced by None: strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(item) for item in value]
+    return value
+
+
 def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     """Write payload as indented JSON, atomically (temporary file + os.replace); return the path."""
     path = Path(path)

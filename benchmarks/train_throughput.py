@@ -10,7 +10,8 @@ pipeline and the precision tricks change. The rows are cumulative:
     + data on device, batched   images live on the device, BatchAugment makes both views there
     + bf16 autocast             mixed precision
     + channels-last             NHWC memory format for the convolutions
-    + torch.compile             the model compiled by inductor
+    + CUDA graph                the whole step captured once and replayed (train.GraphedStep; CUDA only)
+    + torch.compile             the model compiled by inductor (inside the graph when there is one)
 
 A trick that fails (an error in its row) is recorded and left out of the rows after it when
 `keep_going` is set (benchmarks/gpu_run.py does); this script stops at the first error.
@@ -28,7 +29,7 @@ other processes.
 
     python benchmarks/train_throughput.py                  # GPU: width 64, batch 256, 20 timed steps
     python benchmarks/train_throughput.py --device cpu     # CPU: width 16, batch 256, 2 timed steps
-    python benchmarks/train_throughput.py --data folder:/work/data/cifar10_jpeg   # real images
+    python benchmarks/train_throughput.py --data archive:PATH   # real images
     python benchmarks/train_throughput.py --smoke          # tiny sizes, a few seconds
 """
 
@@ -54,11 +55,12 @@ from vicreg_lib.train import pretrain
 GPU_TARGET_SPEEDUP = 10.0  # our epoch vs the blog loop's (2 workers), same GPU
 H100_TARGET_EPOCH_S = 4.0  # ResNet-18 width 64, batch 256, on an H100
 DEFAULT_PRESET = "fast"  # the recipe benchmarks/gpu_run.py trains with
-TRICKS = ("batched", "amp", "channels_last", "compile")  # our tricks, in the order the rows add them
+TRICKS = ("batched", "amp", "channels_last", "cuda_graph", "compile")  # our tricks, in the order the rows add them
 TRICK_NAMES = {
     "batched": "+ data on device, batched aug",
     "amp": "+ bf16 autocast",
     "channels_last": "+ channels-last",
+    "cuda_graph": "+ CUDA graph",
     "compile": "+ torch.compile",
 }
 
@@ -72,6 +74,7 @@ class Variant:
     num_workers: int = 2  # dataloader only
     amp: bool = False  # bf16 autocast
     channels_last: bool = False
+    cuda_graph: bool = False
     compile: bool = False
 
     def describe(self) -> str:
@@ -81,7 +84,7 @@ class Variant:
             else "batched on device"
         ]
         parts.append("bf16" if self.amp else "fp32")
-        parts += ["channels-last"] * self.channels_last + ["compile"] * self.compile
+        parts += ["channels-last"] * self.channels_last + ["CUDA graph"] * self.cuda_graph + ["compile"] * self.compile
         return ", ".join(parts)
 
     def settings(self) -> dict[str, Any]:
@@ -92,12 +95,13 @@ class Variant:
             amp="bf16" if self.amp else "off",
             channels_last="on" if self.channels_last else "off",
             compile="on" if self.compile else "off",
+            cuda_graph="on" if self.cuda_graph else "off",
         )
 
     def key(self) -> tuple:
         """What makes two rows the same measurement."""
         workers = self.num_workers if self.pipeline == "dataloader" else 0
-        return (self.pipeline, workers, self.amp, self.channels_last, self.compile)
+        return (self.pipeline, workers, self.amp, self.channels_last, self.cuda_graph, self.compile)
 
 
 def blog_variants(workers: int) -> list[Variant]:
@@ -109,7 +113,8 @@ def blog_variants(workers: int) -> list[Variant]:
 def with_trick(variant: Variant, trick: str) -> Variant:
     """`variant` plus one of TRICKS, named after the trick."""
     change = {"batched": dict(pipeline="batched"), "amp": dict(amp=True),
-              "channels_last": dict(channels_last=True), "compile": dict(compile=True)}[trick]
+              "channels_last": dict(channels_last=True), "cuda_graph": dict(cuda_graph=True),
+              "compile": dict(compile=True)}[trick]
     return dataclasses.replace(variant, name=TRICK_NAMES[trick], **change)
 
 
@@ -164,6 +169,7 @@ def measure_variant(
     preset: str = DEFAULT_PRESET,
     data: str | None = None,
     data_root: str | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run pretrain for a warm-up epoch and a timed epoch of `steps` steps each; return the table row.
 
@@ -178,7 +184,7 @@ def measure_variant(
         config = bench_config(
             preset, width, batch_size, projector, **source, **variant.settings(), epochs=2,
             warmup_epochs=0, device=str(device), out_dir=out_dir, checkpoint_every=0, eval_every=0,
-            eval_at_start=False, progress=False,
+            eval_at_start=False, progress=False, **(overrides or {}),
         )
         wall, cpu = time.perf_counter(), time.process_time()
         pretrain(config)
@@ -195,6 +201,7 @@ def measure_variant(
         "num_workers": variant.num_workers if variant.pipeline == "dataloader" else 0,
         "amp": variant.amp,
         "channels_last": variant.channels_last,
+        "cuda_graph": variant.cuda_graph,
         "compile": variant.compile,
         "step_s": batch_size / images_per_s,
         "images_per_s": images_per_s,
@@ -214,12 +221,16 @@ def run_ladder(
     skip: list[str] = (),
     keep_going: bool = False,
     log: Callable[[str], None] = print,
+    skip_reason: Callable[[Variant], str | None] | None = None,
+    skipped: list[dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Measure the blog rows, then add TRICKS one at a time; return (rows, failures).
 
     measure: Variant -> row (e.g. measure_variant with the sizes bound). A row whose name holds a
     word of `skip` is not run. keep_going: a failing row is recorded in `failures` with its error
-    and its trick is left out of the later rows; otherwise the error propagates.
+    and its trick is left out of the later rows; otherwise the error propagates. skip_reason:
+    Variant -> why not to run it now (a CUDA-only trick on the CPU, no time left), or None; such a
+    row is left out like a failed one and appended to `skipped` with its reason.
     """
     rows, failures, seen = [], [], set()
 
@@ -229,6 +240,12 @@ def run_ladder(
             return True
         if any(word in variant.name for word in skip):
             log(f"skipped {variant.name!r} (--skip {' '.join(skip)})")
+            return False
+        why = skip_reason(variant) if skip_reason else None
+        if why:
+            log(f"skipped {variant.name!r}: {why}")
+            if skipped is not None:
+                skipped.append({"name": variant.name, "setup": variant.describe(), "skipped": why})
             return False
         seen.add(variant.key())
         log(f"running {variant.name}: {variant.describe()} ...")
@@ -259,6 +276,11 @@ def run_ladder(
     for row in rows:
         row["speedup_vs_blog"] = blog["epoch_s"] / row["epoch_s"] if blog else None
     return rows, failures
+
+
+def cuda_only(variant: Variant, device: torch.device) -> str | None:
+    """Why `variant` cannot run on `device` (a CUDA graph off CUDA), else None."""
+    return "CUDA graphs need a CUDA device" if variant.cuda_graph and device.type != "cuda" else None
 
 
 def _trick_of(variant: Variant) -> str:
@@ -367,7 +389,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return measure_variant(variant, width, batch_size, projector, device, steps, preset=args.preset,
                                data=args.data, data_root=args.data_root)
 
-    rows, _ = run_ladder(measure, workers, skip=skip, log=lambda line: print(line, flush=True))
+    rows, _ = run_ladder(measure, workers, skip=skip, log=lambda line: print(line, flush=True),
+                         skip_reason=lambda variant: cuda_only(variant, device))
     print_ladder(rows)
     checks = target_checks(rows, device, headline=width == 64 and batch_size == 256 and not args.smoke)
     result = {

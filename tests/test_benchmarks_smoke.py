@@ -3,14 +3,18 @@
 For every script: it exits 0, prints a table (a header row over a `-+-` rule), and writes
 valid JSON with the keys the docs describe, whose measured numbers are positive and finite.
 The scripts run in a subprocess with this interpreter, exactly as a user runs them.
-gpu_run.py --smoke runs its five steps on the CPU and must write at most 8 files.
+gpu_run.py --smoke runs every one of its steps on the CPU, and writes its results.json after
+each step and when it is stopped by SIGTERM.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -128,27 +132,60 @@ def test_augment_throughput_smoke(tmp_path: Path) -> None:
     assert_positive(result, ("speedup_cpu_vs_best_per_image",), "augment_throughput")
 
 
+FAKE_RECIPE_AB = """
+def run_recipe_ab(data, data_root, device, budget_s, out_dir, smoke):
+    # a stand-in for benchmarks/recipe_ab.py where the checkout has none yet
+    return {"overrides": {"lars_clip": "solo-learn"}, "stand_in": True}
+"""
+
+
+def run_gpu_smoke(tmp_path: Path, **popen: Any) -> tuple[list[str], dict[str, Any]]:
+    """(the command, subprocess keyword arguments) of gpu_run.py --smoke with a stand-in recipe_ab
+    module on the path (the checkout's own comes first once it has one)."""
+    fake = tmp_path / "fake_modules"
+    fake.mkdir(exist_ok=True)
+    (fake / "recipe_ab.py").write_text(FAKE_RECIPE_AB)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(fake)])}
+    command = [sys.executable, "-u", str(BENCHMARKS / "gpu_run.py"), "--smoke", "--out", str(tmp_path / "out"),
+               "--work", str(tmp_path / "work")]
+    return command, dict(cwd=tmp_path, env=env, **popen)
+
+
 def test_gpu_run_smoke(tmp_path: Path) -> None:
     out = tmp_path / "out"
+    command, options = run_gpu_smoke(tmp_path)
     started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-u", str(BENCHMARKS / "gpu_run.py"), "--smoke", "--out", str(out),
-         "--work", str(tmp_path / "work")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=900,
-    )
-    seconds = time.perf_counter() - started
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, **options)
+    print(f"gpu_run.py --smoke took {time.perf_counter() - started:.0f} s")
     assert done.returncode == 0, f"gpu_run.py --smoke failed:\n{done.stdout[-4000:]}\n{done.stderr[-3000:]}"
-    print(f"gpu_run.py --smoke took {seconds:.0f} s")
     files = sorted(path.name for path in out.iterdir())
-    assert len(files) <= 8 and {"results.json", "metrics.jsonl", "log.txt"} <= set(files), files
+    assert {"results.json", "metrics.jsonl", "log.txt", "step-profile.json"} <= set(files), files
     result = json.loads((out / "results.json").read_text())
     assert result["status"] == "complete" and result["errors"] == [], result["errors"]
     assert result["files"] == files and result["device_type"] == "cpu" and result["torch"]
-
-    # 1. data through the archive: spec; 2. the whole ladder, every trick, none failed
+    # every step ran, whatever the clock said (the smoke never skips on time)
+    assert result["steps"] == {step: "ran" for step in
+                               ("data", "step_profile", "recipe_ab", "ladder", "floor", "pretrain", "weights",
+                                "probes")}, result["steps"]
     assert result["data"]["spec"].startswith("archive:") and result["data"]["train_images"] == 400
+
+    # the step profile: every CPU part timed, aten calls counted, the CUDA-only parts say why not
+    profile = json.loads((out / "step-profile.json").read_text())
+    parts = profile["parts"]["16"]
+    for name in ("augment", "fwd_bwd_fp32", "fwd_bwd_bf16", "optimizer", "eager_step"):
+        assert_positive(parts[name], ("ms",), name)
+        assert result["step_profile"]["aten_calls"][name] > 0
+    assert parts["graphed_step"] == {"skipped": "CUDA graphs need a CUDA device"}
+    assert profile["graph_check"]["passed"] is None
+
+    # the A/B's winning overrides reached the pretraining
+    overrides = result["recipe_ab"]["overrides"]
+    run = result["pretrain"]
+    assert run["overrides"] == overrides and all(run["config"][k] == v for k, v in overrides.items())
+
+    # the ladder: every trick a CPU can run, none failed, the CUDA graph row skipped with its reason
     ladder = result["ladder"]
-    assert ladder["failures"] == []
+    assert ladder["failures"] == [] and [s["name"] for s in ladder["skipped_rows"]] == ["+ CUDA graph"]
     assert [row["name"] for row in ladder["rows"]][-4:] == [
         "+ data on device, batched aug", "+ bf16 autocast", "+ channels-last", "+ torch.compile"]
     for row in ladder["rows"]:
@@ -156,34 +193,72 @@ def test_gpu_run_smoke(tmp_path: Path) -> None:
     paths = result["code_paths"]
     assert all(paths[t]["ran_in_ladder"] and paths[t]["error"] is None
                for t in ("batched", "amp", "channels_last", "compile"))
-    assert paths["augment_accelerator_path"] == {**paths["augment_accelerator_path"], "ran": True,
-                                                 "forced_on_cpu": True}
-    # 3. the floor and our share
+    assert paths["cuda_graph"]["skipped"] == "CUDA graphs need a CUDA device"
     assert_positive(result["floor"], ("flops_per_image_step", "floor_epoch_s"), "floor")
     assert_positive(result["floor"]["ours_pretraining"], ("fraction_of_floor",), "floor share")
 
-    # 4. the pretraining ran the planned epochs with kNN, its records came back
-    run = result["pretrain"]
-    assert run["ending"] == "completed" and run["config"]["preset"] == "fast"
+    # the pretraining ran the planned epochs with kNN, its records came back, the host synced every 50 steps
+    assert run["ending"] == "completed" and run["config"]["preset"] == "fast" and run["config"]["log_every"] == 50
     assert run["epochs_done"] == run["plan"]["epochs"] == run["config"]["epochs"]
     assert run["config"]["amp"] == "bf16" and run["config"]["channels_last"] == "on"
     assert len(run["knn"]) == run["plan"]["evaluations"] and 0 <= run["final_knn_top1"] <= 100
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == list(range(run["epochs_done"] + 1))
 
-    # 5. both probes on every test image; the weights join back into the trained model
+    # both probes on every test image, each predicted from a timed epoch; the weights in one file
     for protocol in ("fast", "standard"):
         probe = result["probes"][protocol]
-        assert probe["num_test"] == 100 and 0 <= probe["top1"] <= 100, probe
+        assert probe["num_test"] == 100 and 0 <= probe["top1"] <= 100 and probe["predicted_s"] > 0, probe
     from vicreg_lib.weight_parts import load_model_from_parts
 
     model = load_model_from_parts(out, sha256=result["weights"]["sha256"])
-    assert model.encoder.width == 8 and set(result["weights"]["files"]) <= set(files)
+    assert model.encoder.width == 8 and result["weights"]["files"] == ["model-bf16.part1of1.pt"]
 
     # not a GPU: every target is reported as skipped; the log holds what was printed
     assert len(result["checks"]) == 7 and all(check["passed"] is None for check in result["checks"])
     log = (out / "log.txt").read_text()
-    assert "[5/5]" in log and "SKIP: VICReg epoch" in log and "done in" in log
+    assert "the plan" in log and "[probes]" in log and "SKIP: epoch at width 64" in log and "done in" in log
+
+
+def test_gpu_run_writes_its_results_when_terminated(tmp_path: Path) -> None:
+    """SIGTERM in the middle of the run: results.json is there, strict JSON, and says so."""
+    results = tmp_path / "out" / "results.json"
+    command, options = run_gpu_smoke(tmp_path)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **options)
+    try:
+        while process.poll() is None:  # until the first step has ended and been written
+            with contextlib.suppress(OSError, ValueError):
+                if json.loads(results.read_text()).get("steps", {}).get("data") == "ran":
+                    break
+            time.sleep(0.2)
+        assert process.poll() is None, "the run ended before it could be stopped"
+        process.send_signal(signal.SIGTERM)
+        returncode = process.wait(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert returncode != 0
+    result = json.loads(results.read_text())  # strict JSON, whatever step was stopped
+    assert result["status"] == "terminated" and result["steps"]["data"] == "ran"
+    assert "code_paths" in result and len(result["checks"]) == 7
+
+
+def test_step_profile_smoke(tmp_path: Path) -> None:
+    stdout, result = run_smoke("step_profile.py", tmp_path)
+    assert result["benchmark"] == "step_profile" and result["settings"]["batch_sizes"] == [16]
+    parts = result["parts"]["16"]
+    assert list(parts) == ["augment", "fwd_bwd_fp32", "fwd_bwd_bf16", "optimizer", "eager_step", "compiled_step",
+                           "graphed_step", "compiled_graphed_step"]
+    for name in ("augment", "fwd_bwd_fp32", "fwd_bwd_bf16", "optimizer", "eager_step"):
+        assert_positive(parts[name], ("ms",), name)
+    assert_positive(parts["eager_step"], ("images_per_s",), "eager_step")
+    calls = result["aten_calls"]
+    # the whole eager step is the forward and backward plus the optimizer, give or take a few calls
+    assert calls["optimizer"] < 60 and calls["augment"] <= 300
+    assert calls["fwd_bwd_fp32"] < calls["eager_step"] <= calls["fwd_bwd_fp32"] + calls["optimizer"] + 10
+    assert all(calls[name] is None for name in ("compiled_step", "graphed_step", "compiled_graphed_step"))
+    assert parts["compiled_step"]["skipped"] and parts["graphed_step"]["skipped"] == "CUDA graphs need a CUDA device"
+    assert result["graph_check"]["passed"] is None and "aten calls" in stdout
 
 
 @pytest.mark.parametrize(
