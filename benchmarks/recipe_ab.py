@@ -56,6 +56,7 @@ import torch
 import common  # first: it puts this checkout on sys.path for vicreg_lib
 from vicreg_lib.augment import get_recipe
 from vicreg_lib.config import TrainConfig
+from vicreg_lib.data import load_dataset
 from vicreg_lib.runfolder import CHECKPOINT_NAME
 from vicreg_lib.train import graph_refusal, pretrain
 
@@ -174,7 +175,7 @@ def run_one(variant: str, seed: int, epochs: int, plan: dict[str, Any], out_dir:
     config = run_config(variant, seed, epochs, plan, out_dir)
     refusal = graph_refusal(config, torch.device(plan["device"]), distributed=False)
     record = {"variant": variant, "seed": seed, "overrides": VARIANTS[variant], "epochs": epochs,
-              "knn_top1": None, "knn_top1@20": None}
+              "knn_top1": None, "knn_top1@20": None, "train_time_s": None, "steps": None}
     started = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -194,6 +195,9 @@ def run_one(variant: str, seed: int, epochs: int, plan: dict[str, Any], out_dir:
         if not plan["keep_checkpoints"]:
             # the numbers are the A/B's result; a width-16 checkpoint with its optimizer is tens of MB each
             (Path(config.out_dir) / CHECKPOINT_NAME).unlink(missing_ok=True)
+    del result
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the next run's graph and buffers start from a clean cache
     return record
 
 
@@ -245,14 +249,14 @@ def make_plan(data: str | None, data_root: str | None, device: str, budget_s: fl
               width: int, epochs: int | None, smoke: bool, batch_size: int, variants: Sequence[str] | None,
               keep_checkpoints: bool) -> dict[str, Any]:
     """Every setting of the A/B, the smoke's sizes applied (they replace width, batch, epochs, seeds)."""
-    if not seeds:
-        raise ValueError("no seeds: give at least one (--seeds 0 1)")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds {list(seeds)}: give one or more different seeds (e.g. 0 1)")
     if budget_s <= 0:
         raise ValueError(f"budget_s must be > 0 seconds, got {budget_s}")
     plan = dict(data=data, data_root=data_root, device=str(common.resolve_device(device)), budget_s=budget_s,
-                seeds=list(seeds), width=width, epochs=epochs, batch_size=batch_size, smoke=smoke,
-                variants=select_variants(variants), keep_checkpoints=keep_checkpoints, preset=PRESET,
-                max_train_images=None, projector=None)
+                seeds=list(seeds), width=width, epochs=epochs, epochs_requested=epochs, batch_size=batch_size,
+                smoke=smoke, variants=select_variants(variants), keep_checkpoints=keep_checkpoints,
+                preset=PRESET,                 max_train_images=None, projector=None)
     if smoke:
         # synthetic images, or the small real subset when VICREG_DATA names it
         plan.update(SMOKE, data=data or os.environ.get("VICREG_DATA") or "synthetic", seeds=list(seeds)[:1])
@@ -264,9 +268,10 @@ def make_plan(data: str | None, data_root: str | None, device: str, budget_s: fl
 
 def baseline_choices(config: TrainConfig) -> dict[str, Any]:
     """The five compared settings as the baseline runs them (the preset's defaults resolved)."""
+    zero_init = config.zero_init_residual
     return {"lars_clip": config.lars_clip, "mu": config.mu, "loss": config.loss,
             "stem_padding": config.stem_padding if config.stem_padding is not None else 1,
-            "zero_init_residual": config.zero_init_residual if config.zero_init_residual is not None else True,
+            "zero_init_residual": zero_init if zero_init is not None else True,
             "crop_interpolation": get_recipe(config.recipe, config.crop_interpolation)[0].crop_interpolation}
 
 
@@ -277,12 +282,13 @@ def payload(plan: dict[str, Any], runs: list[dict], skipped: list[dict], estimat
     decision = decide({name: values for name, values in scores.items() if values or name == BASELINE})
     settings = {key: value for key, value in plan.items() if key != "budget_s"}
     settings.update(budget_s=plan["budget_s"] if math.isfinite(plan["budget_s"]) else None,
-                    knn_k=200, eval="kNN at the end of each run on every test image", compile="off",
+                    budget_applies=not plan["smoke"], knn_k=TrainConfig.from_preset(PRESET).knn_k,
+                    eval="kNN at the end of each run on every test image", compile="off",
                     min_seeds=MIN_SEEDS, warmup_epochs=warmup_for(plan["epochs"]) if plan["epochs"] else None)
     return {"benchmark": "recipe_ab", **common.run_info(torch.device(plan["device"])), "status": status,
-            "settings": settings, "runs": runs, "variants": decision["variants"], "winners": decision["winners"],
-            "overrides": decision["overrides"], "note": decision["note"], "epochs": plan["epochs"],
-            "estimate": estimate, "skipped": skipped}
+            "settings": settings, "runs": runs, "variants": decision["variants"],
+            "winners": decision["winners"], "overrides": decision["overrides"], "note": decision["note"],
+            "epochs": plan["epochs"], "estimate": estimate, "skipped": skipped}
 
 
 def predicted_run_s(runs: list[dict], epochs: int, estimate: dict | None) -> float:
@@ -311,23 +317,26 @@ def run_recipe_ab(data: str | None, data_root: str | None, device: str, budget_s
                      keep_checkpoints)
     todo, runs, skipped, estimate = grid(plan["variants"], plan["seeds"]), [], [], None
     limit_s = math.inf if smoke else plan["budget_s"]
-    status = "interrupted"
+    status = "failed"
     try:
         if plan["epochs"] is None:
             estimate = _plan_epochs(plan, out_dir, todo, runs, limit_s - (time.perf_counter() - started))
-        for variant, seed in todo:
+        for number, (variant, seed) in enumerate(todo, 1):
             if any(r["variant"] == variant and r["seed"] == seed for r in runs):
                 continue  # the timing run, kept as this run
-            elapsed = time.perf_counter() - started
-            if elapsed + predicted_run_s(runs, plan["epochs"], estimate) > limit_s:
-                skipped.append({"variant": variant, "seed": seed, "reason": f"budget: {elapsed:.0f} s spent of "
-                                f"{limit_s:.0f} s, a run takes about {predicted_run_s(runs, plan['epochs'], estimate):.0f} s"})
+            reason = over_budget(time.perf_counter() - started, limit_s, runs, plan["epochs"], estimate)
+            if reason:
+                skipped.append({"variant": variant, "seed": seed, "reason": reason})
                 continue
-            print(f"run {len(runs) + 1}/{len(todo)}: {variant}, seed {seed}, {plan['epochs']} epoch(s) ...", flush=True)
+            print(f"run {number}/{len(todo)}: {variant}, seed {seed}, {plan['epochs']} epoch(s) ...",
+                  flush=True)
             runs.append(run_one(variant, seed, plan["epochs"], plan, out_dir))
             print(f"  {describe(runs[-1])}", flush=True)
             common.write_json(out_dir / RESULTS_NAME, payload(plan, runs, skipped, estimate, "running"))
         status = "complete"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
     finally:
         result = payload(plan, runs, skipped, estimate, status)
         common.write_json(out_dir / RESULTS_NAME, result)
@@ -335,12 +344,26 @@ def run_recipe_ab(data: str | None, data_root: str | None, device: str, budget_s
     return result
 
 
-def _plan_epochs(plan: dict[str, Any], out_dir: Path, todo: list, runs: list, left_s: float) -> dict[str, Any]:
+def over_budget(elapsed_s: float, limit_s: float, runs: list[dict], epochs: int,
+                estimate: dict | None) -> str:
+    """Why the next run is not started ("" when it fits): it would end after the budget."""
+    predicted = predicted_run_s(runs, epochs, estimate)
+    if elapsed_s + predicted <= limit_s:
+        return ""
+    return f"budget: {elapsed_s:.0f} s of {limit_s:.0f} s spent and a run takes about {predicted:.0f} s"
+
+
+def _plan_epochs(plan: dict[str, Any], out_dir: Path, todo: list, runs: list,
+                 left_s: float) -> dict[str, Any]:
     """Time one baseline epoch, choose the epochs that fit left_s, keep the timing run when it is one."""
     started = time.perf_counter()
+    for split in ("train", "test"):  # unpack and decode now: else the first run's cost inflates every run's
+        load_dataset(plan["data"], split, plan["data_root"])
+    data_prep_s = time.perf_counter() - started
     timing = timing_run(plan, out_dir)
     estimate = choose_epochs(left_s - (time.perf_counter() - started), len(todo), timing["train_time_s"],
                              max(timing["wall_s"] - timing["train_time_s"], 0.0))
+    estimate["data_prep_s"] = data_prep_s
     estimate["timing_run"] = {key: timing.get(key) for key in ("wall_s", "train_time_s", "knn_top1", "steps")}
     plan["epochs"] = estimate["epochs"]
     estimate["timing_run_kept"] = plan["epochs"] == 1  # the same config as a one-epoch run of the grid
@@ -370,8 +393,9 @@ def print_results(result: dict[str, Any], seconds: float) -> None:
                      "spread": stats["spread"], "delta": stats["delta"], "verdict": stats["verdict"]})
     settings = result["settings"]
     common.print_table(rows, ["variant", "kNN per seed", "mean", "spread", "delta", "verdict"],
-                       title=f"recipe A/B: `{PRESET}` at width {settings['width']}, {result['epochs']} epoch(s), "
-                             f"seeds {settings['seeds']}, kNN top-1 % (k=200, every test image) on {settings['data']}")
+                       title=f"recipe A/B: `{PRESET}` at width {settings['width']}, {result['epochs']} "
+                             f"epoch(s), seeds {settings['seeds']}, kNN top-1 % (k=200, every test image) "
+                             f"on {settings['data']}")
     print(f"winners: {', '.join(result['winners']) or 'none'}; overrides: {result['overrides'] or 'none'}")
     if result["note"]:
         print(f"note: {result['note']}")
@@ -399,7 +423,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", default=None, help="data spec (default: $VICREG_DATA, else cifar10)")
     parser.add_argument("--archive", default=None, metavar="PATH", help="shorthand for --data archive:PATH")
     parser.add_argument("--data-root", default=None, help="where archives unpack and downloads go")
-    parser.add_argument("--device", default="auto", type=common.resolve_device, help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--device", default="auto", type=common.resolve_device,
+                        help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--budget-s", type=positive_float, default=600.0,
                         help="seconds for the whole A/B, timing included (default: %(default)s)")
     parser.add_argument("--epochs", type=common.positive_int, default=None,
@@ -409,10 +434,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=common.positive_int, default=256, help="batch size (lr scaled)")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None,
                         help="a subset to run (the baseline always runs)")
-    parser.add_argument("--out", default=str(common.RESULTS_DIR / "recipe_ab"), help="folder for ab.json and the runs")
+    parser.add_argument("--out", default=str(common.RESULTS_DIR / "recipe_ab"),
+                        help="folder for ab.json and one subfolder per run (default: %(default)s)")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep each run's checkpoint.pt")
     parser.add_argument("--smoke", action="store_true",
-                        help="tiny sizes (width 8, batch 32, 256 images, 1 epoch, 1 seed): checks the script runs")
+                        help="tiny sizes (width 8, batch 32, 256 images, 1 epoch, 1 seed): "
+                             "checks the script runs")
     args = parser.parse_args(argv)
     if args.data and args.archive:
         parser.error("give --data or --archive, not both")

@@ -77,18 +77,21 @@ def test_solo_learn_all_never_becomes_an_override_by_itself(ab) -> None:
 
 def test_one_seed_or_a_failed_run_is_not_judged(ab) -> None:
     decision = ab.decide({"baseline": [50.0], "clip_solo_learn": [70.0]})
-    assert decision["winners"] == [] and "fewer than 2 seeds" in decision["variants"]["clip_solo_learn"]["verdict"]
+    verdict = decision["variants"]["clip_solo_learn"]["verdict"]
+    assert decision["winners"] == [] and "fewer than 2 seeds" in verdict
     decision = ab.decide({"baseline": [50.0, 50.1], "clip_solo_learn": [70.0, None, 70.2]})
     stats = decision["variants"]["clip_solo_learn"]
     assert decision["winners"] == [] and stats["failed"] == 1 and stats["mean"] == pytest.approx(70.1)
     decision = ab.decide({"baseline": [None, None], "clip_solo_learn": [70.0, 70.2]})
-    assert decision["winners"] == [] and "no finished baseline" in decision["variants"]["clip_solo_learn"]["verdict"]
+    verdict = decision["variants"]["clip_solo_learn"]["verdict"]
+    assert decision["winners"] == [] and "no finished baseline" in verdict
 
 
 def test_every_variant_and_every_merge_is_a_valid_setting(ab) -> None:
     for name, overrides in ab.VARIANTS.items():
         TrainConfig.from_preset("fast", **overrides)
-    everything = ab.decide({name: [50.0, 50.0] if name == "baseline" else [60.0, 60.0] for name in ab.VARIANTS})
+    everything = ab.decide({name: [50.0, 50.0] if name == "baseline" else [60.0, 60.0]
+                            for name in ab.VARIANTS})
     assert set(everything["winners"]) == set(ab.VARIANTS) - {"baseline"}
     assert everything["overrides"] == ab.VARIANTS["solo_learn_all"]
     config = TrainConfig.from_preset("fast", **everything["overrides"])
@@ -137,7 +140,8 @@ def test_the_budget_sets_the_epochs_and_skips_what_does_not_fit(ab, tmp_path, mo
     calls = fake_runs(ab, monkeypatch, wall_s=12.0, train_s=10.0)
     result = ab.run_recipe_ab("synthetic", None, "cpu", 1000.0, tmp_path, variants=["mu_doubled"])
     assert calls[0] == ("baseline", 0, 1) and result["epochs"] == 24
-    assert calls[1:] == [("baseline", 0, 24), ("mu_doubled", 0, 24), ("baseline", 1, 24), ("mu_doubled", 1, 24)]
+    assert calls[1:] == [("baseline", 0, 24), ("mu_doubled", 0, 24),
+                         ("baseline", 1, 24), ("mu_doubled", 1, 24)]
     assert not result["estimate"]["timing_run_kept"] and len(result["runs"]) == 4
     # one epoch fits only: the timing run is kept as the baseline's first seed, not run again ...
     calls = fake_runs(ab, monkeypatch, wall_s=12.0, train_s=10.0)
