@@ -44,8 +44,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shutil
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -122,9 +120,10 @@ def decide(scores: dict[str, Sequence[float | None]]) -> dict[str, Any]:
         if name == BASELINE:
             continue
         stats = variant_stats(runs, base["mean"])
-        if base["mean"] is None or stats["mean"] is None:
-            wins, verdict = False, "not judged (no finished baseline run)" if stats["mean"] is not None \
-                else "not judged (no finished run)"
+        if stats["mean"] is None:
+            wins, verdict = False, "not judged (no finished run)"
+        elif base["mean"] is None:
+            wins, verdict = False, "not judged (no finished baseline run)"
         else:
             wins, verdict = judge(stats, base)
         variants[name] = {**stats, "verdict": verdict}
