@@ -348,6 +348,8 @@ def run_ab_step(args, spec: str, device: torch.device, clock: Clock, protect_s: 
         if error.name != "recipe_ab":
             raise
         raise Skip("benchmarks/recipe_ab.py is not in this checkout") from None
+    if ((results.data.get("step_profile") or {}).get("graph_check") or {}).get("passed") is False:
+        raise Skip("the graphed step failed its check against the eager step: its runs would decide nothing")
     budget = args.ab_budget_s if not clock.enforce else min(args.ab_budget_s, clock.left() - protect_s)
     if budget < MIN_BUDGETED_STEP_S:
         raise Skip(clock.refusal(MIN_BUDGETED_STEP_S, protect_s, "the recipe A/B") or "no time left")
@@ -820,6 +822,13 @@ def run_pretrain_step(args, spec: str, device: torch.device, clock: Clock, ladde
     info: dict[str, Any] = {"attempts": [], "overrides": overrides}
     results.data["pretrain"] = info
     rows = ladder
+    if ((results.data.get("step_profile") or {}).get("graph_check") or {}).get("passed") is False:
+        # a graph whose steps differ from the eager ones must not train the model that is reported
+        rows = {**ladder, "rows": [row for row in ladder.get("rows", []) if not row.get("cuda_graph")]}
+        profile = {**(profile or {}), "ms": {size: {k: v for k, v in ms.items() if "graphed" not in k}
+                                            for size, ms in (profile or {}).get("ms", {}).items()}}
+        info["graph_refused"] = "the graphed step failed its check against the eager step (step_profile)"
+        say(f"      {info['graph_refused']}: pretraining without the CUDA graph")
     for attempt in range(2):
         row = choose_row(rows, max(min(args.budget_min * 60, clock.left()), 1.0), steps, args.batch_size,
                          args.smoke) or profile_row(profile, args.batch_size, device)

@@ -268,7 +268,7 @@ def make_plan(data: str | None, data_root: str | None, device: str, budget_s: fl
 def baseline_choices(config: TrainConfig) -> dict[str, Any]:
     """The five compared settings as the baseline runs them (the preset's defaults resolved)."""
     zero_init = config.zero_init_residual
-    return {"lars_clip": config.lars_clip, "mu": config.mu, "loss": config.loss,
+    return {"lars_clip": config.lars_clip, "mu": config.mu, "loss_convention": config.loss_convention,
             "stem_padding": config.stem_padding if config.stem_padding is not None else 1,
             "zero_init_residual": zero_init if zero_init is not None else True,
             "crop_interpolation": get_recipe(config.recipe, config.crop_interpolation)[0].crop_interpolation}

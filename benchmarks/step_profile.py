@@ -114,7 +114,7 @@ class Bench:
         self.augment = BatchAugment(get_recipe(config.recipe, config.crop_interpolation)).to(device)
         self.view1, self.view2 = self.augment(self.images, generator=generator)
         self.contiguous_views = (self.view1, self.view2)  # the fp32 part's: no channels-last there
-        self.loss_fn = VICRegLoss(config.lam, config.mu, config.nu, convention=config.loss)
+        self.loss_fn = VICRegLoss(config.lam, config.mu, config.nu, convention=config.loss_convention)
         torch.manual_seed(0)
         self.model = build_model(**config.arch()).to(device)
         self.fp32_model = copy.deepcopy(self.model)

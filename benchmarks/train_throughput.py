@@ -155,7 +155,7 @@ def build_model(config: TrainConfig, device: torch.device) -> VICReg:
 
 def loss_function(config: TrainConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """(z1, z2) -> the scalar pretrain backpropagates (the config's coefficients and convention)."""
-    loss = VICRegLoss(config.lam, config.mu, config.nu, convention=config.loss)
+    loss = VICRegLoss(config.lam, config.mu, config.nu, convention=config.loss_convention)
     return lambda z1, z2: loss(z1, z2).total
 
 
