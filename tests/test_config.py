@@ -79,6 +79,9 @@ def test_presets_say_what_they_are():
     fast = TrainConfig.from_preset("fast", width=16)
     assert (fast.width, fast.recipe, fast.lars_eta, fast.lars_clip, fast.weight_decay) == (16, "fast", 0.02, "trust",
                                                                                            1e-4)
+    # solo-learn's mu = 25 on summed variance terms is mu = 50 on the official averaged ones
+    assert (fast.mu, fast.loss_convention, fast.lr, fast.compile, fast.cuda_graph) == (50.0, "official", 0.3, "off",
+                                                                                      "auto")
     with pytest.raises(ValueError, match="unknown preset 'solo'"):
         TrainConfig.from_preset("solo")
     with pytest.raises(ValueError, match="unknown setting"):
