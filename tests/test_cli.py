@@ -107,6 +107,18 @@ def test_pretrain_then_evaluate(tmp_path, capsys):
     assert "kNN top-1" in table and "linear top-1" in table
 
 
+def test_the_printed_checkpoint_exists_when_max_steps_ends_an_epoch(tmp_path, capsys):
+    """--epochs 2 --max-steps 8 where 8 steps are exactly one epoch (128 images, batch 16)."""
+    out = tmp_path / "run"
+    argv = ["pretrain", *TINY, "--data", "synthetic:128,32", "--epochs", "2", "--max-steps", "8",
+            "--checkpoint-every", "0", "--eval-every", "0", "--out-dir", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"checkpoint: {out / 'checkpoint.pt'}" in printed and (out / "checkpoint.pt").is_file()
+    assert main(["evaluate", str(out / "checkpoint.pt"), "--data", "synthetic:128,32", "--probe-epochs", "1",
+                 "--no-progress", "--device", "cpu"]) == 0
+
+
 def test_evaluate_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "missing.pt")]) == 2
     assert "no checkpoint at" in capsys.readouterr().err

@@ -150,6 +150,20 @@ def test_max_steps_stops_inside_an_epoch(tmp_path):
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 6
 
 
+def test_max_steps_ending_exactly_at_an_epoch_end_saves_a_checkpoint(tmp_path):
+    """8 steps are one epoch of 128 images at batch 16: the run ends after epoch 1 of 2 and must
+    save it even with checkpoint_every=0 (the end-of-run save decides by the epoch planned at start)."""
+    config = tiny(tmp_path, data="synthetic:128,32", epochs=2, max_steps=8, checkpoint_every=0)
+    result = pretrain(config)
+    state = load_checkpoint(result.checkpoint_path)
+    assert (state["epoch"], state["step"], state["epoch_step"]) == (1, 8, 0)
+    assert [r["epoch"] for r in result.history] == [1]
+    resumed = pretrain(tiny(tmp_path, data="synthetic:128,32", epochs=2, max_steps=16, checkpoint_every=0,
+                            resume=True))
+    assert [(r["epoch"], r["step"]) for r in resumed.history] == [(1, 8), (2, 16)]
+    assert load_checkpoint(result.checkpoint_path)["step"] == 16
+
+
 # ----------------------------------------------------------------------------- resume
 
 

@@ -113,6 +113,8 @@ class Run:
     epoch_perm_state: torch.Tensor | None = None  # perm_generator before this epoch's permutation
     history: list[dict[str, Any]] = field(default_factory=list)
     warned_huge_loss: bool = False
+    last_epoch: int = 0  # the epoch this invocation ends with, fixed when it starts (plan_last_epoch)
+    saved_step: int | None = None  # run.step when checkpoint.pt was last written or read
 
     @property
     def device(self) -> torch.device:
@@ -122,13 +124,19 @@ class Run:
     def checkpoint_path(self) -> Path:
         return self.out_dir / CHECKPOINT_NAME
 
-    @property
-    def last_epoch(self) -> int:
-        """The epoch this invocation ends with (earlier than config.epochs under max_steps)."""
-        if self.config.max_steps is None:
-            return self.config.epochs
-        remaining = max(self.config.max_steps - self.step, 0) + self.epoch_step
-        return min(self.config.epochs, self.epoch + math.ceil(remaining / self.steps_per_epoch))
+
+
+def plan_last_epoch(run: Run) -> int:
+    """The epoch this invocation ends with: config.epochs, or earlier under max_steps.
+
+    Worked out once, before training: counted from where the run stands then, so that it
+    cannot move while an epoch's steps advance run.step (it decides when the last save happens).
+    """
+    if run.config.max_steps is None:
+        return run.config.epochs
+    completed = run.epoch - (run.epoch_step > 0)  # epochs finished before the one in progress
+    remaining = max(run.config.max_steps - run.step, 0) + run.epoch_step  # counted from that epoch's start
+    return min(run.config.epochs, completed + math.ceil(remaining / run.steps_per_epoch))
 
 
 # ----------------------------------------------------------------------------- one step
@@ -264,6 +272,7 @@ def restore(run: Run) -> None:
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.epoch, run.step = state["epoch"], state["step"]
+    run.saved_step = run.step
     run.epoch_step = state.get("epoch_step", 0)
     if run.epoch_step:
         run.epoch_sums = state["epoch_sums"].to(run.device)
@@ -298,6 +307,7 @@ def save_state(run: Run) -> None:
     """
     augment_states = _augment_states(run)  # a collective: every rank takes part
     if not run.dist.is_main:
+        run.saved_step = run.step  # every rank must agree on whether a final save is due
         return
     rng = capture_rng_state()
     mid_epoch = run.epoch_step > 0
@@ -312,6 +322,7 @@ def save_state(run: Run) -> None:
         state["epoch_sums"] = run.epoch_sums
     try:
         save_checkpoint(state, run.checkpoint_path)
+        run.saved_step = run.step
     except CheckpointError as error:
         raise TrainingDiverged(f"{error}; lower the learning rate (--lr) or check lam/mu/nu") from None
     except OSError as error:
@@ -537,6 +548,7 @@ def pretrain(config: TrainConfig) -> PretrainResult:
     with lock, StopSignals() as stop:
         run = prepare_run(config, dist, out_dir)
         _begin(run)
+        run.last_epoch = plan_last_epoch(run)
         first = run.epoch + 1 if run.epoch_step == 0 else run.epoch
         bar = progress_bar(total=max((run.last_epoch - first + 1) * run.steps_per_epoch - run.epoch_step, 0),
                            desc="pretrain", disable=not (config.progress and dist.is_main))
@@ -554,6 +566,8 @@ def pretrain(config: TrainConfig) -> PretrainResult:
                 if stop.requested:
                     save_state(run)
                     raise _stopped(run, stop)
+            if run.saved_step != run.step:  # however the loop ended, its end is on disk
+                save_state(run)
         finally:
             bar.close()
     run.model.eval()
