@@ -11,7 +11,7 @@ import torch
 
 from vicreg_lib.cli import SUBCOMMANDS, main
 from vicreg_lib.config import PRESETS, TrainConfig
-from vicreg_lib.runfolder import read_metrics
+from vicreg_lib.runfolder import read_config, read_metrics
 
 TINY = ["--data", "synthetic:64,32", "--width", "4", "--projector", "32-32-32", "--batch-size", "16",
         "--device", "cpu", "--no-progress"]
@@ -83,7 +83,7 @@ def test_presets_fill_in_and_options_override(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["pretrain", "--preset", "blog", *TINY, "--max-steps", "1", "--eval-every", "0", "--out-dir", str(out)]
     assert main(argv) == 0
-    stored = TrainConfig(**{**__import__("json").loads((out / "config.json").read_text()), "overwrite": False})
+    stored = TrainConfig(**{**read_config(out), "overwrite": False})
     assert (stored.preset, stored.backbone, stored.loss, stored.optimizer, stored.width) == ("blog", "blog", "blog",
                                                                                              "adam", 4)
 

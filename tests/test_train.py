@@ -323,17 +323,6 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert not list((tmp_path / "run").glob(".*.tmp"))
 
 
-def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path):
-    out = tmp_path / "run"
-    out.mkdir()
-    (out / ".lock").write_text(str(os.getppid()))  # a live process holds it
-    with pytest.raises(RunFolderError, match="another run"):
-        pretrain(tiny(tmp_path, epochs=1))
-    (out / ".lock").write_text("999999999")  # a crashed run's lock: taken over
-    pretrain(tiny(tmp_path, epochs=1))
-    assert not (out / ".lock").exists()
-
-
 def test_a_killed_saves_temporary_file_is_removed_at_the_next_start(tmp_path):
     pretrain(tiny(tmp_path, epochs=1, optimizer="adam", schedule="constant"))
     stale = tmp_path / "run" / ".checkpoint.pt.x1y2z3.tmp"  # what kill -9 during a save leaves
