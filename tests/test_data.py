@@ -105,7 +105,7 @@ def test_folder_with_train_and_test_dirs(tmp_path):
     write_png(tmp_path / "train" / "b" / "0.png", (40, 50, 60))
     write_png(tmp_path / "test" / "a" / "0.png", (70, 80, 90))
     images, labels, classes = load_dataset(f"folder:{tmp_path}", "test")
-    assert classes == ["a"] and labels.tolist() == [0]
+    assert classes == ["a", "b"] and labels.tolist() == [0]  # the train split's class list
     assert images[0, :, 0, 0].tolist() == [70, 80, 90]
     assert load_dataset(f"folder:{tmp_path}", "train")[0].shape[0] == 2
 
@@ -477,3 +477,110 @@ def test_fingerprint_changes_with_contents_shape_dtype_and_order():
     assert fingerprint(images.view(2, 48), labels) != key  # same bytes, other shape
     assert fingerprint(images.view(torch.int8), labels) != key  # same bytes, other dtype
     assert fingerprint(torch.ones(3, dtype=torch.bfloat16)) != fingerprint(torch.ones(3, dtype=torch.float16))
+
+
+# ----------------------------------------------------------------------------- classes by name, odd data
+
+
+def make_split_tree(folder: Path, train: str, test: str, size: int = 8) -> None:
+    """folder/{train,test}/<class>/0.png, one solid colour per class name (the same in both splits)."""
+    colours = {"a": (250, 0, 0), "b": (0, 250, 0), "c": (0, 0, 250), "d": (250, 250, 0)}
+    for split, names in (("train", train), ("test", test)):
+        for name in names:
+            write_png(folder / split / name / "0.png", colours[name], size=size)
+
+
+def tar_of(folder: Path, archive: Path) -> Path:
+    import tarfile
+
+    with tarfile.open(archive, "w:gz") as bundle:
+        for entry in sorted(folder.iterdir()):
+            bundle.add(entry, entry.name)
+    return archive
+
+
+@pytest.mark.parametrize("kind", ["folder", "archive"])
+def test_test_classes_are_matched_to_train_classes_by_name(tmp_path, kind):
+    make_split_tree(tmp_path / "tree", train="abc", test="ac")
+    spec = f"folder:{tmp_path / 'tree'}" if kind == "folder" else f"archive:{tar_of(tmp_path / 'tree', tmp_path / 't.tgz')}"
+    _, _, train_classes = load_dataset(spec, "train", root=tmp_path / "root")
+    images, labels, classes = load_dataset(spec, "test", root=tmp_path / "root")
+    assert classes == train_classes == ["a", "b", "c"]
+    by_label = {classes[label]: image[:, 0, 0].tolist() for image, label in zip(images, labels)}
+    assert by_label == {"a": [250, 0, 0], "c": [0, 0, 250]}  # c's images keep c's label, not b's
+
+
+@pytest.mark.parametrize("kind", ["folder", "archive"])
+def test_test_classes_that_train_lacks_are_refused_by_name(tmp_path, kind):
+    make_split_tree(tmp_path / "tree", train="ab", test="abd")
+    spec = f"folder:{tmp_path / 'tree'}" if kind == "folder" else f"archive:{tar_of(tmp_path / 'tree', tmp_path / 't.tgz')}"
+    with pytest.raises(DataSpecError, match=r"class folder\(s\) \['d'\] that the train split lacks"):
+        load_dataset(spec, "test", root=tmp_path / "root")
+
+
+def test_a_single_class_warns_naming_the_spec_and_split(tmp_path):
+    make_split_tree(tmp_path, train="a", test="a")
+    with pytest.warns(UserWarning, match=rf"folder:{tmp_path}'?: split 'train' has a single class \('a'\)"):
+        load_dataset(f"folder:{tmp_path}", "train")
+
+
+def test_images_of_mixed_sizes_warn_naming_a_file_of_each_size(tmp_path):
+    make_split_tree(tmp_path, train="ab", test="ab")
+    write_png(tmp_path / "train" / "b" / "1.png", (0, 250, 0), size=20)
+    with pytest.warns(UserWarning, match=r"split 'train'.*images of 2 sizes.*8x8.*20x20 \('.*1\.png'\)") as seen:
+        images, _, _ = load_dataset(f"folder:{tmp_path}?size=8", "train")
+    assert images.shape == (3, 3, 8, 8) and len(seen) == 1
+
+
+def test_npz_splits_of_different_sizes_or_an_empty_split_warn(tmp_path):
+    path = tmp_path / "odd.npz"
+    write_npz(path, test_images=np.zeros((3, 16, 16, 3), dtype=np.uint8))
+    with pytest.warns(UserWarning, match=r"train_images are 8x8 but test_images 16x16"):
+        load_dataset(f"npz:{path}", "train")
+    write_npz(path, test_images=np.zeros((0, 8, 8, 3), dtype=np.uint8), test_labels=np.zeros(0, dtype=np.int64))
+    with pytest.warns(UserWarning, match=rf"npz:{path}'?: split 'test' holds no images"):
+        images, _, _ = load_dataset(f"npz:{path}", "test")
+    assert images.shape[0] == 0
+
+
+def test_folder_with_train_but_no_test_says_so(tmp_path):
+    write_png(tmp_path / "train" / "a" / "0.png", (1, 2, 3))
+    with pytest.raises(DataSpecError, match=r"has train/ but no test/ folder; add test/<class>/"):
+        load_dataset(f"folder:{tmp_path}", "train")
+
+
+def test_macos_resource_fork_files_are_skipped(tmp_path):
+    make_split_tree(tmp_path, train="ab", test="ab")
+    (tmp_path / "train" / "a" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # not an image
+    images, labels, _ = load_dataset(f"folder:{tmp_path}", "train")
+    assert labels.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("size", [32, 16])  # as stored (torchvision decodes it), resized (Pillow does)
+def test_16_bit_grayscale_pngs_scale_to_8_bits(tmp_path, size):
+    from PIL import Image
+
+    ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+    for split in ("train", "test"):
+        for name in "ab":
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.fromarray(ramp).save(tmp_path / split / name / "0.png")
+    images, _, _ = load_dataset(f"folder:{tmp_path}?size={size}", "train")
+    expected = ramp.astype(np.float64).mean() / 257  # about 127.5; clipping 16 bits to 8 gives about 254
+    assert abs(images.double().mean().item() - expected) < 3
+    assert images[0, 0, 0, 0] < 10 and images[0, 0, -1, -1] > 245
+
+
+def test_odd_npz_arrays_are_one_line_errors_or_load(tmp_path):
+    path = tmp_path / "odd.npz"
+    write_npz(path, train_labels=np.array([0, 1, 2, 0, 1, 2], dtype=np.uint64))
+    assert load_dataset(f"npz:{path}", "train")[1].tolist() == [0, 1, 2, 0, 1, 2]
+    write_npz(path, train_labels=np.array([0, 1, 2, 0, 1, 2**64 - 1], dtype=np.uint64))
+    with pytest.raises(DataSpecError, match=r"train_labels holds values beyond int64"):
+        load_dataset(f"npz:{path}", "train")
+    write_npz(path, classes=np.array("abc"))
+    with pytest.raises(DataSpecError, match=r"array classes has shape \(\), expected \(K,\)"):
+        load_dataset(f"npz:{path}", "train")
+    write_npz(path, train_images=np.zeros((6, 1, 1, 3), dtype=np.uint8))
+    with pytest.raises(DataSpecError, match=r"split 'train' has 1x1 images.*at least 4x4"):
+        load_dataset(f"npz:{path}", "train")
