@@ -308,21 +308,85 @@ def test_archive_is_unpacked_once_decoded_once_and_again_when_replaced(tmp_path,
         again = load_dataset(f"archive:{archive}", "train", root=root)
     assert all(torch.equal(a, b) for a, b in zip(first[:2], again[:2])) and first[2] == again[2]
     # a cache file that is not what was written is decoded afresh, not trusted
-    next(folder.glob(".decoded-train-32-labels.npy")).write_bytes(b"garbage")
+    (root / f".{folder.name}.decoded" / "train-32-labels.npy").write_bytes(b"garbage")
     with monkeypatch.context() as patch:
         patch.setattr(data, "_extract", forbidden)
         assert torch.equal(load_dataset(f"archive:{archive}", "train", root=root)[1], first[1])
 
-    # the same name, new contents (and so a new size or mtime): unpacked into a new folder
+    # the same name, new contents: unpacked into a new folder
     import tarfile
 
     extra = tmp_path / "extra"
     make_image_tree(extra / "tiny_jpeg", {"train": 4, "test": 1})
     with tarfile.open(archive, "w:gz") as bundle:
         bundle.add(extra / "tiny_jpeg", "tiny_jpeg")
-    os.utime(archive, ns=(os.stat(archive).st_atime_ns, os.stat(archive).st_mtime_ns + 10**9))
     assert load_dataset(f"archive:{archive}", "train", root=root)[0].shape[0] == 12
     assert len(visible(root)) == 2
+
+
+def bmp_archive(path: Path, colour: tuple[int, int, int]) -> Path:
+    """An uncompressed tar of 32x32 BMPs (fixed-size files): another colour gives another archive
+    of exactly the same size."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    with tarfile.open(path, "w") as bundle:
+        for member in ("train/a/0.bmp", "train/b/0.bmp", "test/a/0.bmp", "test/b/0.bmp"):
+            data = io.BytesIO()
+            Image.new("RGB", (32, 32), colour).save(data, format="BMP")
+            info = tarfile.TarInfo(member)
+            info.size, info.mtime = len(data.getvalue()), 0
+            bundle.addfile(info, io.BytesIO(data.getvalue()))
+    return path
+
+
+def test_a_replaced_archive_of_the_same_name_size_and_mtime_is_unpacked_afresh(tmp_path):
+    archive, root = bmp_archive(tmp_path / "same.tar", (200, 0, 0)), tmp_path / "root"
+    assert load_dataset(f"archive:{archive}", "train", root=root)[0][0, :, 0, 0].tolist() == [200, 0, 0]
+    before = os.stat(archive)
+    bmp_archive(archive, (0, 0, 200))
+    os.utime(archive, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(archive).st_size == before.st_size and os.stat(archive).st_mtime_ns == before.st_mtime_ns
+    assert load_dataset(f"archive:{archive}", "train", root=root)[0][0, :, 0, 0].tolist() == [0, 0, 200]
+
+
+def test_decoded_caches_shipped_inside_an_archive_are_never_used(tmp_path):
+    import tarfile
+
+    make_image_tree(tmp_path / "tree")
+    fake_images = np.zeros((6, 3, 32, 32), dtype=np.uint8)  # what an old-style cache at the top would pose as
+    fake_labels = np.zeros(6, dtype=np.int64)
+    for folder in (tmp_path / "tree", tmp_path / "tree" / "train"):
+        np.save(folder / ".decoded-train-32-images.npy", fake_images)
+        np.save(folder / ".decoded-train-32-labels.npy", fake_labels)
+        np.save(folder / "train-32-images.npy", fake_images)
+        np.save(folder / "train-32-labels.npy", fake_labels)
+    archive = tmp_path / "shipped.tar"
+    with tarfile.open(archive, "w") as bundle:
+        for entry in sorted((tmp_path / "tree").iterdir()):
+            bundle.add(entry, entry.name)
+    images, labels, classes = load_dataset(f"archive:{archive}", "train", root=tmp_path / "root")
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert images[:, :, 5, 7].tolist() == [list(ARCHIVE_COLOURS[classes[k]]) for k in labels]
+
+
+def test_a_read_only_data_root_loads_without_caching_and_says_so(tmp_path):
+    from support import read_only
+
+    archive, root = make_archive(tmp_path), tmp_path / "root"
+    root.mkdir()
+    expected = None
+    with read_only(root):  # nothing unpacked there yet
+        with pytest.warns(UserWarning, match=r"data root .* is read-only.*without caching"):
+            expected = load_dataset(f"archive:{archive}", "train", root=root)
+    assert expected[0].shape == (6, 3, 32, 32) and visible(root) == []
+    load_dataset(f"archive:{archive}", "test", root=root)  # unpacked there, the test split cached
+    with read_only(root):  # a shared root another user unpacked into: the train split cannot be cached
+        with pytest.warns(UserWarning, match=r"cannot cache the decoded 'train' images"):
+            images, labels, _ = load_dataset(f"archive:{archive}", "train", root=root)
+    assert torch.equal(images, expected[0]) and torch.equal(labels, expected[1])
 
 
 def test_interrupted_unpacking_leaves_nothing_a_later_load_uses(tmp_path, monkeypatch):

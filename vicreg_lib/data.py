@@ -417,6 +417,24 @@ def _load_archive(
         )
     if not archive.is_file():
         raise DataSpecError(f"data spec {spec!r}: file {str(archive)!r} does not exist; {WAYS_OUT}")
+    if (root / _unpacked_name(archive)).is_dir() or _writable(root):
+        return _load_unpacked(spec, archive, root, split, size, cache=True)
+    warnings.warn(f"note: data root {str(root)!r} is read-only, so {str(archive)!r} is unpacked into a temporary "
+                  f"folder and decoded on every load, without caching; set --data-root (VICREG_DATA_ROOT) to a "
+                  f"writable folder to cache it", UserWarning, stacklevel=3)
+    with tempfile.TemporaryDirectory(prefix="vicreg-unpack-") as scratch:
+        return _load_unpacked(spec, archive, Path(scratch), split, size, cache=False)
+
+
+def _writable(root: Path) -> bool:
+    """Whether root, or the nearest existing folder above it, can be written into."""
+    existing = next((folder for folder in [root, *root.parents] if folder.exists()), Path("."))
+    return os.access(existing, os.W_OK | os.X_OK)
+
+
+def _load_unpacked(spec: str, archive: Path, root: Path, split: str, size: int,
+                   cache: bool) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """One split of ``archive``, unpacked into ``root`` (once) and decoded (once, when caching)."""
     try:
         unpacked = unpack_archive(archive, root)
     except DataSpecError:
@@ -428,7 +446,7 @@ def _load_archive(
         ) from error
     split_root = _split_root(spec, unpacked)
     class_root, classes = split_root / split, class_names(split_root / "train")
-    cached = _read_decoded(unpacked, split, size, len(classes))
+    cached = _read_decoded(unpacked, split, size, len(classes)) if cache else None
     if cached is not None:
         return torch.from_numpy(cached[0]), torch.from_numpy(cached[1]), classes
     files, labels = _list_image_folder(spec, class_root, classes)
@@ -438,22 +456,33 @@ def _load_archive(
             f"unpacked from {str(archive)!r}; expected train/<class>/*.jpg and test/<class>/*.jpg"
         )
     images = decode_images(spec, files, size, split)
-    _write_decoded(unpacked, split, size, images, labels)
+    if cache:
+        _write_decoded(unpacked, split, size, images, labels)
     return torch.from_numpy(images), torch.from_numpy(labels), classes
 
 
 def _decoded_paths(unpacked: Path, split: str, size: int) -> tuple[Path, Path]:
-    """The cache files of one decoded split: images uint8 (N, 3, S, S) and labels int64 (N,)."""
-    return unpacked / f".decoded-{split}-{size}-images.npy", unpacked / f".decoded-{split}-{size}-labels.npy"
+    """The cache files of one decoded split: images uint8 (N, 3, S, S) and labels int64 (N,).
+
+    They live beside the unpacked tree, not in it: nothing an archive holds can pose as a cache
+    (unpacking refuses members outside the tree).
+    """
+    folder = unpacked.parent / f".{unpacked.name}.decoded"
+    return folder / f"{split}-{size}-images.npy", folder / f"{split}-{size}-labels.npy"
 
 
 def _write_decoded(unpacked: Path, split: str, size: int, images: np.ndarray, labels: np.ndarray) -> None:
     from .files import atomic_write
 
     image_path, label_path = _decoded_paths(unpacked, split, size)
-    # labels first: a reader needs both, so a crash between the two leaves no usable half
-    atomic_write(label_path, lambda handle: np.save(handle, labels))
-    atomic_write(image_path, lambda handle: np.save(handle, images))
+    try:
+        # labels first: a reader needs both, so a crash between the two leaves no usable half
+        atomic_write(label_path, lambda handle: np.save(handle, labels))
+        atomic_write(image_path, lambda handle: np.save(handle, images))
+    except OSError as error:  # a read-only or full data root: the images are decoded, only not cached
+        warnings.warn(f"note: cannot cache the decoded {split!r} images in {str(image_path.parent)!r} "
+                      f"({error.strerror or error}); they are decoded again on the next load", UserWarning,
+                      stacklevel=4)
 
 
 def _read_decoded(
@@ -493,19 +522,16 @@ def _split_root(spec: str, unpacked: Path) -> Path:
 def unpack_archive(archive: str | os.PathLike, root: str | os.PathLike) -> Path:
     """Unpack a .tar.gz/.tgz/.tar/.zip into ``root`` once and return the folder it went into.
 
-    The folder is ``root/<name>-<key>``, the key a hash of the archive's name, size and modification
-    time, so a replaced archive is unpacked afresh (the old folder can then be deleted). It is
+    The folder is ``root/<name>-<key>``, the key a hash of the archive's contents (``archive_key``),
+    so a replaced archive is unpacked afresh however its name, size and modification time compare
+    (the old folder can then be deleted). It is
     unpacked into a hidden sibling and renamed into place when complete, so a folder that exists is
     whole: an interrupted unpacking (Ctrl-C, a full disk, a broken archive) leaves nothing that a
     later call would use. Members with an absolute path, '..', or that are neither file nor folder
     (links, devices) are refused with a DataSpecError.
     """
     archive, root = Path(archive), Path(root)
-    stat = archive.stat()
-    key = hashlib.blake2b(f"{archive.name}\0{stat.st_size}\0{stat.st_mtime_ns}".encode(), digest_size=5)
-    stem = next((archive.name[: -len(s)] for s in ARCHIVE_SUFFIXES if archive.name.lower().endswith(s)),
-                archive.name)
-    final = root / f"{stem}-{key.hexdigest()}"
+    final = root / _unpacked_name(archive)
     if final.is_dir():
         return final
     root.mkdir(parents=True, exist_ok=True)
@@ -525,6 +551,21 @@ def unpack_archive(archive: str | os.PathLike, root: str | os.PathLike) -> Path:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)  # gone already after a successful rename
     return final
+
+
+def archive_key(archive: Path) -> str:
+    """A hash of the archive's bytes (20 hex digits): about 1 GB/s, some 20 ms for CIFAR-10 as JPEG."""
+    digest = hashlib.blake2b(digest_size=10)
+    with open(archive, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _unpacked_name(archive: Path) -> str:
+    stem = next((archive.name[: -len(s)] for s in ARCHIVE_SUFFIXES if archive.name.lower().endswith(s)),
+                archive.name)
+    return f"{stem}-{archive_key(archive)}"
 
 
 def _remove_stale_unpacking(root: Path) -> None:
