@@ -224,6 +224,31 @@ def test_resume_refuses_changed_settings_and_missing_checkpoint(tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["epochs"] == 1  # left as it was
 
 
+def write_images(path, seed: int) -> str:
+    """An npz of 64 train and 16 test 8x8 images; another seed gives other images under the same path."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    np.savez(path, train_images=rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8),
+             train_labels=np.arange(64) % 4, test_images=rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8),
+             test_labels=np.arange(16) % 4)
+    return f"npz:{path}"
+
+
+def test_resume_refuses_training_data_whose_contents_changed(tmp_path):
+    spec = write_images(tmp_path / "images.npz", seed=0)
+    pretrain(tiny(tmp_path, data=spec, epochs=1, optimizer="adam", schedule="constant"))
+    stored = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["data_fingerprint"]
+    write_images(tmp_path / "images.npz", seed=1)  # the same spec, other contents
+    with pytest.raises(CheckpointError, match=r"training data of .*images\.npz' differ.*--allow-data-change"):
+        pretrain(tiny(tmp_path, data=spec, epochs=2, optimizer="adam", schedule="constant", resume=True))
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 4  # untouched
+    result = pretrain(tiny(tmp_path, data=spec, epochs=2, optimizer="adam", schedule="constant", resume=True,
+                           allow_data_change=True))
+    assert result.history[-1]["epoch"] == 2
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["data_fingerprint"] != stored
+
+
 def test_constant_schedule_may_extend_its_epochs(tmp_path):
     pretrain(tiny(tmp_path, epochs=1, optimizer="adam", schedule="constant"))
     result = pretrain(tiny(tmp_path, epochs=2, optimizer="adam", schedule="constant", resume=True))

@@ -124,6 +124,8 @@ class TrainConfig:
                                   minimum=1)
     resume: bool = _bookkeeping(False, "continue the run in out_dir from its checkpoint.pt", per_setting=True)
     overwrite: bool = _bookkeeping(False, "start afresh even if out_dir already holds a run", per_setting=True)
+    allow_data_change: bool = _bookkeeping(False, "with resume: continue even though the training images differ "
+                                                  "from the checkpoint's")
     progress: bool = _bookkeeping(True, "show a progress bar")
 
     def __post_init__(self) -> None:

@@ -43,7 +43,7 @@ from torch import nn
 from .augment import BatchAugment, two_views_transform
 from .checkpoint import CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import TrainConfig, resume_differences
-from .data import load_dataset, random_subset
+from .data import fingerprint, load_dataset, random_subset
 from .device import precision_for
 from .diagnostics import HELDOUT_BATCH_SIZE, effective_rank, heldout_batch, per_dim_std
 from .distributed import DistInfo, gather_with_grad, init_distributed
@@ -105,6 +105,7 @@ class Run:
     use_amp: bool
     channels_last: bool
     steps_per_epoch: int
+    data_fingerprint: str  # of the training images and labels: a resume on other data is refused
     epoch: int = 0  # the epoch in progress, or the last completed one when epoch_step == 0
     step: int = 0  # optimizer steps taken
     epoch_step: int = 0  # steps taken in the epoch in progress
@@ -255,6 +256,7 @@ def prepare_run(config: TrainConfig, dist: DistInfo, out_dir: Path) -> Run:
         augment_generator=torch.Generator(device=device).manual_seed(config.seed + 1 + dist.rank),
         use_amp=use_amp, channels_last=channels_last,
         steps_per_epoch=train_images.shape[0] // config.batch_size,
+        data_fingerprint=fingerprint(train_images, train_labels),
     )
 
 
@@ -266,6 +268,7 @@ def restore(run: Run) -> None:
     if differences:
         raise CheckpointError(f"cannot resume {str(path)!r} with different settings ({'; '.join(differences)}); "
                               f"use the run's settings (its config.json) or a new out_dir")
+    _check_same_data(run, state.get("data_fingerprint"))
     if state.get("device_type") != run.device.type:
         raise CheckpointError(f"{str(path)!r} was trained on {state.get('device_type')}; resume it on the same "
                               f"kind of device (--device {state.get('device_type')})")
@@ -284,6 +287,16 @@ def restore(run: Run) -> None:
     if run.dist.is_main:
         run.history = [r for r in read_metrics(run.out_dir) if r.get("epoch", 0) <= run.epoch - (run.epoch_step > 0)]
         rewrite_metrics(run.out_dir, run.history)  # drop records after the checkpoint: no duplicates
+
+
+def _check_same_data(run: Run, stored: str | None) -> None:
+    """Refuse to resume on training images other than the checkpoint's (the same spec can name a
+    file whose contents were replaced), unless allow_data_change; checkpoints without one pass."""
+    if stored is None or stored == run.data_fingerprint or run.config.allow_data_change:
+        return
+    raise CheckpointError(f"the training data of {run.config.data!r} differ from those {str(run.checkpoint_path)!r} "
+                          f"was trained on (fingerprint {run.data_fingerprint}, checkpoint {stored}); resume on the "
+                          f"same data, or pass --allow-data-change (allow_data_change=True) to continue on these")
 
 
 # ----------------------------------------------------------------------------- saving
@@ -317,6 +330,7 @@ def save_state(run: Run) -> None:
         "arch": run.config.arch(), "config": run.config.to_dict(), "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(), "epoch": run.epoch, "step": run.step,
         "epoch_step": run.epoch_step, "device_type": run.device.type, "rng": rng,
+        "data_fingerprint": run.data_fingerprint,
     }
     if mid_epoch:
         state["epoch_sums"] = run.epoch_sums
