@@ -331,21 +331,39 @@ def test_an_error_during_evaluation_does_not_lose_the_epoch(tmp_path, monkeypatc
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 1
 
 
-def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    pretrain(tiny(tmp_path, epochs=1, optimizer="adam", schedule="constant"))
-    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
-    real_save = torch.save
+FULL_DISK = """
+import resource, signal, sys
+from vicreg_lib.cli import main
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+sys.exit(main(sys.argv[2:]))
+"""
 
-    def full_disk(obj, handle, *args, **kwargs):
-        handle.write(b"partial")
-        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(OSError, match="No space left on device.*previous checkpoint is intact"):
-        pretrain(tiny(tmp_path, epochs=2, optimizer="adam", schedule="constant", resume=True))
-    monkeypatch.setattr(torch, "save", real_save)
-    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
-    assert not list((tmp_path / "run").glob(".*.tmp"))
+def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path):
+    """A real short write: the checkpoint's file may grow to half its size only (ulimit -f). torch.save
+    then fails with a RuntimeError, which must read as one line saying the old checkpoint is intact."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "run"
+    # a projector of 1 MiB weights: the write that crosses the limit is one of torch.save's own large writes
+    argv = ["pretrain", "--data", "synthetic:64,32", "--width", "4", "--projector", "512-512", "--batch-size", "16",
+            "--device", "cpu", "--no-progress", "--optimizer", "adam", "--schedule", "constant", "--eval-every", "0",
+            "--out-dir", str(out)]
+    from vicreg_lib.cli import main
+
+    assert main([*argv, "--epochs", "1"]) == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", FULL_DISK, str(len(before) // 2), *argv, "--epochs", "2", "--resume"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "could not write" in done.stderr and "the previous checkpoint is intact" in done.stderr
+    assert (out / "checkpoint.pt").read_bytes() == before
+    assert not list(out.glob(".*.tmp"))
 
 
 def test_a_killed_saves_temporary_file_is_removed_at_the_next_start(tmp_path):

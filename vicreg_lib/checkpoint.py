@@ -110,13 +110,23 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
 
     Refuses (CheckpointError) a state whose model or optimizer holds NaN or inf: a
     checkpoint on disk is always one a run can continue from. A failed write (a full disk)
-    leaves the previous file at ``path`` as it was.
+    leaves the previous file at ``path`` as it was and raises OSError.
     """
     bad = nonfinite_tensors({"model": state.get("model"), "optimizer": state.get("optimizer")})
     if bad:
         raise CheckpointError(f"not saving {str(path)!r}: {_describe(bad)}")
     state = cpu_copy({"format": FORMAT, "format_version": FORMAT_VERSION, **state})
-    return atomic_write(path, lambda handle: torch.save(state, handle))
+    return atomic_write(path, lambda handle: _torch_save(state, handle))
+
+
+def _torch_save(state: dict[str, Any], handle) -> None:
+    try:
+        torch.save(state, handle)
+    except RuntimeError as error:
+        # torch's zip writer reports a short write (a full disk, a file-size limit) as a RuntimeError
+        # ("enforce fail ... unexpected pos"), not as the OSError every caller expects of a failed write
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise OSError(f"the write stopped short ({detail}); is the disk full?") from error
 
 
 # ----------------------------------------------------------------------------- load

@@ -341,8 +341,9 @@ def save_state(run: Run) -> None:
         raise TrainingDiverged(f"{error}; lower the learning rate (--lr) or check lam/mu/nu") from None
     except OSError as error:
         kept = "the previous checkpoint is intact" if run.checkpoint_path.exists() else "no checkpoint was written"
-        raise OSError(error.errno, f"could not write {str(run.checkpoint_path)!r} ({error.strerror}); {kept}. "
-                                   f"Free some disk space and resume") from error
+        message = (f"could not write {str(run.checkpoint_path)!r} ({error.strerror or error}); {kept}. "
+                   f"Free some disk space and resume")
+        raise (OSError(error.errno, message) if error.errno else OSError(message)) from error
 
 
 # ----------------------------------------------------------------------------- one epoch
