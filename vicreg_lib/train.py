@@ -41,7 +41,8 @@ import torch
 from torch import nn
 
 from .augment import BatchAugment, two_views_transform
-from .checkpoint import CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .checkpoint import (CheckpointError, capture_rng_state, check_resumable, load_checkpoint, restore_rng_state,
+                         save_checkpoint)
 from .config import TrainConfig, resume_differences
 from .data import fingerprint, load_dataset, random_subset
 from .device import precision_for
@@ -264,6 +265,7 @@ def restore(run: Run) -> None:
     """Continue from out_dir/checkpoint.pt: weights, optimizer, random states, position, metrics."""
     path = run.checkpoint_path
     state = load_checkpoint(path, map_location="cpu")
+    check_resumable(state, path, run.config.arch())
     differences = resume_differences(state["config"], run.config)
     if differences:
         raise CheckpointError(f"cannot resume {str(path)!r} with different settings ({'; '.join(differences)}); "
