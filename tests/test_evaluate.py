@@ -418,3 +418,25 @@ def test_evaluate_checkpoint_errors(tiny_checkpoint, tmp_path):
         evaluate.evaluate_checkpoint(tiny_checkpoint, device="cpu", protocols=("fast", "paper"))
     with pytest.raises(ValueError, match="probe_epochs"):
         evaluate.evaluate_checkpoint(tiny_checkpoint, device="cpu", probe_epochs=0)
+
+
+def test_evaluate_writes_where_the_user_says_never_where_the_checkpoint_says(tiny_checkpoint, tmp_path, monkeypatch):
+    import tarfile
+
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for name, colour in (("a", (200, 0, 0)), ("b", (0, 0, 200))):
+            for index in range(4):
+                (tmp_path / "tree" / split / name).mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (32, 32), colour).save(tmp_path / "tree" / split / name / f"{index}.png")
+    with tarfile.open(tmp_path / "images.tgz", "w:gz") as bundle:
+        bundle.add(tmp_path / "tree" / "train", "train")
+        bundle.add(tmp_path / "tree" / "test", "test")
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    state["config"].update(data=f"archive:{tmp_path / 'images.tgz'}", data_root=str(tmp_path / "theirs"))
+    torch.save(state, tmp_path / "foreign.pt")
+    monkeypatch.setenv("VICREG_DATA_ROOT", str(tmp_path / "mine"))
+    results = evaluate.evaluate_checkpoint(tmp_path / "foreign.pt", device="cpu", probe_epochs=1, label_fractions=())
+    assert results["num_train"] == 8
+    assert not (tmp_path / "theirs").exists() and any((tmp_path / "mine").iterdir())

@@ -119,7 +119,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("checkpoint", help="a checkpoint.pt written by pretrain")
     parser.add_argument("--data", default=None, help="data spec to evaluate on (default: the one it was trained on)")
-    parser.add_argument("--data-root", default=None, help="where downloads and unpacked archives go")
+    parser.add_argument("--data-root", default=None, help="where downloads and unpacked archives go (default: "
+                                                          "$VICREG_DATA_ROOT, else data; never the checkpoint's)")
     parser.add_argument("--device", default="auto", help=f"device: {DEVICE_CHOICES}")
     parser.add_argument("--batch-size", type=int, default=512, help="batch size of feature extraction")
     parser.add_argument("--protocol", action="append", choices=PROTOCOLS, default=None, dest="protocols",
@@ -152,7 +153,7 @@ def run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             random_init_baseline=args.random_init_baseline,
             progress=args.progress,
         )
-    except (ValueError, FileNotFoundError) as error:  # CheckpointError, DataSpecError, bad numbers
+    except (ValueError, OSError) as error:  # CheckpointError, DataSpecError, bad numbers, an unwritable folder
         return _fail(str(error))
     print(format_table(results))
     return 0

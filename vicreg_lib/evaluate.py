@@ -326,7 +326,8 @@ def evaluate_checkpoint(
 
     Loads `path` with `checkpoint.load_pretrained` (which refuses non-finite weights), reads
     the train and test splits of `data` (default: the spec the run was trained on, else
-    `default_data_spec()`) and reports weighted kNN at k=20 and k=200, the linear top-1/top-5
+    `default_data_spec()`), downloading or unpacking into `data_root` (default: `default_data_root()`,
+    never the root stored in the checkpoint, which may come from another machine) and reports weighted kNN at k=20 and k=200, the linear top-1/top-5
     of each protocol in `protocols` ("blog" and "standard" pass over augmented images every
     epoch: slow on a CPU) and the 1%/10%-label fast-probe top-1. `max_train_images` keeps a
     seeded random subset of the train split, for quick looks. `random_init_baseline=True`
@@ -340,7 +341,7 @@ def evaluate_checkpoint(
     _check_fractions(label_fractions)
     model, config = load_pretrained(path, map_location="cpu")
     spec = data or _setting(config, "data") or default_data_spec()
-    root = data_root or _setting(config, "data_root")
+    root = data_root  # never the checkpoint's: a file from elsewhere must not decide where this machine writes
     train_images, train_labels, classes = load_dataset(spec, "train", root)
     test_images, test_labels, _ = load_dataset(spec, "test", root)
     train_images, train_labels = random_subset(train_images, train_labels, max_train_images, seed)
