@@ -366,6 +366,42 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path):
     assert not list(out.glob(".*.tmp"))
 
 
+SLOW_LOADING = """
+import sys, time
+import vicreg_lib.train as train
+from vicreg_lib.cli import main
+
+def slow_load(*args, **kwargs):  # data that takes ten minutes to load (a big archive on a slow disk)
+    print("loading", flush=True)
+    time.sleep(600)
+    raise AssertionError("the signal did not stop the loading")
+
+train.load_dataset = slow_load
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_data_loads_stops_at_once_and_saves_nothing(tmp_path, signum):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    argv = ["pretrain", "--data", "synthetic:64,32", "--width", "4", "--projector", "32-32-32", "--batch-size", "16",
+            "--device", "cpu", "--no-progress", "--eval-every", "0", "--epochs", "1", "--out-dir", str(out)]
+    process = subprocess.Popen([sys.executable, "-c", SLOW_LOADING, *argv], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env)
+    assert process.stdout.readline().strip() == "loading"
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=300)  # only a guard against a hang: the sleep alone lasts 600 s
+    assert process.returncode == 128 + signum, err
+    assert f"{signal.Signals(signum).name} before training began: nothing was saved" in err
+    assert not (out / "checkpoint.pt").exists() and not (out / "metrics.jsonl").exists()
+    assert not (out / ".lock").exists()
+
+
 def test_a_killed_saves_temporary_file_is_removed_at_the_next_start(tmp_path):
     pretrain(tiny(tmp_path, epochs=1, optimizer="adam", schedule="constant"))
     stale = tmp_path / "run" / ".checkpoint.pt.x1y2z3.tmp"  # what kill -9 during a save leaves

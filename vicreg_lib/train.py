@@ -454,10 +454,13 @@ def evaluate_knn(run: Run) -> dict[str, float]:
 
 class StopSignals:
     """While active, Ctrl-C (SIGINT) and SIGTERM ask the loop to stop after the current step
-    instead of killing it mid-write; a second Ctrl-C stops at once."""
+    instead of killing it mid-write; a second Ctrl-C stops at once. Until ``armed`` (while the data
+    loads and the model is built) they stop at once: there is nothing to save, and finishing the
+    setup only to train a step and save would keep a run the user aborted."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.armed = False
         self._previous: dict[int, Any] = {}
 
     @property
@@ -465,6 +468,8 @@ class StopSignals:
         return self.signum is not None
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if not self.armed:
+            raise RunInterrupted(f"{signal.Signals(signum).name} before training began: nothing was saved", signum)
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # asked twice: stop now
         self.signum = signum
@@ -570,6 +575,7 @@ def pretrain(config: TrainConfig) -> PretrainResult:
         bar = progress_bar(total=max((run.last_epoch - first + 1) * run.steps_per_epoch - run.epoch_step, 0),
                            desc="pretrain", disable=not (config.progress and dist.is_main))
         run.model.train()
+        stop.armed = True
         try:
             for epoch in range(first, run.last_epoch + 1):
                 wall_start = time.perf_counter()
