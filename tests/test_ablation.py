@@ -127,7 +127,9 @@ def test_a_cached_result_of_the_wrong_shape_is_recomputed(sweep, tmp_path):
     path = next(cache.glob("lam1_mu0_nu0-*/result.json"))
     key = path.parent.name.split("-")[1]
     payload = json.loads(path.read_text())
-    for broken in ([1, 2], {**payload, "row": [1, 2]}, {**payload, "row": {"lam": 1.0}}):
+    wrong_types = [{**payload, "row": {**payload["row"], name: value}}
+                   for name, value in (("knn_top1", "high"), ("lam", [1]), ("verdict", 3), ("history", "none"))]
+    for broken in ([1, 2], {**payload, "row": [1, 2]}, {**payload, "row": {"lam": 1.0}}, *wrong_types):
         wrong = tmp_path / "result.json"
         wrong.write_text(json.dumps(broken))
         assert ablation._load_cached(wrong, key) is None

@@ -49,6 +49,8 @@ def test_bad_options_are_argparse_errors(argv, message, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["pretrain", "--batch-size", "1"], "batch_size must be >= 2"),
     (["pretrain", "--projector", "2048-"], "malformed projector spec"),
+    (["pretrain", "--projector", "16-\u00b2"], "projector '16-\u00b2' holds characters other than the digits"),
+    (["pretrain", "--seed", str(2**64)], f"seed must be <= {2**32 - 1}"),
     (["pretrain", "--resume", "--overwrite"], "resume and overwrite contradict"),
     (["pretrain", "--data", ""], "data is empty"),
     (["pretrain", "--lam", "0", "--mu", "0", "--nu", "0"], "all 0"),
