@@ -648,3 +648,20 @@ def test_odd_npz_arrays_are_one_line_errors_or_load(tmp_path):
     write_npz(path, train_images=np.zeros((6, 1, 1, 3), dtype=np.uint8))
     with pytest.raises(DataSpecError, match=r"split 'train' has 1x1 images.*at least 4x4"):
         load_dataset(f"npz:{path}", "train")
+
+
+def test_a_plain_tar_cut_between_two_members_is_refused(tmp_path):
+    import tarfile
+
+    make_image_tree(tmp_path / "tree")
+    whole = tmp_path / "whole.tar"
+    with tarfile.open(whole, "w") as bundle:
+        for entry in sorted((tmp_path / "tree").iterdir()):
+            bundle.add(entry, entry.name)
+    with tarfile.open(whole) as bundle:  # where the last test image's header starts: a member boundary
+        cut = bundle.getmembers()[-1].offset
+    (tmp_path / "cut.tar").write_bytes(whole.read_bytes()[:cut])
+    with pytest.raises(DataSpecError, match=r"cut\.tar' stops after .* without tar's end-of-archive marker"):
+        load_dataset(f"archive:{tmp_path / 'cut.tar'}", "test", root=tmp_path / "root")
+    assert visible(tmp_path / "root") == []
+    assert load_dataset(f"archive:{whole}", "test", root=tmp_path / "root")[0].shape[0] == 3

@@ -605,6 +605,21 @@ def _extract(archive: Path, destination: Path) -> None:
             if _unsafe_member(member.name, member.isfile() or member.isdir()):
                 raise refuse(member.name)
             bundle.extract(member, destination, **safety)
+        if not _ends_with_marker(bundle):
+            last = bundle.members[-1].name if bundle.members else "its start"
+            raise DataSpecError(
+                f"archive {str(archive)!r} stops after {last!r} without tar's end-of-archive marker: "
+                "it was cut short (an interrupted download or copy?) and may lack images or whole classes; "
+                "nothing was unpacked. Download or copy it again"
+            )
+
+
+def _ends_with_marker(bundle: tarfile.TarFile) -> bool:
+    """Whether a read tar goes on with a zero block after its last member. A tar cut exactly between
+    two members reads without any error, only shorter; this is how to tell."""
+    bundle.fileobj.seek(bundle.offset)
+    block = bundle.fileobj.read(tarfile.BLOCKSIZE)
+    return len(block) == tarfile.BLOCKSIZE and not block.strip(b"\0")
 
 
 # ----------------------------------------------------------------------------- synthetic
