@@ -3,7 +3,6 @@ resume (bit for bit), Ctrl-C / SIGTERM, divergence, and the run folder's guards.
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os

@@ -127,7 +127,6 @@ class Run:
         return self.out_dir / CHECKPOINT_NAME
 
 
-
 def plan_last_epoch(run: Run) -> int:
     """The epoch this invocation ends with: config.epochs, or earlier under max_steps.
 
