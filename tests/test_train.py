@@ -248,6 +248,20 @@ def test_resume_refuses_training_data_whose_contents_changed(tmp_path):
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["data_fingerprint"] != stored
 
 
+def test_an_empty_evaluation_split_is_refused_before_training(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "no_test.npz", train_images=rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8),
+             train_labels=np.arange(64) % 4, test_images=np.zeros((0, 8, 8, 3), dtype=np.uint8),
+             test_labels=np.zeros(0, dtype=np.int64))
+    with pytest.warns(UserWarning, match="split 'test' holds no images"):
+        with pytest.raises(ValueError, match=r"the test split of 'npz:.*no_test\.npz' holds no images.*--eval-every 0"):
+            pretrain(tiny(tmp_path, data=f"npz:{tmp_path / 'no_test.npz'}", eval_every=1))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    pretrain(tiny(tmp_path, data=f"npz:{tmp_path / 'no_test.npz'}", epochs=1, eval_every=0))
+
+
 def test_constant_schedule_may_extend_its_epochs(tmp_path):
     pretrain(tiny(tmp_path, epochs=1, optimizer="adam", schedule="constant"))
     result = pretrain(tiny(tmp_path, epochs=2, optimizer="adam", schedule="constant", resume=True))

@@ -219,6 +219,9 @@ def _load_data(config: TrainConfig, device: torch.device):
     eval_images = eval_labels = None
     if config.eval_every:
         eval_images, eval_labels, _ = load_dataset(config.data, config.eval_split, config.data_root)
+        if eval_images.shape[0] == 0:  # found now, not at the first evaluation
+            raise ValueError(f"the {config.eval_split} split of {config.data!r} holds no images to measure kNN "
+                             f"accuracy on; add some, or pass --eval-every 0 (eval_every=0)")
         eval_images = eval_images.to(device)
     return train_images, train_labels, eval_images, eval_labels, len(classes)
 
