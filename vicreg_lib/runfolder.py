@@ -136,15 +136,20 @@ def _lock_is_ours(path: Path) -> bool:
     """Whether an existing .lock is one this package writes: empty (a crash right after creating
     it), a bare process id (earlier versions) or one that starts with LOCK_MARK."""
     try:
-        text = path.read_text(errors="replace")[:200].strip()
+        with open(path, errors="replace") as handle:
+            text = handle.read(200).strip()
+    except FileNotFoundError:
+        return True  # removed meanwhile by a run that ended: nothing of anyone else's is there
     except OSError:
         return False
-    return not text or text.isdigit() or text.startswith(LOCK_MARK)
+    # a prefix of the mark too: a holder may be between truncating the file and writing it
+    return not text or text.isdigit() or text.startswith(LOCK_MARK) or LOCK_MARK.startswith(text)
 
 
 def _owner_text(path: Path) -> str:
     try:
-        pid = path.read_text(errors="replace").split("pid", 1)[-1].split()[0]
+        with open(path, errors="replace") as handle:
+            pid = handle.read(200).split("pid", 1)[-1].split()[0]
     except (OSError, IndexError):
         return "another run"
     return f"another run (process {pid})" if pid.isdigit() else "another run"
