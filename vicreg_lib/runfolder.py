@@ -6,7 +6,8 @@
     out_dir/.lock           flock'ed while a run writes here: a second run into the folder is refused
 
 Everything here is checked before any data is loaded or a model is built, so a bad
-out_dir costs no time.
+out_dir costs no time. A file of one of these names that vicreg_lib did not write (another
+tool's config.json, say) is never replaced or deleted: the run is refused, naming it.
 """
 
 from __future__ import annotations
