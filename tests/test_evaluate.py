@@ -440,3 +440,14 @@ def test_evaluate_writes_where_the_user_says_never_where_the_checkpoint_says(tin
     results = evaluate.evaluate_checkpoint(tmp_path / "foreign.pt", device="cpu", probe_epochs=1, label_fractions=())
     assert results["num_train"] == 8
     assert not (tmp_path / "theirs").exists() and any((tmp_path / "mine").iterdir())
+
+
+def test_a_checkpoint_whose_data_setting_is_not_a_spec_is_a_clear_error(tiny_checkpoint, tmp_path):
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    state["config"]["data"] = 5
+    torch.save(state, tmp_path / "odd.pt")
+    with pytest.raises(ValueError, match=r"its config's data is 5, not a data spec; pass .* \(--data\)"):
+        evaluate.evaluate_checkpoint(tmp_path / "odd.pt", device="cpu")
+    results = evaluate.evaluate_checkpoint(tmp_path / "odd.pt", data="synthetic:64,40", device="cpu",
+                                           probe_epochs=1, label_fractions=())
+    assert results["num_train"] == 64

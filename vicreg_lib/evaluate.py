@@ -340,7 +340,11 @@ def evaluate_checkpoint(
         raise ValueError(f"probe_epochs must be an int >= 1 or None (each protocol's own), got {probe_epochs!r}")
     _check_fractions(label_fractions)
     model, config = load_pretrained(path, map_location="cpu")
-    spec = data or _setting(config, "data") or default_data_spec()
+    stored = _setting(config, "data")
+    if data is None and stored is not None and not isinstance(stored, str):
+        raise ValueError(f"checkpoint {str(path)!r}: its config's data is {stored!r}, not a data spec; pass the "
+                         f"data to evaluate on (--data)")
+    spec = data or stored or default_data_spec()
     root = data_root  # never the checkpoint's: a file from elsewhere must not decide where this machine writes
     train_images, train_labels, classes = load_dataset(spec, "train", root)
     test_images, test_labels, _ = load_dataset(spec, "test", root)
