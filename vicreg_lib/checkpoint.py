@@ -202,6 +202,10 @@ def check_weights(arch: dict[str, Any], weights: dict[str, torch.Tensor], where:
     """
     from .model import build_model
 
+    odd = [str(key) for key, value in weights.items() if not isinstance(value, torch.Tensor)]
+    if odd:
+        raise CheckpointError(f"{where}: weights {odd[:3]} are not tensors; was the file edited or written by "
+                              f"other code?")
     bad = nonfinite_tensors(weights)
     if bad:
         raise CheckpointError(f"{where} is from a diverged run: {_describe(bad)}; use weights saved before it "
@@ -209,8 +213,9 @@ def check_weights(arch: dict[str, Any], weights: dict[str, torch.Tensor], where:
     try:
         with torch.device("meta"):
             expected = {key: tuple(value.shape) for key, value in build_model(**arch).state_dict().items()}
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{where}: its architecture {arch} cannot be built ({error}); was the file edited "
+    except (TypeError, ValueError, RuntimeError, OverflowError) as error:  # sizes too big even for shapes
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{where}: its architecture {arch} cannot be built ({detail}); was the file edited "
                               f"or written by other code?") from None
     stored = {key: tuple(value.shape) for key, value in weights.items()}
     problems = [f"missing {key}" for key in expected if key not in stored]
