@@ -44,7 +44,7 @@ SYNTHETIC_SIZES = (2000, 500)  # default (train, test) sizes of the synthetic se
 MIN_IMAGE_SIDE = 4  # the blur's padding and the crops need a few pixels
 STALE_UNPACKING_S = 3600  # an unpacking folder untouched this long was left by a killed process
 WAYS_OUT = (
-    "use VICREG_DATA=npz:/path/to/cifar10_mini.npz (e.g. ../shared/data/cifar10_mini.npz), "
+    "use VICREG_DATA=npz:/path/to/cifar10_mini.npz, "
     "archive:/path/to/cifar10_jpeg.tar.gz, folder:/path/to/images, or synthetic"
 )
 
