@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
 import torch
 from torch import nn
 
@@ -54,3 +60,29 @@ def random_images(n: int, seed: int = 0, size: int = 8) -> torch.Tensor:
     """uint8 noise images (n, 3, size, size)."""
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+
+
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """Make ``folder`` (with what it holds) unwritable for real, then writable again.
+
+    A normal user gets chmod 0555; root, whom permissions do not stop, gets the folder
+    bind-mounted read-only over itself (skipped where mounting is not allowed)."""
+    if os.geteuid() != 0:
+        modes = {path: path.stat().st_mode for path in [folder, *folder.rglob("*")] if path.is_dir()}
+        for path in modes:
+            path.chmod(0o555)
+        try:
+            yield folder
+        finally:
+            for path, mode in modes.items():
+                path.chmod(mode)
+        return
+    done = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount as root to make a folder read-only ({done.stderr.decode().strip()})")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True, capture_output=True)
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True, capture_output=True)

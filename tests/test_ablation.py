@@ -122,12 +122,42 @@ def test_the_cache_key_follows_the_data_content_not_its_path(tmp_path):
     assert ablation._data_fingerprint(config) != first
 
 
+def test_the_cache_key_follows_a_replaced_archive_of_the_same_name_size_and_mtime(tmp_path):
+    """The archive's unpacked copy is keyed by its bytes, so the ablation's data hash sees the new images."""
+    import io
+    import os
+    import tarfile
+
+    from PIL import Image
+
+    archive = tmp_path / "images.tar"
+
+    def write(colour) -> None:  # BMPs have a fixed size: every colour gives an archive of the same size
+        with tarfile.open(archive, "w") as bundle:
+            for member in ("train/a/0.bmp", "train/b/0.bmp", "test/a/0.bmp", "test/b/0.bmp"):
+                data = io.BytesIO()
+                Image.new("RGB", (32, 32), colour).save(data, format="BMP")
+                info = tarfile.TarInfo(member)
+                info.size, info.mtime = len(data.getvalue()), 0
+                bundle.addfile(info, io.BytesIO(data.getvalue()))
+
+    config = dataclasses.replace(TINY, data=f"archive:{archive}", data_root=str(tmp_path / "root"))
+    write((200, 0, 0))
+    first, before = ablation._data_fingerprint(config), os.stat(archive)
+    write((0, 0, 200))
+    os.utime(archive, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(archive).st_size == before.st_size
+    assert ablation._data_fingerprint(config) != first
+
+
 def test_a_cached_result_of_the_wrong_shape_is_recomputed(sweep, tmp_path):
     cache, _, _ = sweep
     path = next(cache.glob("lam1_mu0_nu0-*/result.json"))
     key = path.parent.name.split("-")[1]
     payload = json.loads(path.read_text())
-    for broken in ([1, 2], {**payload, "row": [1, 2]}, {**payload, "row": {"lam": 1.0}}):
+    wrong_types = [{**payload, "row": {**payload["row"], name: value}}
+                   for name, value in (("knn_top1", "high"), ("lam", [1]), ("verdict", 3), ("history", "none"))]
+    for broken in ([1, 2], {**payload, "row": [1, 2]}, {**payload, "row": {"lam": 1.0}}, *wrong_types):
         wrong = tmp_path / "result.json"
         wrong.write_text(json.dumps(broken))
         assert ablation._load_cached(wrong, key) is None

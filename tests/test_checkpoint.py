@@ -122,3 +122,91 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 1  # the old file is intact
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left
+
+
+# ----------------------------------------------------------------------------- untrusted checkpoints
+
+
+def edited(checkpoint_path, tmp_path, **changes):
+    """The real checkpoint with some entries replaced, written with torch.save (as other code would)."""
+    state = load_checkpoint(checkpoint_path)
+    state.update(changes)
+    torch.save(state, tmp_path / "edited.pt")
+    return tmp_path / "edited.pt"
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"config": 3}, r"config is int 3, expected a dict"),
+    ({"config": "width=4"}, r"config is str 'width=4', expected a dict"),
+    ({"arch": [4]}, r"arch is list \[4\], expected a dict"),
+    ({"epoch": "1"}, r"epoch is str '1', expected an integer >= 0"),
+    ({"model": {"encoder.conv1.weight": "weights"}}, r"model entries \['encoder.conv1.weight'\] are not tensors"),
+])
+def test_entries_of_the_wrong_type_are_one_line_errors(checkpoint_path, tmp_path, changes, message):
+    path = edited(checkpoint_path, tmp_path, **changes)
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_pretrained(path)
+    assert "\n" not in str(info.value)
+
+
+def test_an_arch_naming_a_huge_network_is_refused_before_it_is_built(checkpoint_path, tmp_path):
+    """Width 600 is about 1e9 parameters (4 GB): the peak memory shows whether it was built."""
+    import resource
+
+    state = load_checkpoint(checkpoint_path)
+    path = edited(checkpoint_path, tmp_path, arch={**state["arch"], "width": 600})
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    with pytest.raises(CheckpointError, match=r"do not fit the architecture.*'width': 600.*encoder\.conv1\.weight is "
+                                              r"\(4, 3, 3, 3\), the architecture needs \(600, 3, 3, 3\)"):
+        load_pretrained(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 1024**2  # less than 1 GiB more
+    for bad in ({"backbone": "vgg"}, {"width": 10**12}, {"width": -3}):  # unknown, too big even for shapes, < 1
+        with pytest.raises(CheckpointError, match=r"cannot be built") as info:
+            load_pretrained(edited(checkpoint_path, tmp_path, arch={**state["arch"], **bad}))
+        assert "\n" not in str(info.value)
+
+
+def test_a_checkpoint_without_optimizer_or_random_states_cannot_be_resumed(checkpoint_path, tmp_path):
+    import shutil
+
+    from vicreg_lib.cli import main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(checkpoint_path, out / "checkpoint.pt")
+    state = {k: v for k, v in load_checkpoint(checkpoint_path).items() if k not in ("optimizer", "rng")}
+    torch.save(state, out / "checkpoint.pt")
+    config = TrainConfig(**{**load_checkpoint(checkpoint_path)["config"], "out_dir": str(out), "resume": True,
+                            "epochs": 2})
+    with pytest.raises(CheckpointError, match=r"lacks optimizer, rng, which a resumed run needs"):
+        pretrain(config)
+    load_pretrained(out / "checkpoint.pt")  # it can still be evaluated
+    assert main(["pretrain", "--data", "synthetic:64,32", "--width", "4", "--projector", "32-32-32",
+                 "--batch-size", "16", "--device", "cpu", "--no-progress", "--eval-every", "0", "--epochs", "1",
+                 "--out-dir", str(out), "--resume"]) == 2
+
+
+def test_resuming_from_non_finite_weights_is_refused_before_training(checkpoint_path, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    state = load_checkpoint(checkpoint_path)
+    state["model"]["projector.0.weight"][0, 0] = float("nan")
+    torch.save(state, out / "checkpoint.pt")  # written by other means than save_checkpoint
+    (out / "metrics.jsonl").write_text('{"epoch": 1, "loss": 20.0}\n')
+    config = TrainConfig(**{**state["config"], "out_dir": str(out), "resume": True, "epochs": 2})
+    with pytest.raises(CheckpointError, match=r"cannot resume .*1 tensor\(s\) hold NaN or inf: model\.projector"):
+        pretrain(config)
+    assert (out / "metrics.jsonl").read_text() == '{"epoch": 1, "loss": 20.0}\n'  # no NaN epoch trained
+
+
+def test_weight_parts_with_non_finite_weights_are_refused(tmp_path):
+    from vicreg_lib.model import build_model
+    from vicreg_lib.weight_parts import load_model_from_parts, load_weight_parts, save_weight_parts
+
+    model = build_model(width=4, projector="32-32-32")
+    with torch.no_grad():
+        model.encoder.conv1.weight[0, 0, 0, 0] = float("inf")
+    save_weight_parts(model, tmp_path)
+    for load in (load_weight_parts, load_model_from_parts):
+        with pytest.raises(ValueError, match=r"hold NaN or inf in 1 tensor\(s\) \(encoder\.conv1\.weight\)"):
+            load(tmp_path)

@@ -11,7 +11,7 @@ import torch
 
 from vicreg_lib.cli import SUBCOMMANDS, main
 from vicreg_lib.config import PRESETS, TrainConfig
-from vicreg_lib.runfolder import read_metrics
+from vicreg_lib.runfolder import read_config, read_metrics
 
 TINY = ["--data", "synthetic:64,32", "--width", "4", "--projector", "32-32-32", "--batch-size", "16",
         "--device", "cpu", "--no-progress"]
@@ -49,6 +49,8 @@ def test_bad_options_are_argparse_errors(argv, message, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["pretrain", "--batch-size", "1"], "batch_size must be >= 2"),
     (["pretrain", "--projector", "2048-"], "malformed projector spec"),
+    (["pretrain", "--projector", "16-\u00b2"], "projector '16-\u00b2' holds characters other than the digits"),
+    (["pretrain", "--seed", str(2**64)], f"seed must be <= {2**32 - 1}"),
     (["pretrain", "--resume", "--overwrite"], "resume and overwrite contradict"),
     (["pretrain", "--data", ""], "data is empty"),
     (["pretrain", "--lam", "0", "--mu", "0", "--nu", "0"], "all 0"),
@@ -83,7 +85,7 @@ def test_presets_fill_in_and_options_override(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["pretrain", "--preset", "blog", *TINY, "--max-steps", "1", "--eval-every", "0", "--out-dir", str(out)]
     assert main(argv) == 0
-    stored = TrainConfig(**{**__import__("json").loads((out / "config.json").read_text()), "overwrite": False})
+    stored = TrainConfig.from_dict({**read_config(out), "overwrite": False})
     assert (stored.preset, stored.backbone, stored.loss_convention, stored.optimizer, stored.width) == ("blog", "blog", "blog",
                                                                                              "adam", 4)
 
@@ -105,6 +107,18 @@ def test_pretrain_then_evaluate(tmp_path, capsys):
                  "--device", "cpu"]) == 0
     table = capsys.readouterr().out
     assert "kNN top-1" in table and "linear top-1" in table
+
+
+def test_the_printed_checkpoint_exists_when_max_steps_ends_an_epoch(tmp_path, capsys):
+    """--epochs 2 --max-steps 8 where 8 steps are exactly one epoch (128 images, batch 16)."""
+    out = tmp_path / "run"
+    argv = ["pretrain", *TINY, "--data", "synthetic:128,32", "--epochs", "2", "--max-steps", "8",
+            "--checkpoint-every", "0", "--eval-every", "0", "--out-dir", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"checkpoint: {out / 'checkpoint.pt'}" in printed and (out / "checkpoint.pt").is_file()
+    assert main(["evaluate", str(out / "checkpoint.pt"), "--data", "synthetic:128,32", "--probe-epochs", "1",
+                 "--no-progress", "--device", "cpu"]) == 0
 
 
 def test_evaluate_missing_checkpoint_is_a_clear_error(tmp_path, capsys):

@@ -105,7 +105,7 @@ def test_folder_with_train_and_test_dirs(tmp_path):
     write_png(tmp_path / "train" / "b" / "0.png", (40, 50, 60))
     write_png(tmp_path / "test" / "a" / "0.png", (70, 80, 90))
     images, labels, classes = load_dataset(f"folder:{tmp_path}", "test")
-    assert classes == ["a"] and labels.tolist() == [0]
+    assert classes == ["a", "b"] and labels.tolist() == [0]  # the train split's class list
     assert images[0, :, 0, 0].tolist() == [70, 80, 90]
     assert load_dataset(f"folder:{tmp_path}", "train")[0].shape[0] == 2
 
@@ -308,21 +308,85 @@ def test_archive_is_unpacked_once_decoded_once_and_again_when_replaced(tmp_path,
         again = load_dataset(f"archive:{archive}", "train", root=root)
     assert all(torch.equal(a, b) for a, b in zip(first[:2], again[:2])) and first[2] == again[2]
     # a cache file that is not what was written is decoded afresh, not trusted
-    next(folder.glob(".decoded-train-32-labels.npy")).write_bytes(b"garbage")
+    (root / f".{folder.name}.decoded" / "train-32-labels.npy").write_bytes(b"garbage")
     with monkeypatch.context() as patch:
         patch.setattr(data, "_extract", forbidden)
         assert torch.equal(load_dataset(f"archive:{archive}", "train", root=root)[1], first[1])
 
-    # the same name, new contents (and so a new size or mtime): unpacked into a new folder
+    # the same name, new contents: unpacked into a new folder
     import tarfile
 
     extra = tmp_path / "extra"
     make_image_tree(extra / "tiny_jpeg", {"train": 4, "test": 1})
     with tarfile.open(archive, "w:gz") as bundle:
         bundle.add(extra / "tiny_jpeg", "tiny_jpeg")
-    os.utime(archive, ns=(os.stat(archive).st_atime_ns, os.stat(archive).st_mtime_ns + 10**9))
     assert load_dataset(f"archive:{archive}", "train", root=root)[0].shape[0] == 12
     assert len(visible(root)) == 2
+
+
+def bmp_archive(path: Path, colour: tuple[int, int, int]) -> Path:
+    """An uncompressed tar of 32x32 BMPs (fixed-size files): another colour gives another archive
+    of exactly the same size."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    with tarfile.open(path, "w") as bundle:
+        for member in ("train/a/0.bmp", "train/b/0.bmp", "test/a/0.bmp", "test/b/0.bmp"):
+            data = io.BytesIO()
+            Image.new("RGB", (32, 32), colour).save(data, format="BMP")
+            info = tarfile.TarInfo(member)
+            info.size, info.mtime = len(data.getvalue()), 0
+            bundle.addfile(info, io.BytesIO(data.getvalue()))
+    return path
+
+
+def test_a_replaced_archive_of_the_same_name_size_and_mtime_is_unpacked_afresh(tmp_path):
+    archive, root = bmp_archive(tmp_path / "same.tar", (200, 0, 0)), tmp_path / "root"
+    assert load_dataset(f"archive:{archive}", "train", root=root)[0][0, :, 0, 0].tolist() == [200, 0, 0]
+    before = os.stat(archive)
+    bmp_archive(archive, (0, 0, 200))
+    os.utime(archive, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(archive).st_size == before.st_size and os.stat(archive).st_mtime_ns == before.st_mtime_ns
+    assert load_dataset(f"archive:{archive}", "train", root=root)[0][0, :, 0, 0].tolist() == [0, 0, 200]
+
+
+def test_decoded_caches_shipped_inside_an_archive_are_never_used(tmp_path):
+    import tarfile
+
+    make_image_tree(tmp_path / "tree")
+    fake_images = np.zeros((6, 3, 32, 32), dtype=np.uint8)  # what an old-style cache at the top would pose as
+    fake_labels = np.zeros(6, dtype=np.int64)
+    for folder in (tmp_path / "tree", tmp_path / "tree" / "train"):
+        np.save(folder / ".decoded-train-32-images.npy", fake_images)
+        np.save(folder / ".decoded-train-32-labels.npy", fake_labels)
+        np.save(folder / "train-32-images.npy", fake_images)
+        np.save(folder / "train-32-labels.npy", fake_labels)
+    archive = tmp_path / "shipped.tar"
+    with tarfile.open(archive, "w") as bundle:
+        for entry in sorted((tmp_path / "tree").iterdir()):
+            bundle.add(entry, entry.name)
+    images, labels, classes = load_dataset(f"archive:{archive}", "train", root=tmp_path / "root")
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert images[:, :, 5, 7].tolist() == [list(ARCHIVE_COLOURS[classes[k]]) for k in labels]
+
+
+def test_a_read_only_data_root_loads_without_caching_and_says_so(tmp_path):
+    from support import read_only
+
+    archive, root = make_archive(tmp_path), tmp_path / "root"
+    root.mkdir()
+    expected = None
+    with read_only(root):  # nothing unpacked there yet
+        with pytest.warns(UserWarning, match=r"data root .* is read-only.*without caching"):
+            expected = load_dataset(f"archive:{archive}", "train", root=root)
+    assert expected[0].shape == (6, 3, 32, 32) and visible(root) == []
+    load_dataset(f"archive:{archive}", "test", root=root)  # unpacked there, the test split cached
+    with read_only(root):  # a shared root another user unpacked into: the train split cannot be cached
+        with pytest.warns(UserWarning, match=r"cannot cache the decoded 'train' images"):
+            images, labels, _ = load_dataset(f"archive:{archive}", "train", root=root)
+    assert torch.equal(images, expected[0]) and torch.equal(labels, expected[1])
 
 
 def test_interrupted_unpacking_leaves_nothing_a_later_load_uses(tmp_path, monkeypatch):
@@ -477,3 +541,127 @@ def test_fingerprint_changes_with_contents_shape_dtype_and_order():
     assert fingerprint(images.view(2, 48), labels) != key  # same bytes, other shape
     assert fingerprint(images.view(torch.int8), labels) != key  # same bytes, other dtype
     assert fingerprint(torch.ones(3, dtype=torch.bfloat16)) != fingerprint(torch.ones(3, dtype=torch.float16))
+
+
+# ----------------------------------------------------------------------------- classes by name, odd data
+
+
+def make_split_tree(folder: Path, train: str, test: str, size: int = 8) -> None:
+    """folder/{train,test}/<class>/0.png, one solid colour per class name (the same in both splits)."""
+    colours = {"a": (250, 0, 0), "b": (0, 250, 0), "c": (0, 0, 250), "d": (250, 250, 0)}
+    for split, names in (("train", train), ("test", test)):
+        for name in names:
+            write_png(folder / split / name / "0.png", colours[name], size=size)
+
+
+def tar_of(folder: Path, archive: Path) -> Path:
+    import tarfile
+
+    with tarfile.open(archive, "w:gz") as bundle:
+        for entry in sorted(folder.iterdir()):
+            bundle.add(entry, entry.name)
+    return archive
+
+
+@pytest.mark.parametrize("kind", ["folder", "archive"])
+def test_test_classes_are_matched_to_train_classes_by_name(tmp_path, kind):
+    make_split_tree(tmp_path / "tree", train="abc", test="ac")
+    spec = f"folder:{tmp_path / 'tree'}" if kind == "folder" else f"archive:{tar_of(tmp_path / 'tree', tmp_path / 't.tgz')}"
+    _, _, train_classes = load_dataset(spec, "train", root=tmp_path / "root")
+    images, labels, classes = load_dataset(spec, "test", root=tmp_path / "root")
+    assert classes == train_classes == ["a", "b", "c"]
+    by_label = {classes[label]: image[:, 0, 0].tolist() for image, label in zip(images, labels)}
+    assert by_label == {"a": [250, 0, 0], "c": [0, 0, 250]}  # c's images keep c's label, not b's
+
+
+@pytest.mark.parametrize("kind", ["folder", "archive"])
+def test_test_classes_that_train_lacks_are_refused_by_name(tmp_path, kind):
+    make_split_tree(tmp_path / "tree", train="ab", test="abd")
+    spec = f"folder:{tmp_path / 'tree'}" if kind == "folder" else f"archive:{tar_of(tmp_path / 'tree', tmp_path / 't.tgz')}"
+    with pytest.raises(DataSpecError, match=r"class folder\(s\) \['d'\] that the train split lacks"):
+        load_dataset(spec, "test", root=tmp_path / "root")
+
+
+def test_a_single_class_warns_naming_the_spec_and_split(tmp_path):
+    make_split_tree(tmp_path, train="a", test="a")
+    with pytest.warns(UserWarning, match=rf"folder:{tmp_path}'?: split 'train' has a single class \('a'\)"):
+        load_dataset(f"folder:{tmp_path}", "train")
+
+
+def test_images_of_mixed_sizes_warn_naming_a_file_of_each_size(tmp_path):
+    make_split_tree(tmp_path, train="ab", test="ab")
+    write_png(tmp_path / "train" / "b" / "1.png", (0, 250, 0), size=20)
+    with pytest.warns(UserWarning, match=r"split 'train'.*images of 2 sizes.*8x8.*20x20 \('.*1\.png'\)") as seen:
+        images, _, _ = load_dataset(f"folder:{tmp_path}?size=8", "train")
+    assert images.shape == (3, 3, 8, 8) and len(seen) == 1
+
+
+def test_npz_splits_of_different_sizes_or_an_empty_split_warn(tmp_path):
+    path = tmp_path / "odd.npz"
+    write_npz(path, test_images=np.zeros((3, 16, 16, 3), dtype=np.uint8))
+    with pytest.warns(UserWarning, match=r"train_images are 8x8 but test_images 16x16"):
+        load_dataset(f"npz:{path}", "train")
+    write_npz(path, test_images=np.zeros((0, 8, 8, 3), dtype=np.uint8), test_labels=np.zeros(0, dtype=np.int64))
+    with pytest.warns(UserWarning, match=rf"npz:{path}'?: split 'test' holds no images"):
+        images, _, _ = load_dataset(f"npz:{path}", "test")
+    assert images.shape[0] == 0
+
+
+def test_folder_with_train_but_no_test_says_so(tmp_path):
+    write_png(tmp_path / "train" / "a" / "0.png", (1, 2, 3))
+    with pytest.raises(DataSpecError, match=r"has train/ but no test/ folder; add test/<class>/"):
+        load_dataset(f"folder:{tmp_path}", "train")
+
+
+def test_macos_resource_fork_files_are_skipped(tmp_path):
+    make_split_tree(tmp_path, train="ab", test="ab")
+    (tmp_path / "train" / "a" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # not an image
+    images, labels, _ = load_dataset(f"folder:{tmp_path}", "train")
+    assert labels.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("size", [32, 16])  # as stored (torchvision decodes it), resized (Pillow does)
+def test_16_bit_grayscale_pngs_scale_to_8_bits(tmp_path, size):
+    from PIL import Image
+
+    ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+    for split in ("train", "test"):
+        for name in "ab":
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.fromarray(ramp).save(tmp_path / split / name / "0.png")
+    images, _, _ = load_dataset(f"folder:{tmp_path}?size={size}", "train")
+    expected = ramp.astype(np.float64).mean() / 257  # about 127.5; clipping 16 bits to 8 gives about 254
+    assert abs(images.double().mean().item() - expected) < 3
+    assert images[0, 0, 0, 0] < 10 and images[0, 0, -1, -1] > 245
+
+
+def test_odd_npz_arrays_are_one_line_errors_or_load(tmp_path):
+    path = tmp_path / "odd.npz"
+    write_npz(path, train_labels=np.array([0, 1, 2, 0, 1, 2], dtype=np.uint64))
+    assert load_dataset(f"npz:{path}", "train")[1].tolist() == [0, 1, 2, 0, 1, 2]
+    write_npz(path, train_labels=np.array([0, 1, 2, 0, 1, 2**64 - 1], dtype=np.uint64))
+    with pytest.raises(DataSpecError, match=r"train_labels holds values beyond int64"):
+        load_dataset(f"npz:{path}", "train")
+    write_npz(path, classes=np.array("abc"))
+    with pytest.raises(DataSpecError, match=r"array classes has shape \(\), expected \(K,\)"):
+        load_dataset(f"npz:{path}", "train")
+    write_npz(path, train_images=np.zeros((6, 1, 1, 3), dtype=np.uint8))
+    with pytest.raises(DataSpecError, match=r"split 'train' has 1x1 images.*at least 4x4"):
+        load_dataset(f"npz:{path}", "train")
+
+
+def test_a_plain_tar_cut_between_two_members_is_refused(tmp_path):
+    import tarfile
+
+    make_image_tree(tmp_path / "tree")
+    whole = tmp_path / "whole.tar"
+    with tarfile.open(whole, "w") as bundle:
+        for entry in sorted((tmp_path / "tree").iterdir()):
+            bundle.add(entry, entry.name)
+    with tarfile.open(whole) as bundle:  # where the last test image's header starts: a member boundary
+        cut = bundle.getmembers()[-1].offset
+    (tmp_path / "cut.tar").write_bytes(whole.read_bytes()[:cut])
+    with pytest.raises(DataSpecError, match=r"cut\.tar' stops after .* without tar's end-of-archive marker"):
+        load_dataset(f"archive:{tmp_path / 'cut.tar'}", "test", root=tmp_path / "root")
+    assert visible(tmp_path / "root") == []
+    assert load_dataset(f"archive:{whole}", "test", root=tmp_path / "root")[0].shape[0] == 3

@@ -40,7 +40,7 @@ def test_a_variant_ahead_by_more_than_the_spread_wins(ab) -> None:
     decision = ab.decide({
         "baseline": [50.0, 51.0],         # spread 1
         "clip_solo_learn": [53.0, 53.5],  # +2.75, spreads 1 and 0.5: wins
-        "mu_doubled": [51.0, 51.8],       # +0.9 < 1: within the spread
+        "mu_official": [51.0, 51.8],       # +0.9 < 1: within the spread
         "stem_padding_2": [53.0, 56.0],   # +4.0 > its own spread 3: wins
         "no_zero_init": [50.0, 54.0],     # +1.5 < its spread 4: no
         "bicubic_crop": [47.0, 47.5],     # -3.25: loses
@@ -51,13 +51,13 @@ def test_a_variant_ahead_by_more_than_the_spread_wins(ab) -> None:
     assert variants["clip_solo_learn"]["mean"] == pytest.approx(53.25)
     assert variants["clip_solo_learn"]["spread"] == pytest.approx(0.5)
     assert variants["clip_solo_learn"]["delta"] == pytest.approx(2.75)
-    assert variants["mu_doubled"]["verdict"].startswith("within the spread")
+    assert variants["mu_official"]["verdict"].startswith("within the spread")
     assert variants["bicubic_crop"]["verdict"].startswith("loses")
     assert variants["baseline"]["delta"] == 0.0 and decision["note"] is None
 
 
 def test_a_lead_equal_to_the_spread_does_not_win(ab) -> None:
-    decision = ab.decide({"baseline": [50.0, 52.0], "mu_doubled": [53.0, 53.0]})  # +2 == spread 2
+    decision = ab.decide({"baseline": [50.0, 52.0], "mu_official": [53.0, 53.0]})  # +2 == spread 2
     assert decision["winners"] == [] and decision["overrides"] == {}
 
 
@@ -93,10 +93,13 @@ def test_every_variant_and_every_merge_is_a_valid_setting(ab) -> None:
     everything = ab.decide({name: [50.0, 50.0] if name == "baseline" else [60.0, 60.0]
                             for name in ab.VARIANTS})
     assert set(everything["winners"]) == set(ab.VARIANTS) - {"baseline"}
-    assert everything["overrides"] == ab.VARIANTS["solo_learn_all"]
+    merged = {key: value for name, overrides in ab.SINGLE_VARIANTS.items() for key, value in overrides.items()}
+    assert everything["overrides"] == merged  # the single winners merged, never solo_learn_all itself
     config = TrainConfig.from_preset("fast", **everything["overrides"])
     assert (config.lars_clip, config.mu, config.stem_padding, config.zero_init_residual,
-            config.crop_interpolation) == ("solo-learn", 50.0, 2, False, "bicubic")
+            config.crop_interpolation) == ("solo-learn", 25.0, 2, False, "bicubic")
+    solo = TrainConfig.from_preset("fast", **ab.VARIANTS["solo_learn_all"])  # solo-learn's choices, all five
+    assert (solo.lars_clip, solo.mu, solo.stem_padding) == ("solo-learn", 50.0, 2)
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -138,18 +141,18 @@ def fake_runs(ab, monkeypatch, wall_s: float, train_s: float) -> list[tuple[str,
 def test_the_budget_sets_the_epochs_and_skips_what_does_not_fit(ab, tmp_path, monkeypatch) -> None:
     # the timing run: 10 s an epoch and 2 s fixed; 2 variants x 2 seeds in the 988 s left -> 24 epochs
     calls = fake_runs(ab, monkeypatch, wall_s=12.0, train_s=10.0)
-    result = ab.run_recipe_ab("synthetic", None, "cpu", 1000.0, tmp_path, variants=["mu_doubled"])
+    result = ab.run_recipe_ab("synthetic", None, "cpu", 1000.0, tmp_path, variants=["mu_official"])
     assert calls[0] == ("baseline", 0, 1) and result["epochs"] == 24
-    assert calls[1:] == [("baseline", 0, 24), ("mu_doubled", 0, 24),
-                         ("baseline", 1, 24), ("mu_doubled", 1, 24)]
+    assert calls[1:] == [("baseline", 0, 24), ("mu_official", 0, 24),
+                         ("baseline", 1, 24), ("mu_official", 1, 24)]
     assert not result["estimate"]["timing_run_kept"] and len(result["runs"]) == 4
     # one epoch fits only: the timing run is kept as the baseline's first seed, not run again ...
     calls = fake_runs(ab, monkeypatch, wall_s=12.0, train_s=10.0)
-    result = ab.run_recipe_ab("synthetic", None, "cpu", 30.0, tmp_path, variants=["mu_doubled"])
-    assert result["epochs"] == 1 and calls == [("baseline", 0, 1), ("mu_doubled", 0, 1)]
+    result = ab.run_recipe_ab("synthetic", None, "cpu", 30.0, tmp_path, variants=["mu_official"])
+    assert result["epochs"] == 1 and calls == [("baseline", 0, 1), ("mu_official", 0, 1)]
     # ... and a run whose predicted end passes the budget is skipped, not started
     assert len(result["runs"]) == 2 and [(s["variant"], s["seed"]) for s in result["skipped"]] == [
-        ("baseline", 1), ("mu_doubled", 1)]
+        ("baseline", 1), ("mu_official", 1)]
     assert json.loads((tmp_path / "ab.json").read_text())["skipped"] == result["skipped"]
     # the smoke runs everything whatever the clock says
     calls = fake_runs(ab, monkeypatch, wall_s=1e6, train_s=1.0)

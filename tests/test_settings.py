@@ -128,3 +128,10 @@ def test_bad_notebook_name(tmp_path, name):
 def test_bad_device(tmp_path):
     with pytest.raises(ValueError, match="unknown device 'gpu'"):
         _settings({}, tmp_path, device="gpu")
+
+
+def test_a_home_folder_of_an_unknown_user_is_a_one_line_error_naming_the_variable(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"VICREG_RUNS='~nosuchuser4821/x': cannot find the home folder of "
+                                         r"'~nosuchuser4821'"):
+        notebook_settings("01_augmentations", environ={"VICREG_RUNS": "~nosuchuser4821/x"})

@@ -3,7 +3,6 @@ resume (bit for bit), Ctrl-C / SIGTERM, divergence, and the run folder's guards.
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -150,6 +149,20 @@ def test_max_steps_stops_inside_an_epoch(tmp_path):
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 6
 
 
+def test_max_steps_ending_exactly_at_an_epoch_end_saves_a_checkpoint(tmp_path):
+    """8 steps are one epoch of 128 images at batch 16: the run ends after epoch 1 of 2 and must
+    save it even with checkpoint_every=0 (the end-of-run save decides by the epoch planned at start)."""
+    config = tiny(tmp_path, data="synthetic:128,32", epochs=2, max_steps=8, checkpoint_every=0)
+    result = pretrain(config)
+    state = load_checkpoint(result.checkpoint_path)
+    assert (state["epoch"], state["step"], state["epoch_step"]) == (1, 8, 0)
+    assert [r["epoch"] for r in result.history] == [1]
+    resumed = pretrain(tiny(tmp_path, data="synthetic:128,32", epochs=2, max_steps=16, checkpoint_every=0,
+                            resume=True))
+    assert [(r["epoch"], r["step"]) for r in resumed.history] == [(1, 8), (2, 16)]
+    assert load_checkpoint(result.checkpoint_path)["step"] == 16
+
+
 # ----------------------------------------------------------------------------- resume
 
 
@@ -208,6 +221,45 @@ def test_resume_refuses_changed_settings_and_missing_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match=r"epochs: checkpoint 1, now 3"):
         pretrain(tiny(tmp_path, epochs=3, resume=True))
     assert json.loads((tmp_path / "run" / "config.json").read_text())["epochs"] == 1  # left as it was
+
+
+def write_images(path, seed: int) -> str:
+    """An npz of 64 train and 16 test 8x8 images; another seed gives other images under the same path."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    np.savez(path, train_images=rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8),
+             train_labels=np.arange(64) % 4, test_images=rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8),
+             test_labels=np.arange(16) % 4)
+    return f"npz:{path}"
+
+
+def test_resume_refuses_training_data_whose_contents_changed(tmp_path):
+    spec = write_images(tmp_path / "images.npz", seed=0)
+    pretrain(tiny(tmp_path, data=spec, epochs=1, optimizer="adam", schedule="constant"))
+    stored = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["data_fingerprint"]
+    write_images(tmp_path / "images.npz", seed=1)  # the same spec, other contents
+    with pytest.raises(CheckpointError, match=r"training data of .*images\.npz' differ.*--allow-data-change"):
+        pretrain(tiny(tmp_path, data=spec, epochs=2, optimizer="adam", schedule="constant", resume=True))
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 4  # untouched
+    result = pretrain(tiny(tmp_path, data=spec, epochs=2, optimizer="adam", schedule="constant", resume=True,
+                           allow_data_change=True))
+    assert result.history[-1]["epoch"] == 2
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["data_fingerprint"] != stored
+
+
+def test_an_empty_evaluation_split_is_refused_before_training(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "no_test.npz", train_images=rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8),
+             train_labels=np.arange(64) % 4, test_images=np.zeros((0, 8, 8, 3), dtype=np.uint8),
+             test_labels=np.zeros(0, dtype=np.int64))
+    with pytest.warns(UserWarning, match="split 'test' holds no images"):
+        with pytest.raises(ValueError, match=r"the test split of 'npz:.*no_test\.npz' holds no images.*--eval-every 0"):
+            pretrain(tiny(tmp_path, data=f"npz:{tmp_path / 'no_test.npz'}", eval_every=1))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    pretrain(tiny(tmp_path, data=f"npz:{tmp_path / 'no_test.npz'}", epochs=1, eval_every=0))
 
 
 def test_constant_schedule_may_extend_its_epochs(tmp_path):
@@ -292,31 +344,74 @@ def test_an_error_during_evaluation_does_not_lose_the_epoch(tmp_path, monkeypatc
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 1
 
 
-def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    pretrain(tiny(tmp_path, epochs=1, optimizer="adam", schedule="constant"))
-    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
-    real_save = torch.save
-
-    def full_disk(obj, handle, *args, **kwargs):
-        handle.write(b"partial")
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(OSError, match="No space left on device.*previous checkpoint is intact"):
-        pretrain(tiny(tmp_path, epochs=2, optimizer="adam", schedule="constant", resume=True))
-    monkeypatch.setattr(torch, "save", real_save)
-    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
-    assert not list((tmp_path / "run").glob(".*.tmp"))
+FULL_DISK = """
+import resource, signal, sys
+from vicreg_lib.cli import main
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+sys.exit(main(sys.argv[2:]))
+"""
 
 
-def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path):
+def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path):
+    """A real short write: the checkpoint's file may grow to half its size only (ulimit -f). torch.save
+    then fails with a RuntimeError, which must read as one line saying the old checkpoint is intact."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
     out = tmp_path / "run"
-    out.mkdir()
-    (out / ".lock").write_text(str(os.getppid()))  # a live process holds it
-    with pytest.raises(RunFolderError, match="another run"):
-        pretrain(tiny(tmp_path, epochs=1))
-    (out / ".lock").write_text("999999999")  # a crashed run's lock: taken over
-    pretrain(tiny(tmp_path, epochs=1))
+    # a projector of 1 MiB weights: the write that crosses the limit is one of torch.save's own large writes
+    argv = ["pretrain", "--data", "synthetic:64,32", "--width", "4", "--projector", "512-512", "--batch-size", "16",
+            "--device", "cpu", "--no-progress", "--optimizer", "adam", "--schedule", "constant", "--eval-every", "0",
+            "--out-dir", str(out)]
+    from vicreg_lib.cli import main
+
+    assert main([*argv, "--epochs", "1"]) == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", FULL_DISK, str(len(before) // 2), *argv, "--epochs", "2", "--resume"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "could not write" in done.stderr and "the previous checkpoint is intact" in done.stderr
+    assert (out / "checkpoint.pt").read_bytes() == before
+    assert not list(out.glob(".*.tmp"))
+
+
+SLOW_LOADING = """
+import sys, time
+import vicreg_lib.train as train
+from vicreg_lib.cli import main
+
+def slow_load(*args, **kwargs):  # data that takes ten minutes to load (a big archive on a slow disk)
+    print("loading", flush=True)
+    time.sleep(600)
+    raise AssertionError("the signal did not stop the loading")
+
+train.load_dataset = slow_load
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_data_loads_stops_at_once_and_saves_nothing(tmp_path, signum):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    argv = ["pretrain", "--data", "synthetic:64,32", "--width", "4", "--projector", "32-32-32", "--batch-size", "16",
+            "--device", "cpu", "--no-progress", "--eval-every", "0", "--epochs", "1", "--out-dir", str(out)]
+    process = subprocess.Popen([sys.executable, "-c", SLOW_LOADING, *argv], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env)
+    assert process.stdout.readline().strip() == "loading"
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=300)  # only a guard against a hang: the sleep alone lasts 600 s
+    assert process.returncode == 128 + signum, err
+    assert f"{signal.Signals(signum).name} before training began: nothing was saved" in err
+    assert not (out / "checkpoint.pt").exists() and not (out / "metrics.jsonl").exists()
     assert not (out / ".lock").exists()
 
 

@@ -63,6 +63,8 @@ RESULT_NAME = "result.json"
 RUN_NAME = "run"
 RESULT_FORMAT = 3  # bump when the stored row changes, so old caches are recomputed
 ROW_KEYS = ("lam", "mu", "nu", "verdict", "knn_top1", "linear_top1", "history")  # a usable cached row has these
+ROW_NUMBERS = ("lam", "mu", "nu", "loss", "invariance", "variance", "covariance", "std_mean", "effective_rank",
+               "knn_top1", "linear_top1")  # numbers where present: the table formats them as numbers
 
 
 def check_coefficients(value: Any) -> Coefficients:
@@ -128,6 +130,10 @@ def _load_cached(path: Path, key: str) -> dict[str, Any] | None:
     row = payload.get("row")
     if not isinstance(row, dict) or not all(name in row for name in ROW_KEYS):
         return None  # valid JSON of the wrong shape: recompute
+    numbers = all(isinstance(row.get(name, 0.0), (int, float)) and not isinstance(row.get(name), bool)
+                  for name in ROW_NUMBERS)
+    if not (numbers and isinstance(row["verdict"], str) and isinstance(row["history"], list)):
+        return None  # entries of the wrong type (an edited file) would fail only when the table is printed
     return row
 
 

@@ -110,13 +110,23 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
 
     Refuses (CheckpointError) a state whose model or optimizer holds NaN or inf: a
     checkpoint on disk is always one a run can continue from. A failed write (a full disk)
-    leaves the previous file at ``path`` as it was.
+    leaves the previous file at ``path`` as it was and raises OSError.
     """
     bad = nonfinite_tensors({"model": state.get("model"), "optimizer": state.get("optimizer")})
     if bad:
         raise CheckpointError(f"not saving {str(path)!r}: {_describe(bad)}")
     state = cpu_copy({"format": FORMAT, "format_version": FORMAT_VERSION, **state})
-    return atomic_write(path, lambda handle: torch.save(state, handle))
+    return atomic_write(path, lambda handle: _torch_save(state, handle))
+
+
+def _torch_save(state: dict[str, Any], handle) -> None:
+    try:
+        torch.save(state, handle)
+    except RuntimeError as error:
+        # torch's zip writer reports a short write (a full disk, a file-size limit) as a RuntimeError
+        # ("enforce fail ... unexpected pos"), not as the OSError every caller expects of a failed write
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise OSError(f"the write stopped short ({detail}); is the disk full?") from error
 
 
 # ----------------------------------------------------------------------------- load
@@ -159,13 +169,87 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     missing = [key for key in ("arch", "config", "model", "epoch", "step") if key not in state]
     if missing:
         raise CheckpointError(f"checkpoint {str(path)!r} lacks entries {missing}; it is incomplete, pretrain again")
+    _check_entries(state, path)
     return state
+
+
+def _kind(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
+
+
+def _check_entries(state: dict[str, Any], path: Path) -> None:
+    """The entries' types, so that a damaged or hand-made file is one clear error, not a traceback later."""
+    wrong = [f"{key} is {_kind(state[key])}, expected {expected}" for key, kind, expected in (
+        ("config", dict, "a dict of the run's settings"), ("arch", dict, "a dict of build_model's arguments"),
+        ("model", dict, "a state dict of tensors")) if not isinstance(state[key], kind)]
+    wrong += [f"{key} is {_kind(state[key])}, expected an integer >= 0" for key in ("epoch", "step")
+              if isinstance(state[key], bool) or not isinstance(state[key], int) or state[key] < 0]
+    if isinstance(state["model"], dict):
+        odd = [str(key) for key, value in state["model"].items() if not isinstance(value, torch.Tensor)]
+        if odd:
+            wrong.append(f"model entries {odd[:3]} are not tensors")
+    if wrong:
+        raise CheckpointError(f"checkpoint {str(path)!r}: {'; '.join(wrong)}; it was not written by vicreg_lib's "
+                              f"pretrain (or was edited): use one that was, or pretrain again")
+
+
+def check_weights(arch: dict[str, Any], weights: dict[str, torch.Tensor], where: str) -> None:
+    """Raise CheckpointError unless ``weights`` are finite and fit ``build_model(**arch)`` exactly.
+
+    The network is first built on the meta device, which allocates nothing, so a small file whose
+    ``arch`` names a huge network is refused at once, before gigabytes of weights are initialised.
+    """
+    from .model import build_model
+
+    odd = [str(key) for key, value in weights.items() if not isinstance(value, torch.Tensor)]
+    if odd:
+        raise CheckpointError(f"{where}: weights {odd[:3]} are not tensors; was the file edited or written by "
+                              f"other code?")
+    bad = nonfinite_tensors(weights)
+    if bad:
+        raise CheckpointError(f"{where} is from a diverged run: {_describe(bad)}; use weights saved before it "
+                              f"diverged, or pretrain again with a lower lr")
+    try:
+        with torch.device("meta"):
+            expected = {key: tuple(value.shape) for key, value in build_model(**arch).state_dict().items()}
+    except (TypeError, ValueError, RuntimeError, OverflowError) as error:  # sizes too big even for shapes
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{where}: its architecture {arch} cannot be built ({detail}); was the file edited "
+                              f"or written by other code?") from None
+    stored = {key: tuple(value.shape) for key, value in weights.items()}
+    problems = [f"missing {key}" for key in expected if key not in stored]
+    problems += [f"unexpected {key}" for key in stored if key not in expected]
+    problems += [f"{key} is {stored[key]}, the architecture needs {shape}" for key, shape in expected.items()
+                 if key in stored and stored[key] != shape]
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise CheckpointError(f"{where}: its weights do not fit the architecture it names ({arch}): "
+                              f"{'; '.join(problems[:3])}{more}; was the file edited or written by other code?")
+
+
+def check_resumable(state: dict[str, Any], path: str | os.PathLike, arch: dict[str, Any]) -> None:
+    """Raise CheckpointError unless a run building ``arch`` can continue from ``state``: the optimizer and
+    random states are there, and the weights fit and are finite, as is the optimizer state (a run
+    continued from NaN trains NaN)."""
+    needed = ["optimizer", "rng"] + (["epoch_sums"] if state.get("epoch_step") else [])
+    missing = [key for key in needed if not isinstance(state.get(key), (dict, torch.Tensor))]
+    if missing:
+        raise CheckpointError(f"checkpoint {str(path)!r} lacks {', '.join(missing)}, which a resumed run needs; it "
+                              f"can be evaluated but not resumed: start a new run (--overwrite) or another out_dir")
+    bad = nonfinite_tensors({"model": state["model"], "optimizer": state["optimizer"]})
+    if bad:
+        raise CheckpointError(f"cannot resume {str(path)!r}: {_describe(bad)}; resume from an earlier "
+                              f"checkpoint or start afresh (--overwrite) with a lower lr")
+    check_weights(arch, state["model"], f"checkpoint {str(path)!r}")
 
 
 def _arch(state: dict[str, Any]) -> dict[str, Any]:
     """build_model's keyword arguments; format 1 stored only the CIFAR backbone's width and projector."""
     arch = dict(state["arch"])
     if state.get("format_version") == 1:
+        if "width" not in arch or "projector" not in arch:
+            raise CheckpointError(f"a format-1 checkpoint's arch needs width and projector, got {arch}; pretrain again")
         return dict(backbone="cifar", width=arch["width"], projector=arch["projector"])
     return arch
 
@@ -181,10 +265,7 @@ def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = 
     from .model import build_model
 
     state = load_checkpoint(path, map_location=map_location)
-    bad = nonfinite_tensors(state["model"])
-    if bad:
-        raise CheckpointError(f"checkpoint {str(path)!r} is from a diverged run: {_describe(bad)}; "
-                              f"evaluate an earlier checkpoint or pretrain again with a lower lr")
+    check_weights(_arch(state), state["model"], f"checkpoint {str(path)!r}")
     try:
         model = build_model(**_arch(state))
         model.load_state_dict(state["model"], strict=True)

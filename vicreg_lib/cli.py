@@ -106,8 +106,8 @@ def run_pretrain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         last = result.history[-1] if result.history else {}
         summary = ", ".join(f"{key} {last[key]:.4g}" for key in ("loss", "std", "knn_top1") if key in last)
         print(f"finished epoch {last.get('epoch', '?')}: {summary}")
-        print(f"checkpoint: {result.checkpoint_path}")
-        print(f"metrics:    {result.out_dir / 'metrics.jsonl'}")
+        for label, path in (("checkpoint", result.checkpoint_path), ("metrics", result.out_dir / "metrics.jsonl")):
+            print(f"{label + ':':<11} {path if path.exists() else 'none written'}")  # name only files that exist
     return 0
 
 

@@ -38,6 +38,7 @@ PIPELINES = ("batched", "dataloader")
 AMP_MODES = ("auto", "bf16", "off")
 SWITCH_MODES = ("auto", "on", "off")
 SPLITS = ("train", "test")
+MAX_SEED = 2**32 - 1
 
 
 def _option(default: Any, help: str, *, choices: tuple | None = None, minimum: float | None = None,
@@ -135,6 +136,8 @@ class TrainConfig:
                                   minimum=1)
     resume: bool = _bookkeeping(False, "continue the run in out_dir from its checkpoint.pt", per_setting=True)
     overwrite: bool = _bookkeeping(False, "start afresh even if out_dir already holds a run", per_setting=True)
+    allow_data_change: bool = _bookkeeping(False, "with resume: continue even though the training images differ "
+                                                  "from the checkpoint's")
     progress: bool = _bookkeeping(True, "show a progress bar")
 
     def __post_init__(self) -> None:
@@ -175,6 +178,11 @@ class TrainConfig:
             raise ValueError("lam, mu and nu are all 0: the loss would be 0 and nothing would train; "
                              "set at least one (the paper's setting is 25, 25, 1)")
         check_device_text(self.device)
+        if self.seed > MAX_SEED:
+            raise ValueError(f"seed must be <= {MAX_SEED} (2**32 - 1, numpy's largest seed), got {self.seed}")
+        if not self.projector.strip().isascii():  # int() would read digits such as '²' and fail obscurely
+            raise ValueError(f"projector {self.projector!r} holds characters other than the digits 0-9 and '-'; "
+                             f"write it as e.g. '2048-2048-2048'")
         widths = parse_projector_spec(self.projector)  # ValueError for a malformed spec
         if len(set(widths[:-1])) > 1:
             raise ValueError(f"projector {self.projector!r} has different hidden widths {widths[:-1]}; "

@@ -3,19 +3,22 @@
     out_dir/config.json     the full TrainConfig of the run
     out_dir/metrics.jsonl   one JSON object per epoch, appended as the run goes
     out_dir/checkpoint.pt   the latest checkpoint (checkpoint.py), replaced atomically
-    out_dir/.lock           held while a run writes here: a second run into the folder is refused
+    out_dir/.lock           flock'ed while a run writes here: a second run into the folder is refused
 
 Everything here is checked before any data is loaded or a model is built, so a bad
-out_dir costs no time.
+out_dir costs no time. A file of one of these names that vicreg_lib did not write (another
+tool's config.json, say) is never replaced or deleted: the run is refused, naming it.
 """
 
 from __future__ import annotations
 
-import errno
+import fcntl
 import json
 import os
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from .files import atomic_write, remove_stale_tmp
 
@@ -23,6 +26,8 @@ CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
 CHECKPOINT_NAME = "checkpoint.pt"
 LOCK_NAME = ".lock"
+CONFIG_MARK_KEY, CONFIG_MARK = "_written_by", "vicreg_lib"  # tells our config.json from another tool's
+LEGACY_CONFIG_KEYS = frozenset({"data", "out_dir", "epochs", "lam", "mu", "nu", "batch_size"})
 
 
 class RunFolderError(ValueError):
@@ -33,9 +38,10 @@ def check_out_dir(out_dir: str | os.PathLike, resume: bool, overwrite: bool) -> 
     """Check that ``out_dir`` can hold this run, before anything expensive happens; returns it.
 
     Refused: a path that is a file or lies under a file, a folder that cannot be written,
-    resume without a checkpoint, and a new run (without overwrite) into a folder that holds
-    a checkpoint or metrics of an earlier run. Temporary files that a killed save left are
-    removed.
+    resume without a checkpoint, a new run (without overwrite) into a folder that holds
+    a checkpoint or metrics of an earlier run, and a folder holding files that the run would
+    replace but vicreg_lib did not write (``foreign_files``), named in the message. Nothing
+    is removed here: temporary files of a killed save are cleared once the lock is held.
     """
     out_dir = Path(out_dir)
     for parent in [out_dir, *out_dir.parents]:
@@ -56,9 +62,62 @@ def check_out_dir(out_dir: str | os.PathLike, resume: bool, overwrite: bool) -> 
         raise RunFolderError(f"{str(out_dir)!r} already holds a run ({held}); continue it with --resume "
                              f"(resume=True), start afresh with --overwrite (overwrite=True), or choose "
                              f"another out_dir")
-    remove_stale_tmp(out_dir, CHECKPOINT_NAME)
-    remove_stale_tmp(out_dir, METRICS_NAME)
+    foreign = foreign_files(out_dir, resume, overwrite)
+    if foreign:
+        raise RunFolderError(f"{str(out_dir)!r} holds {', '.join(foreign)}, which vicreg_lib did not write and "
+                             f"would replace; they are left alone: move them away or choose another out_dir")
     return out_dir
+
+
+def _config_is_ours(path: Path) -> bool:
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(stored, dict):
+        return False
+    # earlier versions wrote no mark: their config.json holds TrainConfig's own keys
+    return stored.get(CONFIG_MARK_KEY) == CONFIG_MARK or LEGACY_CONFIG_KEYS <= stored.keys()
+
+
+def _metrics_are_ours(path: Path) -> bool:
+    try:
+        with open(path, errors="replace") as handle:
+            first = next((line for line in handle if line.strip()), "")
+    except OSError:
+        return False
+    if not first:
+        return True  # created, then the run stopped before its first record
+    try:
+        record = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and "epoch" in record
+
+
+def _checkpoint_is_ours(path: Path) -> bool:
+    from .checkpoint import FORMAT
+
+    try:  # mmap: only the small pickled index is read, not the tensors
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # any unreadable file: it cannot be shown to be ours
+        return False
+    return isinstance(state, dict) and state.get("format") == FORMAT
+
+
+def foreign_files(out_dir: Path, resume: bool, overwrite: bool) -> list[str]:
+    """The files in out_dir that this run would replace or delete but vicreg_lib did not write.
+
+    config.json is rewritten by every run; metrics.jsonl is rewritten on resume and deleted with
+    overwrite; checkpoint.pt is deleted with overwrite (on resume it is read, and refused there
+    when it is not a vicreg_lib checkpoint); a .lock is rewritten.
+    """
+    checks = [(CONFIG_NAME, _config_is_ours), (LOCK_NAME, _lock_is_ours)]
+    if resume or overwrite:
+        checks.append((METRICS_NAME, _metrics_are_ours))
+    if overwrite:
+        checks.append((CHECKPOINT_NAME, _checkpoint_is_ours))
+    return [name for name, is_ours in checks if (out_dir / name).exists() and not is_ours(out_dir / name)]
 
 
 def clear_run(out_dir: Path) -> None:
@@ -70,54 +129,110 @@ def clear_run(out_dir: Path) -> None:
 
 # ----------------------------------------------------------------------------- the lock
 
+LOCK_MARK = "vicreg_lib run lock"
+_HELD: set[Path] = set()  # lock files this process holds: flock alone would not say it is us
 
-def _pid_alive(pid: int) -> bool:
+
+def _lock_is_ours(path: Path) -> bool:
+    """Whether an existing .lock is one this package writes: empty (a crash right after creating
+    it), a bare process id (earlier versions) or one that starts with LOCK_MARK."""
     try:
-        os.kill(pid, 0)
-    except OSError as error:
-        return error.errno == errno.EPERM  # alive, but someone else's
-    return True
+        with open(path, errors="replace") as handle:
+            text = handle.read(200).strip()
+    except FileNotFoundError:
+        return True  # removed meanwhile by a run that ended: nothing of anyone else's is there
+    except OSError:
+        return False
+    # a prefix of the mark too: a holder may be between truncating the file and writing it
+    return not text or text.isdigit() or text.startswith(LOCK_MARK) or LOCK_MARK.startswith(text)
+
+
+def _owner_text(path: Path) -> str:
+    try:
+        with open(path, errors="replace") as handle:
+            pid = handle.read(200).split("pid", 1)[-1].split()[0]
+    except (OSError, IndexError):
+        return "another run"
+    return f"another run (process {pid})" if pid.isdigit() else "another run"
 
 
 class RunLock:
-    """``out_dir/.lock`` holding this process's id while a run writes into the folder.
+    """An OS lock (``fcntl.flock``) on ``out_dir/.lock``, held for the whole run.
 
-    A lock whose process is gone (a crashed or killed run) is taken over, so it never
-    stays stuck; a live one makes ``acquire`` raise RunFolderError.
+    A second run into the folder, from another process or this one, is refused. A lock is
+    stale exactly when it can be taken: the OS drops it when its process ends, however it
+    ended (kill -9 included), so no process ids are guessed at. The file holds the owner's
+    process id for the message only. A .lock that this package did not write is refused,
+    never overwritten. Temporary files of interrupted saves are removed once the lock is held
+    (earlier, they might be a live run's).
     """
 
     def __init__(self, out_dir: str | os.PathLike) -> None:
         self.path = Path(out_dir) / LOCK_NAME
-        self.held = False
+        self._fd: int | None = None
+        self._key: Path | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
 
     def acquire(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is not None and owner != os.getpid() and _pid_alive(owner):
-                    raise RunFolderError(f"another run (process {owner}) is writing into {str(self.path.parent)!r}; "
-                                         f"wait for it to end, or choose another out_dir") from None
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as handle:
-                handle.write(str(os.getpid()))
-            self.held = True
-            return self
-        raise RunFolderError(f"cannot take the lock {str(self.path)!r}; remove it if no run is using the folder")
-
-    def _owner(self) -> int | None:
+        key = self.path.parent.resolve() / LOCK_NAME
+        if key in _HELD:
+            raise RunFolderError(f"this process is already running into {str(self.path.parent)!r}; wait for that "
+                                 f"run to end, or choose another out_dir")
+        for _ in range(10):  # retried only when a finishing run removed the file between open and flock
+            fd = self._open_locked()
+            if fd is not None:
+                break
+        else:
+            raise RunFolderError(f"cannot take the lock {str(self.path)!r}; try again, or choose another out_dir")
         try:
-            return int(self.path.read_text().strip() or -1)
-        except (OSError, ValueError):
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{LOCK_MARK}\npid {os.getpid()}\n".encode())
+            for name in (CHECKPOINT_NAME, METRICS_NAME, CONFIG_NAME):
+                remove_stale_tmp(self.path.parent, name)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd, self._key = fd, key
+        _HELD.add(key)
+        return self
+
+    def _open_locked(self) -> int | None:
+        """A descriptor of .lock holding the flock, or None when the file was replaced meanwhile."""
+        if self.path.exists() and not _lock_is_ours(self.path):
+            raise RunFolderError(f"{str(self.path)!r} was not written by vicreg_lib; it is left alone. Move it "
+                                 f"away if it is not needed, or choose another out_dir")
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunFolderError(f"{_owner_text(self.path)} is writing into {str(self.path.parent)!r}; wait for it "
+                                 f"to end, or choose another out_dir") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # locked a file that its owner removed on release: another may hold the new one
+            os.close(fd)
             return None
+        return fd
 
     def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)  # while still held, so nobody locks a file about to vanish
+        finally:
+            os.close(self._fd)  # drops the flock
+            _HELD.discard(self._key)
+            self._fd = self._key = None
 
     def __enter__(self) -> RunLock:
         return self.acquire()
@@ -130,7 +245,7 @@ class RunLock:
 
 
 def write_config(out_dir: Path, config: dict[str, Any]) -> None:
-    text = json.dumps(config, indent=2) + "\n"
+    text = json.dumps({**config, CONFIG_MARK_KEY: CONFIG_MARK}, indent=2) + "\n"
     atomic_write(out_dir / CONFIG_NAME, lambda handle: handle.write(text), mode="w")
 
 
@@ -139,7 +254,10 @@ def read_config(out_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(out_dir) / CONFIG_NAME
     if not path.exists():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {str(out_dir)!r}; pass the out_dir of a pretraining run")
-    return json.loads(path.read_text())
+    stored = json.loads(path.read_text())
+    if isinstance(stored, dict):
+        stored.pop(CONFIG_MARK_KEY, None)  # the settings only: TrainConfig(**read_config(folder)) works
+    return stored
 
 
 def read_metrics(out_dir: str | os.PathLike) -> list[dict[str, Any]]:

@@ -42,12 +42,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .augment import BatchAugment, TransformedImages, get_recipe, two_views_transform
-from .checkpoint import CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .checkpoint import (CheckpointError, capture_rng_state, check_resumable, load_checkpoint, restore_rng_state,
+                         save_checkpoint)
 from .config import TrainConfig, resume_differences
-from .data import load_dataset, random_subset
+from .data import fingerprint, load_dataset, random_subset
 from .eval.diagnostics import HELDOUT_BATCH_SIZE, effective_rank, heldout_batch, per_dim_std
-from .hardware import DistInfo, gather_with_grad, init_distributed, precision_for
 from .eval.features import extract_features, knn_accuracy
+from .hardware import DistInfo, gather_with_grad, init_distributed, precision_for
 from .loss import LossTerms, VICRegLoss
 from .model import VICReg, build_model
 from .optim import build_optimizer, lr_at_step, set_lr
@@ -104,6 +105,7 @@ class Run:
     use_amp: bool
     channels_last: bool
     steps_per_epoch: int
+    data_fingerprint: str  # of the training images and labels: a resume on other data is refused
     graphed_step: GraphedStep | None = None  # the step in a CUDA graph (None: training_step, eagerly)
     epoch: int = 0  # the epoch in progress, or the last completed one when epoch_step == 0
     step: int = 0  # optimizer steps taken
@@ -113,6 +115,8 @@ class Run:
     epoch_perm_state: torch.Tensor | None = None  # perm_generator before this epoch's permutation
     history: list[dict[str, Any]] = field(default_factory=list)
     warned_huge_loss: bool = False
+    last_epoch: int = 0  # the epoch this invocation ends with, fixed when it starts (plan_last_epoch)
+    saved_step: int | None = None  # run.step when checkpoint.pt was last written or read
 
     @property
     def device(self) -> torch.device:
@@ -122,13 +126,18 @@ class Run:
     def checkpoint_path(self) -> Path:
         return self.out_dir / CHECKPOINT_NAME
 
-    @property
-    def last_epoch(self) -> int:
-        """The epoch this invocation ends with (earlier than config.epochs under max_steps)."""
-        if self.config.max_steps is None:
-            return self.config.epochs
-        remaining = max(self.config.max_steps - self.step, 0) + self.epoch_step
-        return min(self.config.epochs, self.epoch + math.ceil(remaining / self.steps_per_epoch))
+
+def plan_last_epoch(run: Run) -> int:
+    """The epoch this invocation ends with: config.epochs, or earlier under max_steps.
+
+    Worked out once, before training: counted from where the run stands then, so that it
+    cannot move while an epoch's steps advance run.step (it decides when the last save happens).
+    """
+    if run.config.max_steps is None:
+        return run.config.epochs
+    completed = run.epoch - (run.epoch_step > 0)  # epochs finished before the one in progress
+    remaining = max(run.config.max_steps - run.step, 0) + run.epoch_step  # counted from that epoch's start
+    return min(run.config.epochs, completed + math.ceil(remaining / run.steps_per_epoch))
 
 
 # ----------------------------------------------------------------------------- one step
@@ -284,6 +293,9 @@ def _load_data(config: TrainConfig, device: torch.device):
     eval_images = eval_labels = None
     if config.eval_every:
         eval_images, eval_labels, _ = load_dataset(config.data, config.eval_split, config.data_root)
+        if eval_images.shape[0] == 0:  # found now, not at the first evaluation
+            raise ValueError(f"the {config.eval_split} split of {config.data!r} holds no images to measure kNN "
+                             f"accuracy on; add some, or pass --eval-every 0 (eval_every=0)")
         eval_images = eval_images.to(device)
     return train_images, train_labels, eval_images, eval_labels, len(classes)
 
@@ -326,6 +338,7 @@ def prepare_run(config: TrainConfig, dist: DistInfo, out_dir: Path) -> Run:
         augment_generator=torch.Generator(device=device).manual_seed(config.seed + 1 + dist.rank),
         use_amp=use_amp, channels_last=channels_last,
         steps_per_epoch=train_images.shape[0] // config.batch_size,
+        data_fingerprint=fingerprint(train_images, train_labels),
     )
 
 
@@ -333,16 +346,19 @@ def restore(run: Run) -> None:
     """Continue from out_dir/checkpoint.pt: weights, optimizer, random states, position, metrics."""
     path = run.checkpoint_path
     state = load_checkpoint(path, map_location="cpu")
+    check_resumable(state, path, run.config.arch())
     differences = resume_differences(state["config"], run.config)
     if differences:
         raise CheckpointError(f"cannot resume {str(path)!r} with different settings ({'; '.join(differences)}); "
                               f"use the run's settings (its config.json) or a new out_dir")
+    _check_same_data(run, state.get("data_fingerprint"))
     if state.get("device_type") != run.device.type:
         raise CheckpointError(f"{str(path)!r} was trained on {state.get('device_type')}; resume it on the same "
                               f"kind of device (--device {state.get('device_type')})")
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.epoch, run.step = state["epoch"], state["step"]
+    run.saved_step = run.step
     run.epoch_step = state.get("epoch_step", 0)
     if run.epoch_step:
         run.epoch_sums = state["epoch_sums"].to(run.device)
@@ -354,6 +370,16 @@ def restore(run: Run) -> None:
     if run.dist.is_main:
         run.history = [r for r in read_metrics(run.out_dir) if r.get("epoch", 0) <= run.epoch - (run.epoch_step > 0)]
         rewrite_metrics(run.out_dir, run.history)  # drop records after the checkpoint: no duplicates
+
+
+def _check_same_data(run: Run, stored: str | None) -> None:
+    """Refuse to resume on training images other than the checkpoint's (the same spec can name a
+    file whose contents were replaced), unless allow_data_change; checkpoints without one pass."""
+    if stored is None or stored == run.data_fingerprint or run.config.allow_data_change:
+        return
+    raise CheckpointError(f"the training data of {run.config.data!r} differ from those {str(run.checkpoint_path)!r} "
+                          f"was trained on (fingerprint {run.data_fingerprint}, checkpoint {stored}); resume on the "
+                          f"same data, or pass --allow-data-change (allow_data_change=True) to continue on these")
 
 
 # ----------------------------------------------------------------------------- saving
@@ -389,6 +415,7 @@ def save_state(run: Run) -> None:
     """
     augment_states = _augment_states(run)  # a collective: every rank takes part
     if not run.dist.is_main:
+        run.saved_step = run.step  # every rank must agree on whether a final save is due
         return
     rng = capture_rng_state()
     mid_epoch = run.epoch_step > 0
@@ -398,17 +425,20 @@ def save_state(run: Run) -> None:
         "arch": run.config.arch(), "config": run.config.to_dict(), "model": run.model.state_dict(),
         "optimizer": _optimizer_state(run.optimizer), "epoch": run.epoch, "step": run.step,
         "epoch_step": run.epoch_step, "device_type": run.device.type, "rng": rng,
+        "data_fingerprint": run.data_fingerprint,
     }
     if mid_epoch:
         state["epoch_sums"] = run.epoch_sums
     try:
         save_checkpoint(state, run.checkpoint_path)
+        run.saved_step = run.step
     except CheckpointError as error:
         raise TrainingDiverged(f"{error}; lower the learning rate (--lr) or check lam/mu/nu") from None
     except OSError as error:
         kept = "the previous checkpoint is intact" if run.checkpoint_path.exists() else "no checkpoint was written"
-        raise OSError(error.errno, f"could not write {str(run.checkpoint_path)!r} ({error.strerror}); {kept}. "
-                                   f"Free some disk space and resume") from error
+        message = (f"could not write {str(run.checkpoint_path)!r} ({error.strerror or error}); {kept}. "
+                   f"Free some disk space and resume")
+        raise (OSError(error.errno, message) if error.errno else OSError(message)) from error
 
 
 # ----------------------------------------------------------------------------- one epoch
@@ -520,10 +550,13 @@ def evaluate_knn(run: Run) -> dict[str, float]:
 
 class StopSignals:
     """While active, Ctrl-C (SIGINT) and SIGTERM ask the loop to stop after the current step
-    instead of killing it mid-write; a second Ctrl-C stops at once."""
+    instead of killing it mid-write; a second Ctrl-C stops at once. Until ``armed`` (while the data
+    loads and the model is built) they stop at once: there is nothing to save, and finishing the
+    setup only to train a step and save would keep a run the user aborted."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.armed = False
         self._previous: dict[int, Any] = {}
 
     @property
@@ -531,6 +564,8 @@ class StopSignals:
         return self.signum is not None
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if not self.armed:
+            raise RunInterrupted(f"{signal.Signals(signum).name} before training began: nothing was saved", signum)
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # asked twice: stop now
         self.signum = signum
@@ -631,10 +666,12 @@ def pretrain(config: TrainConfig) -> PretrainResult:
     with lock, StopSignals() as stop:
         run = prepare_run(config, dist, out_dir)
         _begin(run)
+        run.last_epoch = plan_last_epoch(run)
         first = run.epoch + 1 if run.epoch_step == 0 else run.epoch
         bar = tqdm(total=max((run.last_epoch - first + 1) * run.steps_per_epoch - run.epoch_step, 0),
                            desc="pretrain", disable=not (config.progress and dist.is_main))
         run.model.train()
+        stop.armed = True
         try:
             for epoch in range(first, run.last_epoch + 1):
                 wall_start = time.perf_counter()
@@ -648,6 +685,8 @@ def pretrain(config: TrainConfig) -> PretrainResult:
                 if stop.requested:
                     save_state(run)
                     raise _stopped(run, stop)
+            if run.saved_step != run.step:  # however the loop ended, its end is on disk
+                save_state(run)
         finally:
             bar.close()
     run.model.eval()

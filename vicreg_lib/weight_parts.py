@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .checkpoint import check_weights, nonfinite_tensors
+
 FORMAT = "vicreg-weight-parts/1"
 DEFAULT_PREFIX = "model-bf16"
 DEFAULT_MAX_PART_BYTES = 15 * 2**20  # 15 MiB
@@ -92,7 +94,8 @@ def load_weight_parts(folder: str | os.PathLike, prefix: str = DEFAULT_PREFIX,
                       sha256: str | None = None) -> dict[str, Any]:
     """Join the parts in `folder` and load them: {"format", "arch", "dtype", "state_dict"}.
 
-    sha256: the manifest's checksum; when given, joined bytes that differ raise ValueError.
+    sha256: the manifest's checksum; when given, joined bytes that differ raise ValueError, as do
+    weights holding NaN or inf.
     """
     blob = b"".join(path.read_bytes() for path in _part_files(Path(folder), prefix))
     if sha256 is not None and hashlib.sha256(blob).hexdigest() != sha256:
@@ -102,6 +105,13 @@ def load_weight_parts(folder: str | os.PathLike, prefix: str = DEFAULT_PREFIX,
     state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{str(folder)!r}: the joined parts are not a {FORMAT} file")
+    if not isinstance(state.get("state_dict"), dict) or not isinstance(state.get("arch"), dict):
+        raise ValueError(f"{str(folder)!r}: the joined parts hold no state_dict and arch dicts; save them again "
+                         f"with save_weight_parts")
+    bad = nonfinite_tensors(state["state_dict"])
+    if bad:
+        raise ValueError(f"the weight parts in {str(folder)!r} hold NaN or inf in {len(bad)} tensor(s) "
+                         f"({', '.join(bad[:5])}): the run diverged; use weights saved before it did")
     return state
 
 
@@ -115,6 +125,7 @@ def load_model_from_parts(folder: str | os.PathLike, prefix: str = DEFAULT_PREFI
     if not state["arch"]:
         raise ValueError(f"{str(folder)!r}: the parts store no arch; load them with load_weight_parts and "
                          f"build the network yourself")
+    check_weights(state["arch"], state["state_dict"], f"the weight parts in {str(folder)!r}")  # before building
     model = build_model(**state["arch"])
     model.load_state_dict(state["state_dict"], strict=True)  # bf16 -> the model's float32
     return model.to(dtype).eval()

@@ -212,3 +212,36 @@ def test_random_init_model_is_seeded_and_calibrated_on_a_random_subset_of_the_im
             torch.testing.assert_close(ours.running_var, theirs.running_var)
     first_eight = report.random_init_model(arch, images[:8], seed=3)
     assert not torch.allclose(model.encoder.bn1.running_mean, first_eight.encoder.bn1.running_mean)
+
+
+def test_evaluate_writes_where_the_user_says_never_where_the_checkpoint_says(tiny_checkpoint, tmp_path, monkeypatch):
+    import tarfile
+
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for name, colour in (("a", (200, 0, 0)), ("b", (0, 0, 200))):
+            for index in range(4):
+                (tmp_path / "tree" / split / name).mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (32, 32), colour).save(tmp_path / "tree" / split / name / f"{index}.png")
+    with tarfile.open(tmp_path / "images.tgz", "w:gz") as bundle:
+        bundle.add(tmp_path / "tree" / "train", "train")
+        bundle.add(tmp_path / "tree" / "test", "test")
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    state["config"].update(data=f"archive:{tmp_path / 'images.tgz'}", data_root=str(tmp_path / "theirs"))
+    torch.save(state, tmp_path / "foreign.pt")
+    monkeypatch.setenv("VICREG_DATA_ROOT", str(tmp_path / "mine"))
+    results = report.evaluate_checkpoint(tmp_path / "foreign.pt", device="cpu", probe_epochs=1, label_fractions=())
+    assert results["num_train"] == 8
+    assert not (tmp_path / "theirs").exists() and any((tmp_path / "mine").iterdir())
+
+
+def test_a_checkpoint_whose_data_setting_is_not_a_spec_is_a_clear_error(tiny_checkpoint, tmp_path):
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    state["config"]["data"] = 5
+    torch.save(state, tmp_path / "odd.pt")
+    with pytest.raises(ValueError, match=r"its config's data is 5, not a data spec; pass .* \(--data\)"):
+        report.evaluate_checkpoint(tmp_path / "odd.pt", device="cpu")
+    results = report.evaluate_checkpoint(tmp_path / "odd.pt", data="synthetic:64,40", device="cpu",
+                                         probe_epochs=1, label_fractions=())
+    assert results["num_train"] == 64

@@ -146,7 +146,11 @@ def evaluate_checkpoint(path: str, config: EvalConfig | None = None, **overrides
     the same metrics of `random_init_model` (seeded by config.seed)."""
     config = dataclasses.replace(config or EvalConfig(), **overrides)
     model, stored = load_pretrained(path, map_location="cpu")
-    spec = config.data or _stored(stored, "data") or default_data_spec()
+    stored_spec = _stored(stored, "data")
+    if config.data is None and stored_spec is not None and not isinstance(stored_spec, str):
+        raise ValueError(f"checkpoint {str(path)!r}: its config's data is {stored_spec!r}, not a data spec; pass the "
+                         f"data to evaluate on (--data)")
+    spec = config.data or stored_spec or default_data_spec()
     train_images, train_labels, classes = load_dataset(spec, "train", config.data_root)
     test_images, test_labels, _ = load_dataset(spec, "test", config.data_root)
     train_images, train_labels = random_subset(train_images, train_labels, config.max_train_images, config.seed)

@@ -172,7 +172,11 @@ def _path_setting(environ: Mapping[str, str], name: str, default: str, base: Pat
     text = environ.get(name, "").strip() or default
     if "\0" in text:
         raise ValueError(f"{name}={text!r} is not a path: it holds a NUL character")
-    path = Path(text).expanduser()
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError:  # ~user of a user this machine does not know
+        raise ValueError(f"{name}={text!r}: cannot find the home folder of {text.split('/')[0]!r}; write the path "
+                         f"out in full, or use ~/ for your own home") from None
     return path if path.is_absolute() else base / path
 
 
