@@ -191,21 +191,6 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
     return (x * _luma(x.device, x.dtype)).sum(1, keepdim=True)
 
 
-def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """x: (n, 3, h, w), factor: (n,) -> clamp(b x, 0, 1)."""
-    return blend_with_gray(x, factor, torch.zeros_like(factor), torch.zeros_like(factor))
-
-
-def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Blend with the image's mean luma: clamp(c x + (1 - c) mean(gray(x)), 0, 1)."""
-    return blend_with_gray(x, factor, torch.zeros_like(factor), 1.0 - factor)
-
-
-def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Blend with the per-pixel luma: clamp(s x + (1 - s) gray(x), 0, 1)."""
-    return blend_with_gray(x, factor, 1.0 - factor, torch.zeros_like(factor))
-
-
 def blend_with_gray(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """x: (n, 3, h, w); a, b, c: (n,) -> clamp(a x + b gray(x) + c mean(gray(x)), 0, 1) per image.
 
@@ -239,8 +224,6 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     k = (hue6 + m).remainder_(6.0)  # (n, 3, h, w)
     k = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     return k.mul_(-chroma).add_(value)
-
-
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
