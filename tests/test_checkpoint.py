@@ -7,7 +7,7 @@ import torch
 
 from vicreg_lib.checkpoint import CheckpointError, load_checkpoint, load_pretrained, save_checkpoint
 from vicreg_lib.config import TrainConfig
-from vicreg_lib.files import remove_stale_tmp
+from vicreg_lib.runstate import remove_stale_tmp
 from vicreg_lib.train import pretrain
 
 
@@ -200,13 +200,18 @@ def test_resuming_from_non_finite_weights_is_refused_before_training(checkpoint_
 
 
 def test_weight_parts_with_non_finite_weights_are_refused(tmp_path):
+    """A checkpoint cut into parts loads through load_pretrained, which refuses NaN or inf there too."""
     from vicreg_lib.model import build_model
-    from vicreg_lib.weight_parts import load_model_from_parts, load_weight_parts, save_weight_parts
 
     model = build_model(width=4, projector="32-32-32")
     with torch.no_grad():
         model.encoder.conv1.weight[0, 0, 0, 0] = float("inf")
-    save_weight_parts(model, tmp_path)
-    for load in (load_weight_parts, load_model_from_parts):
-        with pytest.raises(ValueError, match=r"hold NaN or inf in 1 tensor\(s\) \(encoder\.conv1\.weight\)"):
-            load(tmp_path)
+    torch.save({"format": "vicreg_lib.checkpoint", "format_version": 2, "arch": model.arch, "config": {},
+                "model": model.state_dict()}, tmp_path / "whole.pt")  # written by other means than save_checkpoint
+    blob = (tmp_path / "whole.pt").read_bytes()
+    (tmp_path / "whole.pt").unlink()
+    half = len(blob) // 2
+    (tmp_path / "model.part1of2.pt").write_bytes(blob[:half])
+    (tmp_path / "model.part2of2.pt").write_bytes(blob[half:])
+    with pytest.raises(CheckpointError, match=r"diverged run: 1 tensor\(s\) hold NaN or inf: encoder\.conv1\.weight"):
+        load_pretrained(tmp_path)

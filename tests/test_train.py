@@ -16,7 +16,7 @@ from vicreg_lib.checkpoint import CheckpointError, load_checkpoint
 from vicreg_lib.config import TrainConfig
 from vicreg_lib.model import build_model
 from vicreg_lib.optim import lr_at_step
-from vicreg_lib.runfolder import RunFolderError, read_metrics
+from vicreg_lib.runstate import RunFolderError, read_metrics
 from vicreg_lib.train import RunInterrupted, TrainingDiverged, pretrain
 
 EPOCH_KEYS = {"epoch", "step", "loss", "invariance", "variance", "covariance", "std", "effective_rank",
@@ -424,12 +424,12 @@ def test_a_killed_saves_temporary_file_is_removed_at_the_next_start(tmp_path):
 
 
 def test_a_read_only_out_dir_is_refused_before_loading_data(tmp_path, monkeypatch):
-    import vicreg_lib.runfolder as runfolder_module
+    import vicreg_lib.runstate as runstate_module
 
     def no_data(*args, **kwargs):
         raise AssertionError("data was loaded before the out_dir was checked")
 
     monkeypatch.setattr(train_module, "load_dataset", no_data)
-    monkeypatch.setattr(runfolder_module.os, "access", lambda path, mode: False)  # as for a read-only folder
+    monkeypatch.setattr(runstate_module.os, "access", lambda path, mode: False)  # as for a read-only folder
     with pytest.raises(RunFolderError, match="permission denied"):
         pretrain(tiny(tmp_path, epochs=1))

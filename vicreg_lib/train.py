@@ -3,24 +3,19 @@
     result = pretrain(TrainConfig.from_preset("fast", data="synthetic", width=8, epochs=5))
     result.history[-1]["knn_top1"]
 
-One step (``training_step``): two augmented views of a batch -> encoder + projector ->
-z1, z2: (n, d) -> loss = lam * s(Z, Z') + mu * v + nu * c (loss.py) -> one optimizer step.
+One step (``training_step``): two augmented views of a batch -> encoder + projector -> z1, z2: (n, d)
+-> loss = lam * s(Z, Z') + mu * v + nu * c (loss.py) -> one optimizer step.
 
-One run (``pretrain``): check the run folder and take its lock -> load the data and build
-the model (``prepare_run``) -> restore a checkpoint or start afresh -> per epoch: train
-(``train_one_epoch``), write its record (``epoch_record``), save (``save_state``), then
-evaluate. Ctrl-C and SIGTERM finish the current step, save everything (mid-epoch too:
-nothing is lost) and stop; ``resume=True`` continues bit for bit on the batched pipeline.
-A NaN/inf loss or weight raises TrainingDiverged; non-finite weights are never saved.
+One run (``pretrain``): check the run folder and take its lock -> load the data and build the model
+(``prepare_run``) -> restore a checkpoint or start afresh -> per epoch: train (``train_one_epoch``),
+record (``epoch_record``), save (``save_state``), evaluate. Ctrl-C, SIGTERM and ``request_stop``
+finish the step, save everything (mid-epoch too) and stop; ``resume=True`` continues bit for bit
+on the batched pipeline. A NaN/inf loss or weight raises TrainingDiverged; nothing non-finite is saved.
 
-Two input pipelines give the views:
-
-- ``batched`` (default, fast): the training images live on the training device as one
-  uint8 tensor; every step indexes a batch of a random permutation and ``BatchAugment``
-  makes both views there. No DataLoader, no worker processes, no host-to-device copies.
-- ``dataloader``: the blog post's way, a torch DataLoader applying the per-image
-  torchvision transform ``two_views_transform`` in ``num_workers`` processes (a run resumed
-  mid-epoch on it draws different augmentations for the rest of that epoch).
+The views come from one of two pipelines: ``batched`` (default): the training images live on the
+device as one uint8 tensor and ``BatchAugment`` makes both views there, with no DataLoader and no
+host-to-device copies; ``dataloader``: the blog post's way, a DataLoader applying the per-image
+``two_views_transform`` in worker processes (resumed mid-epoch, it draws other augmentations).
 """
 
 from __future__ import annotations
@@ -29,7 +24,6 @@ import contextlib
 import math
 import random
 import signal
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -44,7 +38,7 @@ from tqdm.auto import tqdm
 from .augment import BatchAugment, TransformedImages, get_recipe, two_views_transform
 from .checkpoint import (CheckpointError, capture_rng_state, check_resumable, load_checkpoint, restore_rng_state,
                          save_checkpoint)
-from .config import TrainConfig, resume_differences
+from .config import TrainConfig
 from .data import fingerprint, load_dataset, random_subset
 from .eval.diagnostics import HELDOUT_BATCH_SIZE, effective_rank, heldout_batch, per_dim_std
 from .eval.features import extract_features, knn_accuracy
@@ -52,8 +46,8 @@ from .hardware import DistInfo, gather_with_grad, init_distributed, precision_fo
 from .loss import LossTerms, VICRegLoss
 from .model import VICReg, build_model
 from .optim import build_optimizer, lr_at_step, set_lr
-from .runfolder import (CHECKPOINT_NAME, RunLock, append_metrics, check_out_dir, clear_run, read_metrics,
-                        rewrite_metrics, write_config)
+from .runstate import (CHECKPOINT_NAME, STOP_NAME, RunInterrupted, RunLock, StopSignals, append_metrics,
+                       check_out_dir, clear_run, read_metrics, rewrite_metrics, write_config)
 
 HUGE_LOSS = 1e6  # a mean loss above this is almost surely a bad setting: warn
 
@@ -62,18 +56,9 @@ class TrainingDiverged(RuntimeError):
     """The loss or the weights became NaN or infinite; nothing non-finite was saved."""
 
 
-class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM stopped the run after its state was saved; ``signum`` says which."""
-
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.signum = signum
-
-
 @dataclass
 class PretrainResult:
-    """What ``pretrain`` returns: the trained model (on the training device, eval mode),
-    one dict per epoch, and where the run's files are."""
+    """The trained model (on the training device, eval mode), one record per epoch, the run's files."""
 
     model: VICReg
     history: list[dict[str, Any]]
@@ -84,8 +69,7 @@ class PretrainResult:
 
 @dataclass
 class Run:
-    """Everything the loop works with: the settings, the data, the network and its optimizer,
-    the random generators, and where the run stands (epoch, step, this epoch's loss sums)."""
+    """Everything the loop works with, and where the run stands (epoch, step, this epoch's loss sums)."""
 
     config: TrainConfig
     dist: DistInfo
@@ -128,11 +112,8 @@ class Run:
 
 
 def plan_last_epoch(run: Run) -> int:
-    """The epoch this invocation ends with: config.epochs, or earlier under max_steps.
-
-    Worked out once, before training: counted from where the run stands then, so that it
-    cannot move while an epoch's steps advance run.step (it decides when the last save happens).
-    """
+    """The epoch this invocation ends with: config.epochs, or earlier under max_steps. Worked out once,
+    before training, so that it cannot move while steps advance run.step (it decides the last save)."""
     if run.config.max_steps is None:
         return run.config.epochs
     completed = run.epoch - (run.epoch_step > 0)  # epochs finished before the one in progress
@@ -140,16 +121,20 @@ def plan_last_epoch(run: Run) -> int:
     return min(run.config.epochs, completed + math.ceil(remaining / run.steps_per_epoch))
 
 
+def _steps_this_epoch(run: Run) -> int:
+    """Steps the epoch in progress will have when complete (fewer at the end of a max_steps run)."""
+    if run.config.max_steps is None:
+        return run.steps_per_epoch
+    return min(run.steps_per_epoch, run.epoch_step + max(run.config.max_steps - run.step, 0))
+
+
 # ----------------------------------------------------------------------------- one step
 
 
 def training_step(model: nn.Module, loss_fn: VICRegLoss, optimizer: torch.optim.Optimizer, view1: torch.Tensor,
                   view2: torch.Tensor, lr: float, use_amp: bool = False) -> LossTerms:
-    """One VICReg step on a batch of view pairs view1, view2: (b, 3, H, W); returns the loss terms.
-
-    Under DDP the embeddings of all processes are gathered before the loss, so the variance
-    and covariance terms see the global batch (as the official code does).
-    """
+    """One VICReg step on view pairs view1, view2: (b, 3, H, W); returns the loss terms. Under DDP the
+    loss sees every process's embeddings, so variance and covariance span the global batch (as officially)."""
     set_lr(optimizer, lr)
     with torch.autocast(device_type=view1.device.type, dtype=torch.bfloat16, enabled=use_amp):
         z1, z2 = model(view1, view2)  # (b, d) each
@@ -167,11 +152,10 @@ class GraphedStep:
         step = GraphedStep(model, loss_fn, optimizer, use_amp)
         terms = step(view1, view2, lr)   # the first WARMUP_STEPS calls run eagerly, then one capture
 
-    The graph holds static buffers: each call copies the views into them and writes the learning
-    rate into a 0-d tensor that the optimizer reads (``LARS`` takes a tensor lr), so the schedule
-    still applies. The returned loss terms live in the graph's buffers: read them before the next
-    call. The warm-up steps are real steps (on a side stream, as CUDA graph capture asks), so no
-    batch is lost. If capture fails, every later call runs ``training_step`` and ``why_eager`` says why.
+    Each call copies the views into the graph's buffers and the lr into a 0-d tensor that LARS reads,
+    so the schedule still applies; the returned terms live in the graph's buffers until the next call.
+    Warm-up steps are real steps (on a side stream, as capture asks). If capture fails, every later
+    call runs ``training_step`` and ``why_eager`` says why.
     """
 
     WARMUP_STEPS = 3
@@ -251,10 +235,7 @@ def graph_refusal(config: TrainConfig, device: torch.device, distributed: bool) 
 
 
 def _rank_batches(perm: torch.Tensor, batch_size: int, dist_info: DistInfo) -> list[torch.Tensor]:
-    """Split a permutation (N,) into full global batches; keep this rank's slice of each.
-
-    Returns steps = N // batch_size index tensors of batch_size / world_size entries (drop_last).
-    """
+    """N // batch_size index tensors (full global batches of perm: (N,)), this rank's slice of each."""
     local = batch_size // dist_info.world_size
     steps = perm.shape[0] // batch_size
     start = dist_info.rank * local
@@ -323,16 +304,15 @@ def prepare_run(config: TrainConfig, dist: DistInfo, out_dir: Path) -> Run:
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile == "on" or (config.compile == "auto" and device.type == "cuda"):
         train_model = torch.compile(train_model)
-    use_graph = graph_refusal(config, device, dist.enabled) is None
-    if config.cuda_graph == "on" and not use_graph:
-        raise ValueError(f"cuda_graph is on but {graph_refusal(config, device, dist.enabled)}; "
-                         f"use cuda_graph auto or off")
+    refusal = graph_refusal(config, device, dist.enabled)
+    if config.cuda_graph == "on" and refusal is not None:
+        raise ValueError(f"cuda_graph is on but {refusal}; use cuda_graph auto or off")
     loss_fn = VICRegLoss(config.lam, config.mu, config.nu, convention=config.loss_convention)
     return Run(
         config=config, dist=dist, out_dir=out_dir, train_images=train_images, train_labels=train_labels,
         eval_images=eval_images, eval_labels=eval_labels, num_classes=num_classes, model=model,
         train_model=train_model, optimizer=optimizer, loss_fn=loss_fn,
-        graphed_step=GraphedStep(train_model, loss_fn, optimizer, use_amp) if use_graph else None,
+        graphed_step=GraphedStep(train_model, loss_fn, optimizer, use_amp) if refusal is None else None,
         augment=BatchAugment(get_recipe(config.recipe, config.crop_interpolation)).to(device),
         perm_generator=torch.Generator().manual_seed(config.seed),
         augment_generator=torch.Generator(device=device).manual_seed(config.seed + 1 + dist.rank),
@@ -346,15 +326,7 @@ def restore(run: Run) -> None:
     """Continue from out_dir/checkpoint.pt: weights, optimizer, random states, position, metrics."""
     path = run.checkpoint_path
     state = load_checkpoint(path, map_location="cpu")
-    check_resumable(state, path, run.config.arch())
-    differences = resume_differences(state["config"], run.config)
-    if differences:
-        raise CheckpointError(f"cannot resume {str(path)!r} with different settings ({'; '.join(differences)}); "
-                              f"use the run's settings (its config.json) or a new out_dir")
-    _check_same_data(run, state.get("data_fingerprint"))
-    if state.get("device_type") != run.device.type:
-        raise CheckpointError(f"{str(path)!r} was trained on {state.get('device_type')}; resume it on the same "
-                              f"kind of device (--device {state.get('device_type')})")
+    check_resumable(state, path, run.config, run.data_fingerprint, run.device.type)
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.epoch, run.step = state["epoch"], state["step"]
@@ -370,16 +342,6 @@ def restore(run: Run) -> None:
     if run.dist.is_main:
         run.history = [r for r in read_metrics(run.out_dir) if r.get("epoch", 0) <= run.epoch - (run.epoch_step > 0)]
         rewrite_metrics(run.out_dir, run.history)  # drop records after the checkpoint: no duplicates
-
-
-def _check_same_data(run: Run, stored: str | None) -> None:
-    """Refuse to resume on training images other than the checkpoint's (the same spec can name a
-    file whose contents were replaced), unless allow_data_change; checkpoints without one pass."""
-    if stored is None or stored == run.data_fingerprint or run.config.allow_data_change:
-        return
-    raise CheckpointError(f"the training data of {run.config.data!r} differ from those {str(run.checkpoint_path)!r} "
-                          f"was trained on (fingerprint {run.data_fingerprint}, checkpoint {stored}); resume on the "
-                          f"same data, or pass --allow-data-change (allow_data_change=True) to continue on these")
 
 
 # ----------------------------------------------------------------------------- saving
@@ -408,11 +370,8 @@ def _optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
 
 
 def save_state(run: Run) -> None:
-    """Write everything a resumed run needs to out_dir/checkpoint.pt (main process; atomic).
-
-    Refuses non-finite weights (TrainingDiverged). A failed write (a full disk) keeps the
-    previous checkpoint and says so.
-    """
+    """Write everything a resumed run needs to out_dir/checkpoint.pt (main process; atomic). Non-finite
+    weights raise TrainingDiverged; a failed write (a full disk) keeps the previous checkpoint and says so."""
     augment_states = _augment_states(run)  # a collective: every rank takes part
     if not run.dist.is_main:
         run.saved_step = run.step  # every rank must agree on whether a final save is due
@@ -468,8 +427,8 @@ def _check_loss(run: Run, bar) -> None:
 
 
 def train_one_epoch(run: Run, stop: StopSignals, bar) -> None:
-    """Train through the epoch in progress (from run.epoch_step on); returns early when a stop
-    signal arrives, after the step it arrived in."""
+    """Train through the epoch in progress (from run.epoch_step on); returns early, after the step,
+    when a stop is requested."""
     config = run.config
     run.epoch_step_start = run.epoch_step
     run.perm_generator.set_state(run.epoch_perm_state)
@@ -498,14 +457,15 @@ def train_one_epoch(run: Run, stop: StopSignals, bar) -> None:
         bar.update(1)
         if run.epoch_step % config.log_every == 0 or index == len(batches) - 1:
             _check_loss(run, bar)
+            _poll_stop_file(run, stop)
         if stop.requested:
             return
 
 
 @torch.no_grad()
 def _heldout_spread(run: Run) -> dict[str, float]:
-    """Mean per-dimension std and effective rank of z on the fixed held-out batch (diagnostics.heldout_batch:
-    512 eval-split images, or all of a smaller split), the same in every run and notebook."""
+    """Mean per-dimension std and effective rank of z on the fixed held-out batch (512 eval-split images,
+    or all of a smaller split; diagnostics.heldout_batch), the same in every run and notebook."""
     images = run.eval_images if run.eval_images is not None else run.train_images
     batch = heldout_batch(images, n=min(HELDOUT_BATCH_SIZE, images.shape[0]))
     z = extract_features(run.model, batch, device=run.device, which="embedding")  # (512, d), eval mode
@@ -514,24 +474,18 @@ def _heldout_spread(run: Run) -> dict[str, float]:
     return {"std": per_dim_std(z).mean().item(), "effective_rank": float(effective_rank(z))}
 
 
-def _steps_timed(run: Run) -> int:
-    """The epoch's steps this process took (and timed): all of them, unless it resumed mid-epoch."""
-    return run.epoch_step - run.epoch_step_start
-
-
 def epoch_record(run: Run, train_time: float) -> dict[str, Any]:
     """The epoch's line of metrics.jsonl: loss terms, embedding spread, learning rate, speed."""
     totals = (run.epoch_sums / max(run.epoch_step, 1)).tolist()
     record = {"epoch": run.epoch, "step": run.step, "loss": totals[0], "invariance": totals[1],
               "variance": totals[2], "covariance": totals[3], **_heldout_spread(run),
               "lr": current_lr(run.optimizer), "train_time_s": train_time,
-              "images_per_s": _steps_timed(run) * run.config.batch_size / train_time}
+              "images_per_s": (run.epoch_step - run.epoch_step_start) * run.config.batch_size / train_time}
     if run.epoch_step < run.steps_per_epoch:
         record["steps"] = run.epoch_step  # a max_steps run stopped inside this epoch
     if run.epoch_step_start:
         record["resumed_at_step"] = run.epoch_step_start  # the speeds count only the steps after it
     return record
-
 
 
 def evaluate_knn(run: Run) -> dict[str, float]:
@@ -548,43 +502,21 @@ def evaluate_knn(run: Run) -> dict[str, float]:
 # ----------------------------------------------------------------------------- stopping
 
 
-class StopSignals:
-    """While active, Ctrl-C (SIGINT) and SIGTERM ask the loop to stop after the current step
-    instead of killing it mid-write; a second Ctrl-C stops at once. Until ``armed`` (while the data
-    loads and the model is built) they stop at once: there is nothing to save, and finishing the
-    setup only to train a step and save would keep a run the user aborted."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.armed = False
-        self._previous: dict[int, Any] = {}
-
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if not self.armed:
-            raise RunInterrupted(f"{signal.Signals(signum).name} before training began: nothing was saved", signum)
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # asked twice: stop now
-        self.signum = signum
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+def _poll_stop_file(run: Run, stop: StopSignals) -> None:
+    """A stop request (runstate.request_stop) counts as Ctrl-C. Under DDP every process must stop after
+    the same step, so the main process's answer is shared (one all-reduce every log_every steps)."""
+    found = stop.file_requested()
+    if run.dist.enabled:
+        flag = torch.tensor([float(found)], device=run.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        found = bool(flag.item())
+    if found and not stop.requested:
+        stop.request(signal.SIGINT, f"a stop was requested ({STOP_NAME} in the run folder)")
 
 
 def _stopped(run: Run, stop: StopSignals) -> RunInterrupted:
-    name = signal.Signals(stop.signum).name
     where = f"after step {run.epoch_step} of epoch {run.epoch}" if run.epoch_step else f"after epoch {run.epoch}"
-    return RunInterrupted(f"{name}: saved the run {where} to {str(run.checkpoint_path)!r}; continue it with "
+    return RunInterrupted(f"{stop.reason}: saved the run {where} to {str(run.checkpoint_path)!r}; continue it with "
                           f"--resume (resume=True) and the same settings", stop.signum)
 
 
@@ -627,15 +559,13 @@ def _weights_finite(model: nn.Module) -> bool:
 
 
 def _finish_epoch(run: Run, train_time: float, wall_start: float) -> None:
-    """Record, save (before evaluating, so an error there loses nothing), evaluate, log.
-
-    No number is recorded from a model with non-finite weights: that raises TrainingDiverged.
-    """
+    """Check the weights are finite, record, save (before evaluating, so an error there loses nothing),
+    evaluate, log."""
     config, is_last = run.config, run.epoch == run.last_epoch
     if not _weights_finite(run.model):
         raise _diverged(run, "the weights became non-finite")
     record = epoch_record(run, train_time)
-    steps = _steps_timed(run)
+    steps = run.epoch_step - run.epoch_step_start  # the steps this process took (and timed)
     run.epoch_step, run.epoch_sums = 0, None
     run.epoch_perm_state = run.perm_generator.get_state()
     saved = is_last or bool(config.checkpoint_every and run.epoch % config.checkpoint_every == 0)
@@ -657,19 +587,19 @@ def _finish_epoch(run: Run, train_time: float, wall_start: float) -> None:
 def pretrain(config: TrainConfig) -> PretrainResult:
     """Pretrain a VICReg model as ``config`` says; returns the model and the per-epoch history.
 
-    Ctrl-C or SIGTERM saves the state after the current step and raises RunInterrupted (a
-    KeyboardInterrupt); continue with ``resume=True``. A NaN/inf loss or weight raises
-    TrainingDiverged and leaves the last checkpoint as it was.
+    Ctrl-C, SIGTERM or ``request_stop(out_dir)`` saves the state after the current step and raises
+    RunInterrupted (a KeyboardInterrupt); continue with ``resume=True``. A NaN/inf loss or weight
+    raises TrainingDiverged and leaves the last checkpoint as it was.
     """
     config, dist, out_dir = _start(config)
     lock = RunLock(out_dir) if dist.is_main else contextlib.nullcontext()
-    with lock, StopSignals() as stop:
+    with lock, StopSignals(out_dir / STOP_NAME if dist.is_main else None) as stop:
         run = prepare_run(config, dist, out_dir)
         _begin(run)
         run.last_epoch = plan_last_epoch(run)
         first = run.epoch + 1 if run.epoch_step == 0 else run.epoch
         bar = tqdm(total=max((run.last_epoch - first + 1) * run.steps_per_epoch - run.epoch_step, 0),
-                           desc="pretrain", disable=not (config.progress and dist.is_main))
+                   desc="pretrain", disable=not (config.progress and dist.is_main))
         run.model.train()
         stop.armed = True
         try:
@@ -677,11 +607,9 @@ def pretrain(config: TrainConfig) -> PretrainResult:
                 wall_start = time.perf_counter()
                 run.epoch = epoch
                 train_one_epoch(run, stop, bar)
-                if stop.requested and run.epoch_step < _steps_this_epoch(run):
-                    save_state(run)
-                    raise _stopped(run, stop)
-                _finish_epoch(run, time.perf_counter() - wall_start, wall_start)
-                run.model.train()
+                if not (stop.requested and run.epoch_step < _steps_this_epoch(run)):  # not stopped mid-epoch
+                    _finish_epoch(run, time.perf_counter() - wall_start, wall_start)
+                    run.model.train()
                 if stop.requested:
                     save_state(run)
                     raise _stopped(run, stop)
@@ -693,9 +621,3 @@ def pretrain(config: TrainConfig) -> PretrainResult:
     return PretrainResult(model=run.model, history=run.history, out_dir=out_dir,
                           checkpoint_path=run.checkpoint_path, config=config)
 
-
-def _steps_this_epoch(run: Run) -> int:
-    """Steps the epoch in progress will have when complete (fewer at the end of a max_steps run)."""
-    if run.config.max_steps is None:
-        return run.steps_per_epoch
-    return min(run.steps_per_epoch, run.epoch_step + max(run.config.max_steps - run.step, 0))

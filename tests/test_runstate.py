@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from vicreg_lib.config import TrainConfig
-from vicreg_lib.runfolder import RunFolderError, RunLock, read_config
+from vicreg_lib.runstate import RunFolderError, RunLock, read_config
 from vicreg_lib.train import pretrain
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 # every contender tries while a winner still holds it, however slowly each one starts)
 HOLDER = """
 import sys
-from vicreg_lib.runfolder import RunFolderError, RunLock
+from vicreg_lib.runstate import RunFolderError, RunLock
 try:
     lock = RunLock(sys.argv[1]).acquire()
 except RunFolderError as error:
