@@ -7,7 +7,6 @@ import torch
 
 from vicreg_lib.checkpoint import CheckpointError, load_checkpoint, load_pretrained, save_checkpoint
 from vicreg_lib.config import TrainConfig
-from vicreg_lib.runstate import remove_stale_tmp
 from vicreg_lib.train import pretrain
 
 
@@ -98,13 +97,6 @@ def test_non_finite_weights_are_never_saved_and_never_evaluated(checkpoint_path,
     torch.save(state, tmp_path / "nan.pt")  # written by other means: loading for use refuses it
     with pytest.raises(CheckpointError, match=r"diverged run: 1 tensor.*encoder.conv1.weight"):
         load_pretrained(tmp_path / "nan.pt")
-
-
-def test_stale_temporary_files_are_removed(tmp_path):
-    (tmp_path / ".checkpoint.pt.abc123.tmp").write_bytes(b"killed mid-save")
-    (tmp_path / "keep.txt").write_text("x")
-    assert [p.name for p in remove_stale_tmp(tmp_path, "checkpoint.pt")] == [".checkpoint.pt.abc123.tmp"]
-    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
 def test_save_is_atomic(tmp_path, monkeypatch):
