@@ -4,18 +4,12 @@
     result.history[-1]["knn_top1"]
 
 One step (``training_step``): two augmented views of a batch -> encoder + projector -> z1, z2: (n, d)
--> loss = lam * s(Z, Z') + mu * v + nu * c (loss.py) -> one optimizer step.
-
-One run (``pretrain``): check the run folder and take its lock -> load the data and build the model
-(``prepare_run``) -> restore a checkpoint or start afresh -> per epoch: train (``train_one_epoch``),
-record (``epoch_record``), save (``save_state``), evaluate. Ctrl-C, SIGTERM and ``request_stop``
-finish the step, save everything (mid-epoch too) and stop; ``resume=True`` continues bit for bit
-on the batched pipeline. A NaN/inf loss or weight raises TrainingDiverged; nothing non-finite is saved.
-
-The views come from one of two pipelines: ``batched`` (default): the training images live on the
-device as one uint8 tensor and ``BatchAugment`` makes both views there, with no DataLoader and no
-host-to-device copies; ``dataloader``: the blog post's way, a DataLoader applying the per-image
-``two_views_transform`` in worker processes (resumed mid-epoch, it draws other augmentations).
+-> loss = lam * s(Z, Z') + mu * v + nu * c (loss.py) -> one optimizer step. One run (``pretrain``):
+check the run folder and take its lock -> ``prepare_run`` -> ``restore`` or start afresh -> per epoch
+``train_one_epoch``, ``epoch_record``, ``save_state``, ``evaluate_knn``. The views come from the
+``batched`` pipeline (images on the device, ``BatchAugment``; no DataLoader, no host copies) or the
+blog's ``dataloader`` (per-image ``two_views_transform`` in worker processes). Stopping, resuming and
+divergence: docs/design.md.
 """
 
 from __future__ import annotations
@@ -50,6 +44,111 @@ from .runstate import (CHECKPOINT_NAME, STOP_NAME, RunInterrupted, RunLock, Stop
                        check_out_dir, clear_run, read_metrics, rewrite_metrics, write_config)
 
 HUGE_LOSS = 1e6  # a mean loss above this is almost surely a bad setting: warn
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+def training_step(model: nn.Module, loss_fn: VICRegLoss, optimizer: torch.optim.Optimizer, view1: torch.Tensor,
+                  view2: torch.Tensor, lr: float, use_amp: bool = False) -> LossTerms:
+    """One VICReg step on view pairs view1, view2: (b, 3, H, W); returns the loss terms. Under DDP the
+    loss sees every process's embeddings, so variance and covariance span the global batch (as officially)."""
+    set_lr(optimizer, lr)
+    with torch.autocast(device_type=view1.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        z1, z2 = model(view1, view2)  # (b, d) each
+    z1, z2 = gather_with_grad(z1), gather_with_grad(z2)  # (batch_size, d): the global batch
+    loss = loss_fn(z1, z2)  # float32 terms
+    optimizer.zero_grad(set_to_none=True)
+    loss.total.backward()
+    optimizer.step()
+    return loss
+
+
+class GraphedStep:
+    """``training_step`` captured once in a CUDA graph and replayed: no Python and no launches per step.
+
+        step = GraphedStep(model, loss_fn, optimizer, use_amp)
+        terms = step(view1, view2, lr)   # the first WARMUP_STEPS calls run eagerly, then one capture
+
+    Each call copies the views into the graph's buffers and the lr into a 0-d tensor that LARS reads,
+    so the schedule still applies; the returned terms live in the graph's buffers until the next call.
+    Warm-up steps are real steps (on a side stream, as capture asks). If capture fails, every later
+    call runs ``training_step`` and ``why_eager`` says why.
+    """
+
+    WARMUP_STEPS = 3
+
+    def __init__(self, model: nn.Module, loss_fn: VICRegLoss, optimizer: torch.optim.Optimizer, use_amp: bool) -> None:
+        self.model, self.loss_fn, self.optimizer, self.use_amp = model, loss_fn, optimizer, use_amp
+        self.calls = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.why_eager: str | None = None
+        self.lr = torch.zeros((), device=next(model.parameters()).device)
+
+    @property
+    def graphed(self) -> bool:
+        return self.graph is not None
+
+    def __call__(self, view1: torch.Tensor, view2: torch.Tensor, lr: float) -> LossTerms:
+        self.calls += 1
+        if self.graph is not None:
+            self.static_views[0].copy_(view1)
+            self.static_views[1].copy_(view2)
+            self.lr.fill_(lr)
+            self.graph.replay()
+            return self.static_terms
+        if self.why_eager is not None or self.calls <= self.WARMUP_STEPS:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                terms = training_step(self.model, self.loss_fn, self.optimizer, view1, view2, lr, self.use_amp)
+            torch.cuda.current_stream().wait_stream(side)
+            return terms
+        return self._capture(view1, view2, lr)
+
+    def _capture(self, view1: torch.Tensor, view2: torch.Tensor, lr: float) -> LossTerms:
+        self.static_views = (view1.clone(), view2.clone())
+        self.lr.fill_(lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        self.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                # autocast's weight cache would hold casts made during capture: off inside a graph
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_amp, cache_enabled=False):
+                    z1, z2 = self.model(*self.static_views)  # (b, d) each
+                self.static_terms = self.loss_fn(z1, z2)
+                self.static_terms.total.backward()
+                self.optimizer.step()
+        except Exception as error:  # noqa: BLE001 - any capture failure falls back to eager steps
+            self.why_eager = f"CUDA graph capture failed ({type(error).__name__}: {str(error).splitlines()[0]})"
+            warnings.warn(f"{self.why_eager}; training continues without the graph", RuntimeWarning, stacklevel=3)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.optimizer.zero_grad(set_to_none=True)
+            return training_step(self.model, self.loss_fn, self.optimizer, view1, view2, lr, self.use_amp)
+        self.graph = graph
+        graph.replay()  # capture only records: this runs the step
+        return self.static_terms
+
+
+def graph_refusal(config: TrainConfig, device: torch.device, distributed: bool) -> str | None:
+    """Why the run's step is not captured in a CUDA graph (None: it is)."""
+    if config.cuda_graph == "off":
+        return "cuda_graph is off"
+    if device.type != "cuda":
+        return "CUDA graphs need a CUDA device" if config.cuda_graph == "on" else "not on CUDA"
+    if distributed:
+        return "not under DDP (its gradient hooks talk to other processes)"
+    if config.optimizer != "lars":
+        return "the graphed step needs LARS (it reads a tensor learning rate)"
+    if config.pipeline != "batched":
+        return "the dataloader pipeline feeds the step from the host"
+    return None
+
+
+# ----------------------------------------------------------------------------- the run's state
 
 
 class TrainingDiverged(RuntimeError):
@@ -121,145 +220,7 @@ def plan_last_epoch(run: Run) -> int:
     return min(run.config.epochs, completed + math.ceil(remaining / run.steps_per_epoch))
 
 
-def _steps_this_epoch(run: Run) -> int:
-    """Steps the epoch in progress will have when complete (fewer at the end of a max_steps run)."""
-    if run.config.max_steps is None:
-        return run.steps_per_epoch
-    return min(run.steps_per_epoch, run.epoch_step + max(run.config.max_steps - run.step, 0))
-
-
-# ----------------------------------------------------------------------------- one step
-
-
-def training_step(model: nn.Module, loss_fn: VICRegLoss, optimizer: torch.optim.Optimizer, view1: torch.Tensor,
-                  view2: torch.Tensor, lr: float, use_amp: bool = False) -> LossTerms:
-    """One VICReg step on view pairs view1, view2: (b, 3, H, W); returns the loss terms. Under DDP the
-    loss sees every process's embeddings, so variance and covariance span the global batch (as officially)."""
-    set_lr(optimizer, lr)
-    with torch.autocast(device_type=view1.device.type, dtype=torch.bfloat16, enabled=use_amp):
-        z1, z2 = model(view1, view2)  # (b, d) each
-    z1, z2 = gather_with_grad(z1), gather_with_grad(z2)  # (batch_size, d): the global batch
-    loss = loss_fn(z1, z2)  # float32 terms
-    optimizer.zero_grad(set_to_none=True)
-    loss.total.backward()
-    optimizer.step()
-    return loss
-
-
-class GraphedStep:
-    """``training_step`` captured once in a CUDA graph and replayed: no Python and no launches per step.
-
-        step = GraphedStep(model, loss_fn, optimizer, use_amp)
-        terms = step(view1, view2, lr)   # the first WARMUP_STEPS calls run eagerly, then one capture
-
-    Each call copies the views into the graph's buffers and the lr into a 0-d tensor that LARS reads,
-    so the schedule still applies; the returned terms live in the graph's buffers until the next call.
-    Warm-up steps are real steps (on a side stream, as capture asks). If capture fails, every later
-    call runs ``training_step`` and ``why_eager`` says why.
-    """
-
-    WARMUP_STEPS = 3
-
-    def __init__(self, model: nn.Module, loss_fn: VICRegLoss, optimizer: torch.optim.Optimizer,
-                 use_amp: bool) -> None:
-        self.model, self.loss_fn, self.optimizer, self.use_amp = model, loss_fn, optimizer, use_amp
-        self.calls = 0
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.why_eager: str | None = None
-        self.lr = torch.zeros((), device=next(model.parameters()).device)
-
-    @property
-    def graphed(self) -> bool:
-        return self.graph is not None
-
-    def __call__(self, view1: torch.Tensor, view2: torch.Tensor, lr: float) -> LossTerms:
-        self.calls += 1
-        if self.graph is not None:
-            self.static_views[0].copy_(view1)
-            self.static_views[1].copy_(view2)
-            self.lr.fill_(lr)
-            self.graph.replay()
-            return self.static_terms
-        if self.why_eager is not None or self.calls <= self.WARMUP_STEPS:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                terms = training_step(self.model, self.loss_fn, self.optimizer, view1, view2, lr, self.use_amp)
-            torch.cuda.current_stream().wait_stream(side)
-            return terms
-        return self._capture(view1, view2, lr)
-
-    def _capture(self, view1: torch.Tensor, view2: torch.Tensor, lr: float) -> LossTerms:
-        self.static_views = (view1.clone(), view2.clone())
-        self.lr.fill_(lr)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr
-        self.optimizer.zero_grad(set_to_none=True)
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph):
-                # autocast's weight cache would hold casts made during capture: off inside a graph
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_amp, cache_enabled=False):
-                    z1, z2 = self.model(*self.static_views)  # (b, d) each
-                self.static_terms = self.loss_fn(z1, z2)
-                self.static_terms.total.backward()
-                self.optimizer.step()
-        except Exception as error:  # noqa: BLE001 - any capture failure falls back to eager steps
-            self.why_eager = f"CUDA graph capture failed ({type(error).__name__}: {str(error).splitlines()[0]})"
-            warnings.warn(f"{self.why_eager}; training continues without the graph", RuntimeWarning, stacklevel=3)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            self.optimizer.zero_grad(set_to_none=True)
-            return training_step(self.model, self.loss_fn, self.optimizer, view1, view2, lr, self.use_amp)
-        self.graph = graph
-        graph.replay()  # capture only records: this runs the step
-        return self.static_terms
-
-
-def graph_refusal(config: TrainConfig, device: torch.device, distributed: bool) -> str | None:
-    """Why the run's step is not captured in a CUDA graph (None: it is)."""
-    if config.cuda_graph == "off":
-        return "cuda_graph is off"
-    if device.type != "cuda":
-        return "CUDA graphs need a CUDA device" if config.cuda_graph == "on" else "not on CUDA"
-    if distributed:
-        return "not under DDP (its gradient hooks talk to other processes)"
-    if config.optimizer != "lars":
-        return "the graphed step needs LARS (it reads a tensor learning rate)"
-    if config.pipeline != "batched":
-        return "the dataloader pipeline feeds the step from the host"
-    return None
-
-
-# ----------------------------------------------------------------------------- input pipelines
-
-
-def _rank_batches(perm: torch.Tensor, batch_size: int, dist_info: DistInfo) -> list[torch.Tensor]:
-    """N // batch_size index tensors (full global batches of perm: (N,)), this rank's slice of each."""
-    local = batch_size // dist_info.world_size
-    steps = perm.shape[0] // batch_size
-    start = dist_info.rank * local
-    return [perm[i * batch_size + start: i * batch_size + start + local] for i in range(steps)]
-
-
-def _views(run: Run, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The two views of each batch, from the batched pipeline or a DataLoader (the blog post's way)."""
-    if run.config.pipeline == "batched":
-        for index in batches:
-            yield run.augment(run.train_images[index], generator=run.augment_generator)
-        return
-    if not batches:
-        return
-    loader = torch.utils.data.DataLoader(
-        TransformedImages(run.train_images,
-                          two_views_transform(get_recipe(run.config.recipe, run.config.crop_interpolation))),
-        batch_size=batches[0].shape[0], sampler=torch.cat(batches).tolist(), num_workers=run.config.num_workers,
-        pin_memory=run.device.type == "cuda", drop_last=True, generator=run.perm_generator)
-    for view1, view2 in loader:
-        yield view1.to(run.device, non_blocking=True), view2.to(run.device, non_blocking=True)
-
-
-# ----------------------------------------------------------------------------- preparing a run
+# ----------------------------------------------------------------------------- preparing and restoring a run
 
 
 def _load_data(config: TrainConfig, device: torch.device):
@@ -344,63 +305,31 @@ def restore(run: Run) -> None:
         rewrite_metrics(run.out_dir, run.history)  # drop records after the checkpoint: no duplicates
 
 
-# ----------------------------------------------------------------------------- saving
-
-
-def _augment_states(run: Run) -> list[torch.Tensor]:
-    """Every rank's augmentation-generator state (rank order), so each can be restored."""
-    state = run.augment_generator.get_state()
-    if not run.dist.enabled:
-        return [state]
-    states: list[Any] = [None] * run.dist.world_size
-    torch.distributed.all_gather_object(states, state)
-    return states
-
-
-def current_lr(optimizer: torch.optim.Optimizer) -> float:
-    """The first group's learning rate as a number (a graphed step keeps it in a tensor)."""
-    return float(optimizer.param_groups[0]["lr"])
-
-
-def _optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """optimizer.state_dict() with plain-number learning rates, whatever device the step reads them on."""
-    state = optimizer.state_dict()
-    state["param_groups"] = [{**group, "lr": float(group["lr"])} for group in state["param_groups"]]
-    return state
-
-
-def save_state(run: Run) -> None:
-    """Write everything a resumed run needs to out_dir/checkpoint.pt (main process; atomic). Non-finite
-    weights raise TrainingDiverged; a failed write (a full disk) keeps the previous checkpoint and says so."""
-    augment_states = _augment_states(run)  # a collective: every rank takes part
-    if not run.dist.is_main:
-        run.saved_step = run.step  # every rank must agree on whether a final save is due
-        return
-    rng = capture_rng_state()
-    mid_epoch = run.epoch_step > 0
-    rng["permutation"] = run.epoch_perm_state if mid_epoch else run.perm_generator.get_state()
-    rng["augment"] = augment_states
-    state = {
-        "arch": run.config.arch(), "config": run.config.to_dict(), "model": run.model.state_dict(),
-        "optimizer": _optimizer_state(run.optimizer), "epoch": run.epoch, "step": run.step,
-        "epoch_step": run.epoch_step, "device_type": run.device.type, "rng": rng,
-        "data_fingerprint": run.data_fingerprint,
-    }
-    if mid_epoch:
-        state["epoch_sums"] = run.epoch_sums
-    try:
-        save_checkpoint(state, run.checkpoint_path)
-        run.saved_step = run.step
-    except CheckpointError as error:
-        raise TrainingDiverged(f"{error}; lower the learning rate (--lr) or check lam/mu/nu") from None
-    except OSError as error:
-        kept = "the previous checkpoint is intact" if run.checkpoint_path.exists() else "no checkpoint was written"
-        message = (f"could not write {str(run.checkpoint_path)!r} ({error.strerror or error}); {kept}. "
-                   f"Free some disk space and resume")
-        raise (OSError(error.errno, message) if error.errno else OSError(message)) from error
-
-
 # ----------------------------------------------------------------------------- one epoch
+
+
+def _rank_batches(perm: torch.Tensor, batch_size: int, dist_info: DistInfo) -> list[torch.Tensor]:
+    """N // batch_size index tensors (full global batches of perm: (N,)), this rank's slice of each."""
+    local = batch_size // dist_info.world_size
+    start = dist_info.rank * local
+    return [perm[i * batch_size + start: i * batch_size + start + local] for i in range(perm.shape[0] // batch_size)]
+
+
+def _views(run: Run, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The two views of each batch, from the batched pipeline or a DataLoader (the blog post's way)."""
+    if run.config.pipeline == "batched":
+        for index in batches:
+            yield run.augment(run.train_images[index], generator=run.augment_generator)
+        return
+    if not batches:
+        return
+    loader = torch.utils.data.DataLoader(
+        TransformedImages(run.train_images,
+                          two_views_transform(get_recipe(run.config.recipe, run.config.crop_interpolation))),
+        batch_size=batches[0].shape[0], sampler=torch.cat(batches).tolist(), num_workers=run.config.num_workers,
+        pin_memory=run.device.type == "cuda", drop_last=True, generator=run.perm_generator)
+    for view1, view2 in loader:
+        yield view1.to(run.device, non_blocking=True), view2.to(run.device, non_blocking=True)
 
 
 def _diverged(run: Run, what: str) -> TrainingDiverged:
@@ -426,9 +355,21 @@ def _check_loss(run: Run, bar) -> None:
                     cov=f"{means[3]:.4f}")
 
 
-def train_one_epoch(run: Run, stop: StopSignals, bar) -> None:
-    """Train through the epoch in progress (from run.epoch_step on); returns early, after the step,
-    when a stop is requested."""
+def _poll_stop_file(run: Run, stop: StopSignals) -> None:
+    """A stop request (runstate.request_stop) counts as Ctrl-C. Under DDP every process must stop after
+    the same step, so the main process's answer is shared (one all-reduce every log_every steps)."""
+    found = stop.file_requested()
+    if run.dist.enabled:
+        flag = torch.tensor([float(found)], device=run.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        found = bool(flag.item())
+    if found and not stop.requested:
+        stop.request(signal.SIGINT, f"a stop was requested ({STOP_NAME} in the run folder)")
+
+
+def train_one_epoch(run: Run, stop: StopSignals, bar) -> bool:
+    """Train through the epoch in progress (from run.epoch_step on). Returns early, after the step, when
+    a stop is requested: True when that left steps of the epoch untrained."""
     config = run.config
     run.epoch_step_start = run.epoch_step
     run.perm_generator.set_state(run.epoch_perm_state)
@@ -447,10 +388,8 @@ def train_one_epoch(run: Run, stop: StopSignals, bar) -> None:
             view1 = view1.contiguous(memory_format=torch.channels_last)
             view2 = view2.contiguous(memory_format=torch.channels_last)
         lr = lr_at_step(run.step, **schedule)
-        if run.graphed_step is not None:
-            loss = run.graphed_step(view1, view2, lr)
-        else:
-            loss = training_step(run.train_model, run.loss_fn, run.optimizer, view1, view2, lr, run.use_amp)
+        loss = (run.graphed_step(view1, view2, lr) if run.graphed_step is not None else
+                training_step(run.train_model, run.loss_fn, run.optimizer, view1, view2, lr, run.use_amp))
         run.step += 1
         run.epoch_step += 1
         run.epoch_sums += torch.stack([loss.total, loss.invariance, loss.variance, loss.covariance]).detach()
@@ -459,7 +398,8 @@ def train_one_epoch(run: Run, stop: StopSignals, bar) -> None:
             _check_loss(run, bar)
             _poll_stop_file(run, stop)
         if stop.requested:
-            return
+            return index < len(batches) - 1
+    return False
 
 
 @torch.no_grad()
@@ -499,19 +439,54 @@ def evaluate_knn(run: Run) -> dict[str, float]:
     return {"knn_top1": result[f"knn_top1@{k}"], "knn_k": k, "knn_top1@20": result["knn_top1@20"]}
 
 
-# ----------------------------------------------------------------------------- stopping
+# ----------------------------------------------------------------------------- saving
 
 
-def _poll_stop_file(run: Run, stop: StopSignals) -> None:
-    """A stop request (runstate.request_stop) counts as Ctrl-C. Under DDP every process must stop after
-    the same step, so the main process's answer is shared (one all-reduce every log_every steps)."""
-    found = stop.file_requested()
-    if run.dist.enabled:
-        flag = torch.tensor([float(found)], device=run.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        found = bool(flag.item())
-    if found and not stop.requested:
-        stop.request(signal.SIGINT, f"a stop was requested ({STOP_NAME} in the run folder)")
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The first group's learning rate as a number (a graphed step keeps it in a tensor)."""
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """optimizer.state_dict() with plain-number learning rates, whatever device the step reads them on."""
+    state = optimizer.state_dict()
+    state["param_groups"] = [{**group, "lr": float(group["lr"])} for group in state["param_groups"]]
+    return state
+
+
+def save_state(run: Run) -> None:
+    """Write everything a resumed run needs to out_dir/checkpoint.pt (main process; atomic). Non-finite
+    weights raise TrainingDiverged; a failed write (a full disk) keeps the previous checkpoint and says so."""
+    augment_states: list[Any] = [run.augment_generator.get_state()]  # every rank's, in rank order
+    if run.dist.enabled:  # a collective: every rank takes part
+        augment_states = [None] * run.dist.world_size
+        torch.distributed.all_gather_object(augment_states, run.augment_generator.get_state())
+    if not run.dist.is_main:
+        run.saved_step = run.step  # every rank must agree on whether a final save is due
+        return
+    rng = capture_rng_state()
+    mid_epoch = run.epoch_step > 0
+    rng["permutation"] = run.epoch_perm_state if mid_epoch else run.perm_generator.get_state()
+    rng["augment"] = augment_states
+    state = {"arch": run.config.arch(), "config": run.config.to_dict(), "model": run.model.state_dict(),
+             "optimizer": _optimizer_state(run.optimizer), "epoch": run.epoch, "step": run.step,
+             "epoch_step": run.epoch_step, "device_type": run.device.type, "rng": rng,
+             "data_fingerprint": run.data_fingerprint}
+    if mid_epoch:
+        state["epoch_sums"] = run.epoch_sums
+    try:
+        save_checkpoint(state, run.checkpoint_path)
+        run.saved_step = run.step
+    except CheckpointError as error:
+        raise TrainingDiverged(f"{error}; lower the learning rate (--lr) or check lam/mu/nu") from None
+    except OSError as error:
+        kept = "the previous checkpoint is intact" if run.checkpoint_path.exists() else "no checkpoint was written"
+        message = (f"could not write {str(run.checkpoint_path)!r} ({error.strerror or error}); {kept}. "
+                   f"Free some disk space and resume")
+        raise (OSError(error.errno, message) if error.errno else OSError(message)) from error
+
+
+# ----------------------------------------------------------------------------- the run
 
 
 def _stopped(run: Run, stop: StopSignals) -> RunInterrupted:
@@ -520,10 +495,8 @@ def _stopped(run: Run, stop: StopSignals) -> RunInterrupted:
                           f"--resume (resume=True) and the same settings", stop.signum)
 
 
-# ----------------------------------------------------------------------------- the run
-
-
 def _start(config: TrainConfig) -> tuple[TrainConfig, DistInfo, Path]:
+    """Resolve the config, join the process group, check the run folder (before any data is loaded)."""
     config = config.resolved()
     dist = init_distributed(config.device)
     if config.batch_size % dist.world_size:
@@ -553,16 +526,12 @@ def _log(run: Run, record: dict[str, Any]) -> None:
     append_metrics(run.out_dir, record)
 
 
-def _weights_finite(model: nn.Module) -> bool:
-    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
-    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())  # one device sync
-
-
 def _finish_epoch(run: Run, train_time: float, wall_start: float) -> None:
     """Check the weights are finite, record, save (before evaluating, so an error there loses nothing),
     evaluate, log."""
     config, is_last = run.config, run.epoch == run.last_epoch
-    if not _weights_finite(run.model):
+    tensors = [t for t in run.model.state_dict().values() if t.is_floating_point()]
+    if not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):  # one device sync
         raise _diverged(run, "the weights became non-finite")
     record = epoch_record(run, train_time)
     steps = run.epoch_step - run.epoch_step_start  # the steps this process took (and timed)
@@ -588,9 +557,8 @@ def pretrain(config: TrainConfig) -> PretrainResult:
     """Pretrain a VICReg model as ``config`` says; returns the model and the per-epoch history.
 
     Ctrl-C, SIGTERM or ``request_stop(out_dir)`` saves the state after the current step and raises
-    RunInterrupted (a KeyboardInterrupt); continue with ``resume=True``. A NaN/inf loss or weight
-    raises TrainingDiverged and leaves the last checkpoint as it was.
-    """
+    RunInterrupted (a KeyboardInterrupt): continue with ``resume=True``. A NaN/inf loss or weight
+    raises TrainingDiverged, leaving the last checkpoint as it was."""
     config, dist, out_dir = _start(config)
     lock = RunLock(out_dir) if dist.is_main else contextlib.nullcontext()
     with lock, StopSignals(out_dir / STOP_NAME if dist.is_main else None) as stop:
@@ -606,8 +574,7 @@ def pretrain(config: TrainConfig) -> PretrainResult:
             for epoch in range(first, run.last_epoch + 1):
                 wall_start = time.perf_counter()
                 run.epoch = epoch
-                train_one_epoch(run, stop, bar)
-                if not (stop.requested and run.epoch_step < _steps_this_epoch(run)):  # not stopped mid-epoch
+                if not train_one_epoch(run, stop, bar):  # not stopped mid-epoch
                     _finish_epoch(run, time.perf_counter() - wall_start, wall_start)
                     run.model.train()
                 if stop.requested:
@@ -620,4 +587,3 @@ def pretrain(config: TrainConfig) -> PretrainResult:
     run.model.eval()
     return PretrainResult(model=run.model, history=run.history, out_dir=out_dir,
                           checkpoint_path=run.checkpoint_path, config=config)
-
