@@ -191,7 +191,7 @@ def test_resuming_from_non_finite_weights_is_refused_before_training(checkpoint_
     assert (out / "metrics.jsonl").read_text() == '{"epoch": 1, "loss": 20.0}\n'  # no NaN epoch trained
 
 
-def test_weight_parts_with_non_finite_weights_are_refused(tmp_path):
+def test_a_checkpoint_in_parts_with_non_finite_weights_is_refused(tmp_path):
     """A checkpoint cut into parts loads through load_pretrained, which refuses NaN or inf there too."""
     from vicreg_lib.model import build_model
 

@@ -346,7 +346,7 @@ def test_missing_or_damaged_parts_are_refused(tmp_path):
         load_pretrained(tmp_path / "elsewhere")
 
 
-def test_weight_parts_of_the_first_gpu_runs_still_load(tmp_path):
+def test_weights_only_parts_of_the_first_gpu_runs_still_load(tmp_path):
     """Weights only, as "vicreg-weight-parts/1" stored them: {"format", "arch", "dtype", "state_dict"}, cut."""
     import io
 

@@ -360,6 +360,15 @@ def request_stop(out_dir: str | os.PathLike) -> Path:
     return atomic_write(out_dir / STOP_NAME, lambda handle: handle.write(f"{STOP_MARK}\n"), mode="w")
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C, SIGTERM or ``request_stop`` stopped the run after its state was saved; ``signum`` says
+    which signal (SIGINT for a stop request, which is treated as Ctrl-C)."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
 class StopSignals:
     """While active, Ctrl-C (SIGINT), SIGTERM and ``request_stop`` ask the loop to stop after the
     current step, instead of killing it mid-write; a second Ctrl-C stops at once.
@@ -410,12 +419,3 @@ class StopSignals:
     def _remove_stop_file(self) -> None:
         if self.stop_file is not None and _marked_file_is_ours(self.stop_file, STOP_MARK):
             self.stop_file.unlink(missing_ok=True)
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C, SIGTERM or ``request_stop`` stopped the run after its state was saved; ``signum`` says
-    which signal (SIGINT for a stop request, which is treated as Ctrl-C)."""
-
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.signum = signum
