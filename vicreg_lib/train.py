@@ -39,7 +39,7 @@ from .eval.features import extract_features, knn_accuracy
 from .hardware import DistInfo, gather_with_grad, init_distributed, precision_for
 from .loss import LossTerms, VICRegLoss
 from .model import VICReg, build_model
-from .optim import build_optimizer, lr_at_step, set_lr
+from .optim import build_optimizer, current_lr, lr_at_step, plain_state_dict, set_lr
 from .runstate import (CHECKPOINT_NAME, STOP_NAME, RunInterrupted, RunLock, StopSignals, append_metrics,
                        check_out_dir, clear_run, read_metrics, rewrite_metrics, write_config)
 
@@ -290,9 +290,8 @@ def restore(run: Run) -> None:
     check_resumable(state, path, run.config, run.data_fingerprint, run.device.type)
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
-    run.epoch, run.step = state["epoch"], state["step"]
+    run.epoch, run.step, run.epoch_step = state["epoch"], state["step"], state.get("epoch_step", 0)
     run.saved_step = run.step
-    run.epoch_step = state.get("epoch_step", 0)
     if run.epoch_step:
         run.epoch_sums = state["epoch_sums"].to(run.device)
     rng = state["rng"]
@@ -404,8 +403,7 @@ def train_one_epoch(run: Run, stop: StopSignals, bar) -> bool:
 
 @torch.no_grad()
 def _heldout_spread(run: Run) -> dict[str, float]:
-    """Mean per-dimension std and effective rank of z on the fixed held-out batch (512 eval-split images,
-    or all of a smaller split; diagnostics.heldout_batch), the same in every run and notebook."""
+    """Mean per-dimension std and effective rank of z on diagnostics.heldout_batch, the same in every run."""
     images = run.eval_images if run.eval_images is not None else run.train_images
     batch = heldout_batch(images, n=min(HELDOUT_BATCH_SIZE, images.shape[0]))
     z = extract_features(run.model, batch, device=run.device, which="embedding")  # (512, d), eval mode
@@ -429,8 +427,7 @@ def epoch_record(run: Run, train_time: float) -> dict[str, Any]:
 
 
 def evaluate_knn(run: Run) -> dict[str, float]:
-    """Weighted kNN top-1 (%) of the encoder's representations h, train images -> eval split,
-    at k = config.knn_k ("knn_top1") and at k = 20 ("knn_top1@20")."""
+    """Weighted kNN top-1 (%) of the representations h, train -> eval split, at k = knn_k and at k = 20."""
     device, k = run.device, run.config.knn_k
     train_features = extract_features(run.model.encoder, run.train_images, device=device).to(device)
     eval_features = extract_features(run.model.encoder, run.eval_images, device=device).to(device)
@@ -440,18 +437,6 @@ def evaluate_knn(run: Run) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- saving
-
-
-def current_lr(optimizer: torch.optim.Optimizer) -> float:
-    """The first group's learning rate as a number (a graphed step keeps it in a tensor)."""
-    return float(optimizer.param_groups[0]["lr"])
-
-
-def _optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """optimizer.state_dict() with plain-number learning rates, whatever device the step reads them on."""
-    state = optimizer.state_dict()
-    state["param_groups"] = [{**group, "lr": float(group["lr"])} for group in state["param_groups"]]
-    return state
 
 
 def save_state(run: Run) -> None:
@@ -469,7 +454,7 @@ def save_state(run: Run) -> None:
     rng["permutation"] = run.epoch_perm_state if mid_epoch else run.perm_generator.get_state()
     rng["augment"] = augment_states
     state = {"arch": run.config.arch(), "config": run.config.to_dict(), "model": run.model.state_dict(),
-             "optimizer": _optimizer_state(run.optimizer), "epoch": run.epoch, "step": run.step,
+             "optimizer": plain_state_dict(run.optimizer), "epoch": run.epoch, "step": run.step,
              "epoch_step": run.epoch_step, "device_type": run.device.type, "rng": rng,
              "data_fingerprint": run.data_fingerprint}
     if mid_epoch:
