@@ -20,7 +20,8 @@ It needs torch, torchvision and numpy only. The steps, in order:
    fits the most epochs into the budget (its epoch time and start-up), a measured kNN evaluation
    and the probes' predicted time give the number of epochs (the cosine schedule spans exactly
    those); kNN (k=200 and k=20, every test image) every `eval_every` epochs;
-7. weights: the model in bf16, one file or parts of --split-weights-mib;
+7. weights: the model in bf16 as one vicreg_lib checkpoint, model-bf16.pt, or with --split-weights-mib
+   that file's bytes cut into parts of at most so many MiB (for a transfer that limits file sizes);
 8. probes: the `fast` and `standard` linear probes on every test image,
    each predicted from a timed epoch of the probe itself (vicreg_lib.eval.probes).
 
@@ -32,8 +33,9 @@ whatever the clock says.
 Under --out: results.json (every figure, the device, versions, command, the steps' states, the
 code paths that ran or failed, PASS/FAIL of each target), rewritten after every step and on
 SIGTERM; metrics.jsonl (the pretraining's records), log.txt (this output), step-profile.json and
-the model's weights in bf16 (model-bf16.partIofN.pt). Load them with `load_gpu_model(out)` here
-or `vicreg_lib.weight_parts.load_model_from_parts(out)`.
+the model's weights in bf16 (model-bf16.pt, or its parts model-bf16.partIofN.pt). Load them with
+`load_gpu_model(out)` here or `vicreg_lib.load_pretrained(out / "model-bf16.pt")` (given `out`
+itself when they are in parts).
 
 --smoke takes every path a CPU can: a small archive it makes (synthetic images as JPEG) through
 the same `archive:` spec, width 8, bf16 autocast, channels-last and torch.compile with inductor
@@ -46,6 +48,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import hashlib
 import io
 import json
 import math
@@ -68,16 +71,17 @@ import common  # first: it puts this checkout on sys.path for vicreg_lib
 import flops_floor
 import step_profile
 import train_throughput
+from vicreg_lib.checkpoint import load_pretrained, save_checkpoint
 from vicreg_lib.config import TrainConfig, field_names
 from vicreg_lib.data import load_dataset, make_synthetic
 from vicreg_lib.eval.features import extract_features, knn_accuracy
 from vicreg_lib.model import Projector, VICReg, build_model
-from vicreg_lib.runfolder import read_metrics
+from vicreg_lib.runstate import read_metrics
 from vicreg_lib.train import RunInterrupted, pretrain
-from vicreg_lib.weight_parts import load_model_from_parts, save_weight_parts
 
 PRESET = "fast"
 RESULTS_NAME, METRICS_NAME, LOG_NAME, PROFILE_NAME = "results.json", "metrics.jsonl", "log.txt", "step-profile.json"
+WEIGHTS_PREFIX = "model-bf16"
 STEPS = ("data", "step_profile", "recipe_ab", "ladder", "floor", "pretrain", "weights", "probes")
 TARGET_EVALS = 8  # kNN evaluations per run when --eval-every is not given
 COMPILE_CACHE_SHARE = 0.5  # planned share of the ladder's compile time that pretraining spends again
@@ -748,8 +752,6 @@ def train_with_watchdog(config: TrainConfig, limit_s: float, out: Path,
     """pretrain(config) while printing its records and copying metrics.jsonl to `out`; after limit_s
     the watchdog stops it. Returns the trained model and how the run ended ("completed", or
     "stopped by the watchdog": the state pretrain saved on SIGTERM, loaded back)."""
-    from vicreg_lib.checkpoint import load_pretrained
-
     run_dir = Path(config.out_dir)
     follower = MetricsFollower(run_dir, out / METRICS_NAME, config.epochs)
     follower.start()
@@ -870,22 +872,38 @@ def run_pretrain_step(args, spec: str, device: torch.device, clock: Clock, ladde
 
 
 def save_weights(args, model: nn.Module, results: Results) -> None:
-    """The model in bf16: one file, or parts of --split-weights-mib MiB each."""
-    max_bytes = int(args.split_weights_mib * 2**20) if args.split_weights_mib else 2**62
-    manifest = save_weight_parts(model, args.out, max_part_bytes=max_bytes)
-    results.data["weights"] = {**manifest, "loader": "benchmarks/gpu_run.py load_gpu_model(out) or "
-                                                    "vicreg_lib.weight_parts.load_model_from_parts(out)"}
-    say(f"[weights] {len(manifest['files'])} file(s), {manifest['bytes'] / 2**20:.1f} MiB in bf16")
+    """The model in bf16 as one checkpoint, model-bf16.pt; with --split-weights-mib, its bytes cut in order
+    into model-bf16.partIofN.pt of at most so many MiB, which load_pretrained(out) joins again."""
+    out = Path(args.out)
+    for stale in out.glob(f"{WEIGHTS_PREFIX}.part*of*.pt"):  # parts of an earlier save would not match
+        stale.unlink()
+    weights = {name: value.to(torch.bfloat16) if value.is_floating_point() else value
+               for name, value in model.state_dict().items()}
+    path = save_checkpoint({"arch": model.arch, "config": (results.data.get("pretrain") or {}).get("config", {}),
+                            "model": weights}, out / f"{WEIGHTS_PREFIX}.pt")
+    blob, files = path.read_bytes(), [path.name]
+    if args.split_weights_mib:
+        size = int(args.split_weights_mib * 2**20)
+        count = -(-len(blob) // size)  # ceil
+        files = [f"{WEIGHTS_PREFIX}.part{index + 1}of{count}.pt" for index in range(count)]
+        for index, name in enumerate(files):
+            (out / name).write_bytes(blob[index * size:(index + 1) * size])
+        path.unlink()
+    results.data["weights"] = {"files": files, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest(),
+                               "dtype": str(torch.bfloat16), "arch": model.arch,
+                               "loader": "benchmarks/gpu_run.py load_gpu_model(out) or vicreg_lib.load_pretrained"}
+    say(f"[weights] {len(files)} file(s), {len(blob) / 2**20:.1f} MiB in bf16")
 
 
 def load_gpu_model(out: str | os.PathLike) -> nn.Module:
-    """The VICReg model a gpu_run wrote under `out` (float32, eval mode, on the CPU), its parts
+    """The VICReg model a gpu_run wrote under `out` (float32, eval mode, on the CPU), its file or parts
     checked against the sha256 in results.json. The encoder is ``model.encoder``."""
     out = Path(out)
     weights = json.loads((out / RESULTS_NAME).read_text()).get("weights")
     if not weights:
         raise FileNotFoundError(f"{str(out / RESULTS_NAME)!r} records no weights; the run did not get that far")
-    return load_model_from_parts(out, sha256=weights["sha256"])
+    path = out / weights["files"][0] if len(weights["files"]) == 1 and ".part" not in weights["files"][0] else out
+    return load_pretrained(path, sha256=weights["sha256"])[0]
 
 
 def probe_record(result: dict[str, Any], n_test: int) -> dict[str, Any]:

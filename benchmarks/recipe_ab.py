@@ -56,7 +56,7 @@ import common  # first: it puts this checkout on sys.path for vicreg_lib
 from vicreg_lib.augment import get_recipe
 from vicreg_lib.config import TrainConfig
 from vicreg_lib.data import load_dataset
-from vicreg_lib.runfolder import CHECKPOINT_NAME
+from vicreg_lib.runstate import CHECKPOINT_NAME
 from vicreg_lib.train import graph_refusal, pretrain
 
 PRESET = "fast"

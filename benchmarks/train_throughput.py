@@ -49,7 +49,7 @@ import common  # first: it puts this checkout on sys.path for vicreg_lib
 from vicreg_lib.config import PRESETS, TrainConfig
 from vicreg_lib.loss import VICRegLoss
 from vicreg_lib.model import VICReg, build_model as build_vicreg
-from vicreg_lib.runfolder import read_metrics
+from vicreg_lib.runstate import read_metrics
 from vicreg_lib.train import pretrain
 
 GPU_TARGET_SPEEDUP = 10.0  # our epoch vs the blog loop's (2 workers), same GPU

@@ -209,10 +209,10 @@ def test_gpu_run_smoke(tmp_path: Path) -> None:
     for protocol in ("fast", "standard"):
         probe = result["probes"][protocol]
         assert probe["num_test"] == 100 and 0 <= probe["top1"] <= 100 and probe["predicted_s"] > 0, probe
-    from vicreg_lib.weight_parts import load_model_from_parts
+    from vicreg_lib.checkpoint import load_pretrained
 
-    model = load_model_from_parts(out, sha256=result["weights"]["sha256"])
-    assert model.encoder.width == 8 and result["weights"]["files"] == ["model-bf16.part1of1.pt"]
+    model, _ = load_pretrained(out / "model-bf16.pt", sha256=result["weights"]["sha256"])
+    assert model.encoder.width == 8 and result["weights"]["files"] == ["model-bf16.pt"]
 
     # not a GPU: every target is reported as skipped; the log holds what was printed
     assert len(result["checks"]) == 7 and all(check["passed"] is None for check in result["checks"])

@@ -7,7 +7,6 @@ import torch
 
 from vicreg_lib.checkpoint import CheckpointError, load_checkpoint, load_pretrained, save_checkpoint
 from vicreg_lib.config import TrainConfig
-from vicreg_lib.files import remove_stale_tmp
 from vicreg_lib.train import pretrain
 
 
@@ -98,13 +97,6 @@ def test_non_finite_weights_are_never_saved_and_never_evaluated(checkpoint_path,
     torch.save(state, tmp_path / "nan.pt")  # written by other means: loading for use refuses it
     with pytest.raises(CheckpointError, match=r"diverged run: 1 tensor.*encoder.conv1.weight"):
         load_pretrained(tmp_path / "nan.pt")
-
-
-def test_stale_temporary_files_are_removed(tmp_path):
-    (tmp_path / ".checkpoint.pt.abc123.tmp").write_bytes(b"killed mid-save")
-    (tmp_path / "keep.txt").write_text("x")
-    assert [p.name for p in remove_stale_tmp(tmp_path, "checkpoint.pt")] == [".checkpoint.pt.abc123.tmp"]
-    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
 def test_save_is_atomic(tmp_path, monkeypatch):
@@ -199,14 +191,19 @@ def test_resuming_from_non_finite_weights_is_refused_before_training(checkpoint_
     assert (out / "metrics.jsonl").read_text() == '{"epoch": 1, "loss": 20.0}\n'  # no NaN epoch trained
 
 
-def test_weight_parts_with_non_finite_weights_are_refused(tmp_path):
+def test_a_checkpoint_in_parts_with_non_finite_weights_is_refused(tmp_path):
+    """A checkpoint cut into parts loads through load_pretrained, which refuses NaN or inf there too."""
     from vicreg_lib.model import build_model
-    from vicreg_lib.weight_parts import load_model_from_parts, load_weight_parts, save_weight_parts
 
     model = build_model(width=4, projector="32-32-32")
     with torch.no_grad():
         model.encoder.conv1.weight[0, 0, 0, 0] = float("inf")
-    save_weight_parts(model, tmp_path)
-    for load in (load_weight_parts, load_model_from_parts):
-        with pytest.raises(ValueError, match=r"hold NaN or inf in 1 tensor\(s\) \(encoder\.conv1\.weight\)"):
-            load(tmp_path)
+    torch.save({"format": "vicreg_lib.checkpoint", "format_version": 2, "arch": model.arch, "config": {},
+                "model": model.state_dict()}, tmp_path / "whole.pt")  # written by other means than save_checkpoint
+    blob = (tmp_path / "whole.pt").read_bytes()
+    (tmp_path / "whole.pt").unlink()
+    half = len(blob) // 2
+    (tmp_path / "model.part1of2.pt").write_bytes(blob[:half])
+    (tmp_path / "model.part2of2.pt").write_bytes(blob[half:])
+    with pytest.raises(CheckpointError, match=r"diverged run: 1 tensor\(s\) hold NaN or inf: encoder\.conv1\.weight"):
+        load_pretrained(tmp_path)

@@ -11,7 +11,7 @@ import torch
 
 from vicreg_lib.cli import SUBCOMMANDS, main
 from vicreg_lib.config import PRESETS, TrainConfig
-from vicreg_lib.runfolder import read_config, read_metrics
+from vicreg_lib.runstate import read_config, read_metrics
 
 TINY = ["--data", "synthetic:64,32", "--width", "4", "--projector", "32-32-32", "--batch-size", "16",
         "--device", "cpu", "--no-progress"]

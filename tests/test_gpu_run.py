@@ -32,7 +32,7 @@ import train_throughput  # noqa: E402
 import vicreg_lib.train as train_module  # noqa: E402
 from vicreg_lib.config import TrainConfig  # noqa: E402
 from vicreg_lib.model import build_model  # noqa: E402
-from vicreg_lib.weight_parts import load_model_from_parts, load_weight_parts, save_weight_parts  # noqa: E402
+from vicreg_lib.checkpoint import CheckpointError, load_checkpoint, load_pretrained  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -300,36 +300,68 @@ def test_the_watchdog_stops_training_and_the_saved_model_comes_back(tmp_path):
 # ----------------------------------------------------------------------------- weights in parts
 
 
+def save_weights(out, model, split_mib=None, config=None) -> dict:
+    """gpu_run.save_weights into `out`; returns what it recorded."""
+    results = types.SimpleNamespace(data={"pretrain": {"config": config or {"width": 4}}})
+    gpu_run.save_weights(types.SimpleNamespace(out=str(out), split_weights_mib=split_mib), model, results)
+    (out / "results.json").write_text(json.dumps({"weights": results.data["weights"]}))
+    return results.data["weights"]
+
+
 def test_weights_split_into_parts_and_join_back(tmp_path):
     model = build_model(width=4, projector="32-32-32")
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(torch.randn_like(parameter))
-    manifest = save_weight_parts(model, tmp_path, max_part_bytes=20_000)
+    manifest = save_weights(tmp_path, model, split_mib=20_000 / 2**20)
     files = sorted(tmp_path.glob("model-bf16.part*.pt"))
-    assert len(files) == len(manifest["files"]) > 1
+    assert len(files) == len(manifest["files"]) > 1 and not (tmp_path / "model-bf16.pt").exists()
     assert all(path.stat().st_size <= 20_000 for path in files)
     joined = b"".join((tmp_path / name).read_bytes() for name in manifest["files"])
     assert manifest["sha256"] == hashlib.sha256(joined).hexdigest()
-    loaded = load_model_from_parts(tmp_path, sha256=manifest["sha256"])
+    loaded, config = load_pretrained(tmp_path, sha256=manifest["sha256"])  # the same function as a checkpoint's
+    assert config == {"width": 4} and gpu_run.load_gpu_model(tmp_path).arch == model.arch
     for name, tensor in model.state_dict().items():
         expected = tensor.to(torch.bfloat16).to(tensor.dtype) if tensor.is_floating_point() else tensor
         assert torch.equal(loaded.state_dict()[name], expected), name
-    assert load_weight_parts(tmp_path)["arch"] == model.arch
-    # a second, smaller save replaces every part of the first
-    save_weight_parts(build_model(width=2, projector="8-8"), tmp_path, max_part_bytes=10**9)
-    assert [p.name for p in tmp_path.glob("model-bf16.part*.pt")] == ["model-bf16.part1of1.pt"]
+    assert load_checkpoint(tmp_path)["arch"] == model.arch
+    # a second save in one file replaces every part of the first
+    manifest = save_weights(tmp_path, build_model(width=2, projector="8-8"))
+    assert manifest["files"] == ["model-bf16.pt"] and not list(tmp_path.glob("model-bf16.part*.pt"))
+    assert gpu_run.load_gpu_model(tmp_path).encoder.width == 2
 
 
 def test_missing_or_damaged_parts_are_refused(tmp_path):
-    manifest = save_weight_parts(build_model(width=4, projector="32-32-32"), tmp_path, max_part_bytes=20_000)
-    with pytest.raises(ValueError, match="do not join"):
-        load_weight_parts(tmp_path, sha256="0" * 64)
+    manifest = save_weights(tmp_path, build_model(width=4, projector="32-32-32"), split_mib=20_000 / 2**20)
+    with pytest.raises(CheckpointError, match="has sha256 .*expected 000000000000"):
+        load_pretrained(tmp_path, sha256="0" * 64)
     (tmp_path / manifest["files"][1]).unlink()
-    with pytest.raises(FileNotFoundError, match=r"weight parts \[2\] of"):
-        load_weight_parts(tmp_path)
-    with pytest.raises(FileNotFoundError, match="no weight parts"):
-        load_weight_parts(tmp_path / "elsewhere")
+    with pytest.raises(CheckpointError, match=r"parts \[2\] of \d+ \(model-bf16\.partIof\d+\.pt\) are missing"):
+        load_pretrained(tmp_path)
+    (tmp_path / "other.part1of1.pt").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="holds the parts of several files"):
+        load_pretrained(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(CheckpointError, match="is a folder, not a checkpoint file"):
+        load_pretrained(tmp_path / "elsewhere")
+
+
+def test_weights_only_parts_of_the_first_gpu_runs_still_load(tmp_path):
+    """Weights only, as "vicreg-weight-parts/1" stored them: {"format", "arch", "dtype", "state_dict"}, cut."""
+    import io
+
+    model = build_model(width=4, projector="32-32-32")
+    state = {name: value.to(torch.bfloat16) if value.is_floating_point() else value
+             for name, value in model.state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save({"format": "vicreg-weight-parts/1", "arch": model.arch, "dtype": "torch.bfloat16",
+                "state_dict": state}, buffer)
+    blob = buffer.getvalue()
+    for index, start in enumerate(range(0, len(blob), 30_000)):
+        (tmp_path / f"model-bf16.part{index + 1}of{-(-len(blob) // 30_000)}.pt").write_bytes(blob[start:start + 30_000])
+    loaded, config = load_pretrained(tmp_path, sha256=hashlib.sha256(blob).hexdigest())
+    assert config == {} and loaded.arch == model.arch and not loaded.training
+    assert loaded.state_dict()["encoder.conv1.weight"].dtype == torch.float32
 
 
 # ----------------------------------------------------------------------------- the GPU machine's packages

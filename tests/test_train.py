@@ -1,5 +1,5 @@
 """Pretraining loop: a tiny end-to-end run, behaviour that breaks when the loop is broken,
-resume (bit for bit), Ctrl-C / SIGTERM, divergence, and the run folder's guards."""
+resume (bit for bit), Ctrl-C / SIGTERM / a stop request, divergence, and the run folder's guards."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from vicreg_lib.checkpoint import CheckpointError, load_checkpoint
 from vicreg_lib.config import TrainConfig
 from vicreg_lib.model import build_model
 from vicreg_lib.optim import lr_at_step
-from vicreg_lib.runfolder import RunFolderError, read_metrics
+from vicreg_lib.runstate import RunFolderError, read_metrics, request_stop
 from vicreg_lib.train import RunInterrupted, TrainingDiverged, pretrain
 
 EPOCH_KEYS = {"epoch", "step", "loss", "invariance", "variance", "covariance", "std", "effective_rank",
@@ -209,6 +209,35 @@ def test_a_signal_saves_mid_epoch_and_resume_matches(tmp_path, monkeypatch, sign
         assert resumed_epoch["images_per_s"] == pytest.approx(timed * 16 / resumed_epoch["train_time_s"])
     else:
         assert resumed_epoch is None
+
+
+def test_a_stop_request_saves_mid_epoch_and_resume_matches(tmp_path, monkeypatch):
+    """request_stop writes out_dir/STOP (for Windows and notebooks, where signals do not reach a run); the
+    loop reads it every log_every steps and acts as on Ctrl-C. Asked during step 9 with log_every 2, the run
+    stops after step 10, mid-epoch, removes the file, and resumes bit for bit."""
+    config = dict(epochs=4, optimizer="lars", checkpoint_every=0, log_every=2)
+    straight = pretrain(tiny(tmp_path / "a", **config))
+    real_step, calls, out = train_module.training_step, {"n": 0}, tmp_path / "b" / "run"
+
+    def requesting_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 9:
+            request_stop(out)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "training_step", requesting_step)
+    with pytest.raises(RunInterrupted, match=r"^a stop was requested \(STOP in the run folder\): saved the run "
+                                             r"after step 2 of epoch 3 .*--resume") as stopped:
+        pretrain(tiny(tmp_path / "b", **config))
+    assert stopped.value.signum == signal.SIGINT and calls["n"] == 10
+    assert not (out / "STOP").exists()
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert (state["step"], state["epoch"], state["epoch_step"]) == (10, 3, 2)
+    monkeypatch.setattr(train_module, "training_step", real_step)
+    resumed = pretrain(tiny(tmp_path / "b", resume=True, **config))
+    assert_same_weights(straight.model, resumed.model)
+    assert [r["epoch"] for r in read_metrics(resumed.out_dir)] == [1, 2, 3, 4]
+    assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in straight.history])
 
 
 def test_resume_refuses_changed_settings_and_missing_checkpoint(tmp_path):
@@ -424,12 +453,12 @@ def test_a_killed_saves_temporary_file_is_removed_at_the_next_start(tmp_path):
 
 
 def test_a_read_only_out_dir_is_refused_before_loading_data(tmp_path, monkeypatch):
-    import vicreg_lib.runfolder as runfolder_module
+    import vicreg_lib.runstate as runstate_module
 
     def no_data(*args, **kwargs):
         raise AssertionError("data was loaded before the out_dir was checked")
 
     monkeypatch.setattr(train_module, "load_dataset", no_data)
-    monkeypatch.setattr(runfolder_module.os, "access", lambda path, mode: False)  # as for a read-only folder
+    monkeypatch.setattr(runstate_module.os, "access", lambda path, mode: False)  # as for a read-only folder
     with pytest.raises(RunFolderError, match="permission denied"):
         pretrain(tiny(tmp_path, epochs=1))

@@ -30,8 +30,8 @@ from .model import VICReg, Projector, build_model, parse_projector_spec, resnet1
 from .tutorial.monitor import launch, pretrain_command, watch_run
 from .tutorial.notebook_env import notebook_settings
 from .eval.supervised import train_supervised
-from .runfolder import read_config, read_metrics
-from .train import PretrainResult, RunInterrupted, TrainingDiverged, pretrain, training_step
+from .runstate import RunInterrupted, read_config, read_metrics, request_stop
+from .train import PretrainResult, TrainingDiverged, pretrain, training_step
 
 __version__ = "0.1.0"
 
@@ -43,7 +43,7 @@ __all__ = [
     "load_checkpoint", "load_dataset", "load_pretrained", "LossTerms", "nearest_neighbors",
     "notebook_settings", "PAPER_ABLATION", "parse_projector_spec", "per_dim_std", "PRESETS", "pretrain",
     "pretrain_command", "PretrainResult", "Projector", "random_subset", "read_config",
-    "read_metrics", "RECIPES", "resnet18_cifar", "run_ablation", "RunInterrupted", "save_checkpoint",
+    "read_metrics", "RECIPES", "request_stop", "resnet18_cifar", "run_ablation", "RunInterrupted", "save_checkpoint",
     "singular_values", "train_supervised", "TrainConfig", "training_step", "TrainingDiverged",
     "two_views_transform", "umap_2d", "variance_loss", "VICReg", "vicreg_loss", "VICRegLoss", "watch_run",
 ]

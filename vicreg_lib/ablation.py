@@ -35,8 +35,7 @@ from .eval.diagnostics import (COLLAPSED, HELDOUT_BATCH_SIZE, collapse_report, e
                                per_dim_std, singular_values)
 from .eval.features import extract_features
 from .eval.report import EvalConfig, encoder_report, random_init_model, text_table
-from .files import atomic_write
-from .runfolder import read_metrics
+from .runstate import atomic_write, read_metrics
 
 __all__ = ["Coefficients", "PAPER_ABLATION", "PAPER_SOURCE", "PAPER_CONFIRMED", "PAPER_PROVENANCE", "AblationTable",
            "run_ablation", "evaluate_random_init", "measure_model", "parse_grid"]

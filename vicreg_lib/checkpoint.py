@@ -1,4 +1,4 @@
-"""Checkpoints: written atomically, loaded with clear errors.
+"""Checkpoints: one file, written atomically, refused with a clear error when it cannot be used.
 
 A checkpoint is one dict saved with ``torch.save``:
 
@@ -6,30 +6,40 @@ A checkpoint is one dict saved with ``torch.save``:
     arch                     model.build_model's keyword arguments (build_model(**arch))
     config                   the full TrainConfig as a plain dict
     model                    the VICReg state dict (no DDP / torch.compile prefixes)
-    optimizer, schedule      optimizer state dict; the learning-rate schedule's settings
+    optimizer                the optimizer's state dict
     epoch, step              epochs begun, optimizer steps taken; epoch_step: steps done in that
                              epoch (0 when it is complete); epoch_sums: its loss sums so far
     rng                      torch CPU (+ CUDA), numpy, python random, and the training
                              generators' states, so a resumed run continues bit for bit
 
 Only tensors, numbers, strings, lists and dicts are stored, so the file loads with
-``torch.load(weights_only=True)``: opening a checkpoint never runs pickled code.
+``torch.load(weights_only=True)``: opening a checkpoint never runs pickled code. A file that had
+to travel in pieces (``benchmarks/gpu_run.py --split-weights-mib``) is a folder of
+``PREFIX.partIofN.pt`` files, the file's bytes in order; ``load_checkpoint`` and ``load_pretrained``
+take the folder and join them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .files import atomic_write
+from .config import resume_differences
+from .runstate import CHECKPOINT_FORMAT as FORMAT
+from .runstate import CHECKPOINT_NAME, atomic_write
 
-FORMAT = "vicreg_lib.checkpoint"
 FORMAT_VERSION = 2  # 2: arch is build_model's keyword arguments
+# weights only, in bf16, as the first GPU runs stored them: {"format", "arch", "dtype", "state_dict"}
+WEIGHTS_FORMAT = "vicreg-weight-parts/1"
+PART_PATTERN = re.compile(r"^(.+)\.part(\d+)of(\d+)\.pt$")
 
 
 class CheckpointError(ValueError):
@@ -105,7 +115,7 @@ def _describe(names: list[str], limit: int = 5) -> str:
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically (``files.atomic_write``), with ``format`` and
+    """Write ``state`` to ``path`` atomically (``runstate.atomic_write``), with ``format`` and
     ``format_version`` added; tensors are moved to the CPU. Returns ``path``.
 
     Refuses (CheckpointError) a state whose model or optimizer holds NaN or inf: a
@@ -132,45 +142,77 @@ def _torch_save(state: dict[str, Any], handle) -> None:
 # ----------------------------------------------------------------------------- load
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by ``save_checkpoint``.
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    sha256: str | None = None) -> dict[str, Any]:
+    """Read a checkpoint written by ``save_checkpoint``: its file, or a folder of its parts.
 
-    Raises CheckpointError for a missing file, a corrupt or truncated file, or a file
-    that is not a vicreg_lib checkpoint (or is from a newer format version).
+    Raises CheckpointError for a missing, corrupt, truncated or foreign file, one of a newer format
+    version or with entries of the wrong type, and (``sha256`` given) bytes of another checksum.
+    Weights-only parts (``WEIGHTS_FORMAT``) load too, with an empty ``config``.
     """
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(
-            f"no checkpoint at {str(path)!r}; pass the checkpoint.pt inside a run's out_dir "
-            f"(pretraining writes <out_dir>/checkpoint.pt)"
-        )
-    if path.is_dir():
-        hint = path / "checkpoint.pt"
-        raise CheckpointError(f"{str(path)!r} is a folder, not a checkpoint file; did you mean {str(hint)!r}?")
+        raise CheckpointError(f"no checkpoint at {str(path)!r}; pass the checkpoint.pt inside a run's out_dir "
+                              f"(pretraining writes <out_dir>/{CHECKPOINT_NAME})")
+    blob = _join_parts(path) if path.is_dir() else None
+    if sha256 is not None:
+        digest = hashlib.sha256(blob) if blob is not None else _file_digest(path)
+        if digest.hexdigest() != sha256:
+            raise CheckpointError(f"{str(path)!r} has sha256 {digest.hexdigest()[:12]}..., expected {sha256[:12]}...; "
+                                  f"a file or part is damaged or from another run: copy it again")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(io.BytesIO(blob) if blob is not None else path, map_location=map_location,
+                           weights_only=True)
     except Exception as error:  # zip errors, unpickling errors, EOF: all mean the same here
         raise CheckpointError(
             f"cannot read checkpoint {str(path)!r}: the file is corrupt or truncated, or not a torch file "
             f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
-            f"use an intact checkpoint or pretrain again"
-        ) from error
+            f"use an intact checkpoint or pretrain again") from error
+    if isinstance(state, dict) and state.get("format") == WEIGHTS_FORMAT:  # weights only: no settings, no position
+        state = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": state.get("arch"), "config": {},
+                 "model": state.get("state_dict")}
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{str(path)!r} is a torch file but not a vicreg_lib checkpoint (no format={FORMAT!r} entry); "
-            f"pass a checkpoint.pt written by vicreg_lib's pretrain"
-        )
+        raise CheckpointError(f"{str(path)!r} is a torch file but not a vicreg_lib checkpoint (no format={FORMAT!r} "
+                              f"entry); pass a checkpoint.pt written by vicreg_lib's pretrain")
     version = state.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{str(path)!r} has checkpoint format version {version!r}, this vicreg_lib reads up to "
-            f"{FORMAT_VERSION}; upgrade vicreg_lib"
-        )
-    missing = [key for key in ("arch", "config", "model", "epoch", "step") if key not in state]
+        raise CheckpointError(f"{str(path)!r} has checkpoint format version {version!r}, this vicreg_lib reads up to "
+                              f"{FORMAT_VERSION}; upgrade vicreg_lib")
+    missing = [key for key in ("arch", "config", "model") if key not in state]
     if missing:
         raise CheckpointError(f"checkpoint {str(path)!r} lacks entries {missing}; it is incomplete, pretrain again")
     _check_entries(state, path)
     return state
+
+
+def _file_digest(path: Path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(2**20), b""):
+            digest.update(chunk)
+    return digest
+
+
+def _join_parts(folder: Path) -> bytes:
+    """The bytes of the file whose parts PREFIX.part1ofN.pt .. PREFIX.partNofN.pt the folder holds."""
+    saves: dict[tuple[str, int], dict[int, Path]] = {}
+    for path in folder.iterdir():
+        match = PART_PATTERN.match(path.name)
+        if match:
+            saves.setdefault((match[1], int(match[3])), {})[int(match[2])] = path
+    if not saves:
+        raise CheckpointError(f"{str(folder)!r} is a folder, not a checkpoint file; did you mean "
+                              f"{str(folder / CHECKPOINT_NAME)!r}? (A folder works when it holds a checkpoint's "
+                              f"parts, PREFIX.partIofN.pt)")
+    if len(saves) > 1:
+        names = ", ".join(sorted(f"{prefix}.partIof{count}.pt" for prefix, count in saves))
+        raise CheckpointError(f"{str(folder)!r} holds the parts of several files ({names}); keep one file's only")
+    (prefix, count), parts = saves.popitem()
+    missing = [index for index in range(1, count + 1) if index not in parts]
+    if missing:
+        raise CheckpointError(f"parts {missing} of {count} ({prefix}.partIof{count}.pt) are missing in "
+                              f"{str(folder)!r}; copy every part")
+    return b"".join(parts[index].read_bytes() for index in range(1, count + 1))
 
 
 def _kind(value: Any) -> str:
@@ -183,8 +225,8 @@ def _check_entries(state: dict[str, Any], path: Path) -> None:
     wrong = [f"{key} is {_kind(state[key])}, expected {expected}" for key, kind, expected in (
         ("config", dict, "a dict of the run's settings"), ("arch", dict, "a dict of build_model's arguments"),
         ("model", dict, "a state dict of tensors")) if not isinstance(state[key], kind)]
-    wrong += [f"{key} is {_kind(state[key])}, expected an integer >= 0" for key in ("epoch", "step")
-              if isinstance(state[key], bool) or not isinstance(state[key], int) or state[key] < 0]
+    wrong += [f"{key} is {_kind(state[key])}, expected an integer >= 0" for key in ("epoch", "step") if key in state
+              and (isinstance(state[key], bool) or not isinstance(state[key], int) or state[key] < 0)]
     if isinstance(state["model"], dict):
         odd = [str(key) for key, value in state["model"].items() if not isinstance(value, torch.Tensor)]
         if odd:
@@ -228,12 +270,16 @@ def check_weights(arch: dict[str, Any], weights: dict[str, torch.Tensor], where:
                               f"{'; '.join(problems[:3])}{more}; was the file edited or written by other code?")
 
 
-def check_resumable(state: dict[str, Any], path: str | os.PathLike, arch: dict[str, Any]) -> None:
-    """Raise CheckpointError unless a run building ``arch`` can continue from ``state``: the optimizer and
-    random states are there, and the weights fit and are finite, as is the optimizer state (a run
-    continued from NaN trains NaN)."""
+def check_resumable(state: dict[str, Any], path: str | os.PathLike, config, data_fingerprint: str,
+                    device_type: str) -> None:
+    """Raise CheckpointError unless a run of ``config`` (a TrainConfig) on ``device_type``, training on data
+    of ``data_fingerprint``, can continue from ``state``: optimizer and random states present; weights that
+    fit and, like the optimizer state, are finite (a run continued from NaN trains NaN); only settings that
+    may change changed; the same data unless allow_data_change (a spec may name a file whose contents were
+    replaced; a checkpoint without a fingerprint passes); the same kind of device."""
     needed = ["optimizer", "rng"] + (["epoch_sums"] if state.get("epoch_step") else [])
     missing = [key for key in needed if not isinstance(state.get(key), (dict, torch.Tensor))]
+    missing += [key for key in ("epoch", "step") if key not in state]
     if missing:
         raise CheckpointError(f"checkpoint {str(path)!r} lacks {', '.join(missing)}, which a resumed run needs; it "
                               f"can be evaluated but not resumed: start a new run (--overwrite) or another out_dir")
@@ -241,7 +287,19 @@ def check_resumable(state: dict[str, Any], path: str | os.PathLike, arch: dict[s
     if bad:
         raise CheckpointError(f"cannot resume {str(path)!r}: {_describe(bad)}; resume from an earlier "
                               f"checkpoint or start afresh (--overwrite) with a lower lr")
-    check_weights(arch, state["model"], f"checkpoint {str(path)!r}")
+    check_weights(config.arch(), state["model"], f"checkpoint {str(path)!r}")
+    differences = resume_differences(state["config"], config)
+    if differences:
+        raise CheckpointError(f"cannot resume {str(path)!r} with different settings ({'; '.join(differences)}); "
+                              f"use the run's settings (its config.json) or a new out_dir")
+    stored = state.get("data_fingerprint")
+    if stored is not None and stored != data_fingerprint and not config.allow_data_change:
+        raise CheckpointError(f"the training data of {config.data!r} differ from those {str(path)!r} was trained on "
+                              f"(fingerprint {data_fingerprint}, checkpoint {stored}); resume on the same data, or "
+                              f"pass --allow-data-change (allow_data_change=True) to continue on these")
+    if state.get("device_type") != device_type:
+        raise CheckpointError(f"{str(path)!r} was trained on {state.get('device_type')}; resume it on the same "
+                              f"kind of device (--device {state.get('device_type')})")
 
 
 def _arch(state: dict[str, Any]) -> dict[str, Any]:
@@ -254,26 +312,22 @@ def _arch(state: dict[str, Any]) -> dict[str, Any]:
     return arch
 
 
-def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
-    """Rebuild the pretrained VICReg model from a checkpoint: returns ``(model, config)``.
+def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = "cpu", sha256: str | None = None):
+    """Rebuild the pretrained VICReg model (eval mode) from a checkpoint file or a folder of its parts:
+    returns ``(model, config)``, config being the run's settings as a plain dict ({} for weights-only parts).
 
-    ``config`` is the run's settings as a plain dict (TrainConfig's fields). The
-    architecture comes from the stored ``arch``; the weights must fit it exactly and be
-    finite, otherwise CheckpointError says which tensors do not. The model is returned
-    in eval mode.
+    The architecture comes from the stored ``arch``; weights that do not fit it exactly or hold NaN
+    or inf are refused (CheckpointError, naming the tensors). bf16 weights load into float32.
     """
     from .model import build_model
 
-    state = load_checkpoint(path, map_location=map_location)
+    state = load_checkpoint(path, map_location=map_location, sha256=sha256)
     check_weights(_arch(state), state["model"], f"checkpoint {str(path)!r}")
     try:
         model = build_model(**_arch(state))
         model.load_state_dict(state["model"], strict=True)
     except (TypeError, ValueError, RuntimeError) as error:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r}: its weights do not fit the architecture it names ({state['arch']}); "
-            f"was the file edited or written by other code? Details: {error}"
-        ) from error
-    model.to(map_location)
-    model.eval()
-    return model, dict(state["config"])
+        raise CheckpointError(f"checkpoint {str(path)!r}: its weights do not fit the architecture it names "
+                              f"({state['arch']}); was the file edited or written by other code? Details: {error}"
+                              ) from error
+    return model.to(map_location).eval(), dict(state["config"])

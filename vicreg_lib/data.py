@@ -472,7 +472,7 @@ def _decoded_paths(unpacked: Path, split: str, size: int) -> tuple[Path, Path]:
 
 
 def _write_decoded(unpacked: Path, split: str, size: int, images: np.ndarray, labels: np.ndarray) -> None:
-    from .files import atomic_write
+    from .runstate import atomic_write
 
     image_path, label_path = _decoded_paths(unpacked, split, size)
     try:

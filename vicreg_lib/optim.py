@@ -11,7 +11,7 @@ probes and the supervised baseline alike: ``lr_at_step``.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 from torch import nn
@@ -171,3 +171,15 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
             group["lr"].fill_(lr)
         else:
             group["lr"] = lr
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The first group's learning rate as a number (a graphed step keeps it in a tensor)."""
+    return float(optimizer.param_groups[0]["lr"])
+
+
+def plain_state_dict(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """optimizer.state_dict() with plain-number learning rates (a checkpoint stores no device tensor lr)."""
+    state = optimizer.state_dict()
+    state["param_groups"] = [{**group, "lr": float(group["lr"])} for group in state["param_groups"]]
+    return state

@@ -3,24 +3,13 @@
     result = pretrain(TrainConfig.from_preset("fast", data="synthetic", width=8, epochs=5))
     result.history[-1]["knn_top1"]
 
-One step (``training_step``): two augmented views of a batch -> encoder + projector ->
-z1, z2: (n, d) -> loss = lam * s(Z, Z') + mu * v + nu * c (loss.py) -> one optimizer step.
-
-One run (``pretrain``): check the run folder and take its lock -> load the data and build
-the model (``prepare_run``) -> restore a checkpoint or start afresh -> per epoch: train
-(``train_one_epoch``), write its record (``epoch_record``), save (``save_state``), then
-evaluate. Ctrl-C and SIGTERM finish the current step, save everything (mid-epoch too:
-nothing is lost) and stop; ``resume=True`` continues bit for bit on the batched pipeline.
-A NaN/inf loss or weight raises TrainingDiverged; non-finite weights are never saved.
-
-Two input pipelines give the views:
-
-- ``batched`` (default, fast): the training images live on the training device as one
-  uint8 tensor; every step indexes a batch of a random permutation and ``BatchAugment``
-  makes both views there. No DataLoader, no worker processes, no host-to-device copies.
-- ``dataloader``: the blog post's way, a torch DataLoader applying the per-image
-  torchvision transform ``two_views_transform`` in ``num_workers`` processes (a run resumed
-  mid-epoch on it draws different augmentations for the rest of that epoch).
+One step (``training_step``): two augmented views of a batch -> encoder + projector -> z1, z2: (n, d)
+-> loss = lam * s(Z, Z') + mu * v + nu * c (loss.py) -> one optimizer step. One run (``pretrain``):
+check the run folder and take its lock -> ``prepare_run`` -> ``restore`` or start afresh -> per epoch
+``train_one_epoch``, ``epoch_record``, ``save_state``, ``evaluate_knn``. The views come from the
+``batched`` pipeline (images on the device, ``BatchAugment``; no DataLoader, no host copies) or the
+blog's ``dataloader`` (per-image ``two_views_transform`` in worker processes). Stopping, resuming and
+divergence: docs/design.md.
 """
 
 from __future__ import annotations
@@ -29,7 +18,6 @@ import contextlib
 import math
 import random
 import signal
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -44,100 +32,18 @@ from tqdm.auto import tqdm
 from .augment import BatchAugment, TransformedImages, get_recipe, two_views_transform
 from .checkpoint import (CheckpointError, capture_rng_state, check_resumable, load_checkpoint, restore_rng_state,
                          save_checkpoint)
-from .config import TrainConfig, resume_differences
+from .config import TrainConfig
 from .data import fingerprint, load_dataset, random_subset
 from .eval.diagnostics import HELDOUT_BATCH_SIZE, effective_rank, heldout_batch, per_dim_std
 from .eval.features import extract_features, knn_accuracy
 from .hardware import DistInfo, gather_with_grad, init_distributed, precision_for
 from .loss import LossTerms, VICRegLoss
 from .model import VICReg, build_model
-from .optim import build_optimizer, lr_at_step, set_lr
-from .runfolder import (CHECKPOINT_NAME, RunLock, append_metrics, check_out_dir, clear_run, read_metrics,
-                        rewrite_metrics, write_config)
+from .optim import build_optimizer, current_lr, lr_at_step, plain_state_dict, set_lr
+from .runstate import (CHECKPOINT_NAME, STOP_NAME, RunInterrupted, RunLock, StopSignals, append_metrics,
+                       check_out_dir, clear_run, read_metrics, rewrite_metrics, write_config)
 
 HUGE_LOSS = 1e6  # a mean loss above this is almost surely a bad setting: warn
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss or the weights became NaN or infinite; nothing non-finite was saved."""
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM stopped the run after its state was saved; ``signum`` says which."""
-
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.signum = signum
-
-
-@dataclass
-class PretrainResult:
-    """What ``pretrain`` returns: the trained model (on the training device, eval mode),
-    one dict per epoch, and where the run's files are."""
-
-    model: VICReg
-    history: list[dict[str, Any]]
-    out_dir: Path
-    checkpoint_path: Path
-    config: TrainConfig
-
-
-@dataclass
-class Run:
-    """Everything the loop works with: the settings, the data, the network and its optimizer,
-    the random generators, and where the run stands (epoch, step, this epoch's loss sums)."""
-
-    config: TrainConfig
-    dist: DistInfo
-    out_dir: Path
-    train_images: torch.Tensor  # uint8 (N, 3, H, W), on the device for the batched pipeline
-    train_labels: torch.Tensor
-    eval_images: torch.Tensor | None
-    eval_labels: torch.Tensor | None
-    num_classes: int
-    model: VICReg
-    train_model: nn.Module  # model, or its DDP / compiled wrapper
-    optimizer: torch.optim.Optimizer
-    loss_fn: VICRegLoss
-    augment: BatchAugment
-    perm_generator: torch.Generator  # the same on every rank
-    augment_generator: torch.Generator  # one per rank
-    use_amp: bool
-    channels_last: bool
-    steps_per_epoch: int
-    data_fingerprint: str  # of the training images and labels: a resume on other data is refused
-    graphed_step: GraphedStep | None = None  # the step in a CUDA graph (None: training_step, eagerly)
-    epoch: int = 0  # the epoch in progress, or the last completed one when epoch_step == 0
-    step: int = 0  # optimizer steps taken
-    epoch_step: int = 0  # steps taken in the epoch in progress
-    epoch_step_start: int = 0  # epoch_step when this process began the epoch (> 0 after a mid-epoch resume)
-    epoch_sums: torch.Tensor | None = None  # (4,) total, invariance, variance, covariance sums
-    epoch_perm_state: torch.Tensor | None = None  # perm_generator before this epoch's permutation
-    history: list[dict[str, Any]] = field(default_factory=list)
-    warned_huge_loss: bool = False
-    last_epoch: int = 0  # the epoch this invocation ends with, fixed when it starts (plan_last_epoch)
-    saved_step: int | None = None  # run.step when checkpoint.pt was last written or read
-
-    @property
-    def device(self) -> torch.device:
-        return self.dist.device
-
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.out_dir / CHECKPOINT_NAME
-
-
-def plan_last_epoch(run: Run) -> int:
-    """The epoch this invocation ends with: config.epochs, or earlier under max_steps.
-
-    Worked out once, before training: counted from where the run stands then, so that it
-    cannot move while an epoch's steps advance run.step (it decides when the last save happens).
-    """
-    if run.config.max_steps is None:
-        return run.config.epochs
-    completed = run.epoch - (run.epoch_step > 0)  # epochs finished before the one in progress
-    remaining = max(run.config.max_steps - run.step, 0) + run.epoch_step  # counted from that epoch's start
-    return min(run.config.epochs, completed + math.ceil(remaining / run.steps_per_epoch))
 
 
 # ----------------------------------------------------------------------------- one step
@@ -145,11 +51,8 @@ def plan_last_epoch(run: Run) -> int:
 
 def training_step(model: nn.Module, loss_fn: VICRegLoss, optimizer: torch.optim.Optimizer, view1: torch.Tensor,
                   view2: torch.Tensor, lr: float, use_amp: bool = False) -> LossTerms:
-    """One VICReg step on a batch of view pairs view1, view2: (b, 3, H, W); returns the loss terms.
-
-    Under DDP the embeddings of all processes are gathered before the loss, so the variance
-    and covariance terms see the global batch (as the official code does).
-    """
+    """One VICReg step on view pairs view1, view2: (b, 3, H, W); returns the loss terms. Under DDP the
+    loss sees every process's embeddings, so variance and covariance span the global batch (as officially)."""
     set_lr(optimizer, lr)
     with torch.autocast(device_type=view1.device.type, dtype=torch.bfloat16, enabled=use_amp):
         z1, z2 = model(view1, view2)  # (b, d) each
@@ -167,17 +70,15 @@ class GraphedStep:
         step = GraphedStep(model, loss_fn, optimizer, use_amp)
         terms = step(view1, view2, lr)   # the first WARMUP_STEPS calls run eagerly, then one capture
 
-    The graph holds static buffers: each call copies the views into them and writes the learning
-    rate into a 0-d tensor that the optimizer reads (``LARS`` takes a tensor lr), so the schedule
-    still applies. The returned loss terms live in the graph's buffers: read them before the next
-    call. The warm-up steps are real steps (on a side stream, as CUDA graph capture asks), so no
-    batch is lost. If capture fails, every later call runs ``training_step`` and ``why_eager`` says why.
+    Each call copies the views into the graph's buffers and the lr into a 0-d tensor that LARS reads,
+    so the schedule still applies; the returned terms live in the graph's buffers until the next call.
+    Warm-up steps are real steps (on a side stream, as capture asks). If capture fails, every later
+    call runs ``training_step`` and ``why_eager`` says why.
     """
 
     WARMUP_STEPS = 3
 
-    def __init__(self, model: nn.Module, loss_fn: VICRegLoss, optimizer: torch.optim.Optimizer,
-                 use_amp: bool) -> None:
+    def __init__(self, model: nn.Module, loss_fn: VICRegLoss, optimizer: torch.optim.Optimizer, use_amp: bool) -> None:
         self.model, self.loss_fn, self.optimizer, self.use_amp = model, loss_fn, optimizer, use_amp
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -247,38 +148,79 @@ def graph_refusal(config: TrainConfig, device: torch.device, distributed: bool) 
     return None
 
 
-# ----------------------------------------------------------------------------- input pipelines
+# ----------------------------------------------------------------------------- the run's state
 
 
-def _rank_batches(perm: torch.Tensor, batch_size: int, dist_info: DistInfo) -> list[torch.Tensor]:
-    """Split a permutation (N,) into full global batches; keep this rank's slice of each.
-
-    Returns steps = N // batch_size index tensors of batch_size / world_size entries (drop_last).
-    """
-    local = batch_size // dist_info.world_size
-    steps = perm.shape[0] // batch_size
-    start = dist_info.rank * local
-    return [perm[i * batch_size + start: i * batch_size + start + local] for i in range(steps)]
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights became NaN or infinite; nothing non-finite was saved."""
 
 
-def _views(run: Run, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The two views of each batch, from the batched pipeline or a DataLoader (the blog post's way)."""
-    if run.config.pipeline == "batched":
-        for index in batches:
-            yield run.augment(run.train_images[index], generator=run.augment_generator)
-        return
-    if not batches:
-        return
-    loader = torch.utils.data.DataLoader(
-        TransformedImages(run.train_images,
-                          two_views_transform(get_recipe(run.config.recipe, run.config.crop_interpolation))),
-        batch_size=batches[0].shape[0], sampler=torch.cat(batches).tolist(), num_workers=run.config.num_workers,
-        pin_memory=run.device.type == "cuda", drop_last=True, generator=run.perm_generator)
-    for view1, view2 in loader:
-        yield view1.to(run.device, non_blocking=True), view2.to(run.device, non_blocking=True)
+@dataclass
+class PretrainResult:
+    """The trained model (on the training device, eval mode), one record per epoch, the run's files."""
+
+    model: VICReg
+    history: list[dict[str, Any]]
+    out_dir: Path
+    checkpoint_path: Path
+    config: TrainConfig
 
 
-# ----------------------------------------------------------------------------- preparing a run
+@dataclass
+class Run:
+    """Everything the loop works with, and where the run stands (epoch, step, this epoch's loss sums)."""
+
+    config: TrainConfig
+    dist: DistInfo
+    out_dir: Path
+    train_images: torch.Tensor  # uint8 (N, 3, H, W), on the device for the batched pipeline
+    train_labels: torch.Tensor
+    eval_images: torch.Tensor | None
+    eval_labels: torch.Tensor | None
+    num_classes: int
+    model: VICReg
+    train_model: nn.Module  # model, or its DDP / compiled wrapper
+    optimizer: torch.optim.Optimizer
+    loss_fn: VICRegLoss
+    augment: BatchAugment
+    perm_generator: torch.Generator  # the same on every rank
+    augment_generator: torch.Generator  # one per rank
+    use_amp: bool
+    channels_last: bool
+    steps_per_epoch: int
+    data_fingerprint: str  # of the training images and labels: a resume on other data is refused
+    graphed_step: GraphedStep | None = None  # the step in a CUDA graph (None: training_step, eagerly)
+    epoch: int = 0  # the epoch in progress, or the last completed one when epoch_step == 0
+    step: int = 0  # optimizer steps taken
+    epoch_step: int = 0  # steps taken in the epoch in progress
+    epoch_step_start: int = 0  # epoch_step when this process began the epoch (> 0 after a mid-epoch resume)
+    epoch_sums: torch.Tensor | None = None  # (4,) total, invariance, variance, covariance sums
+    epoch_perm_state: torch.Tensor | None = None  # perm_generator before this epoch's permutation
+    history: list[dict[str, Any]] = field(default_factory=list)
+    warned_huge_loss: bool = False
+    last_epoch: int = 0  # the epoch this invocation ends with, fixed when it starts (plan_last_epoch)
+    saved_step: int | None = None  # run.step when checkpoint.pt was last written or read
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / CHECKPOINT_NAME
+
+
+def plan_last_epoch(run: Run) -> int:
+    """The epoch this invocation ends with: config.epochs, or earlier under max_steps. Worked out once,
+    before training, so that it cannot move while steps advance run.step (it decides the last save)."""
+    if run.config.max_steps is None:
+        return run.config.epochs
+    completed = run.epoch - (run.epoch_step > 0)  # epochs finished before the one in progress
+    remaining = max(run.config.max_steps - run.step, 0) + run.epoch_step  # counted from that epoch's start
+    return min(run.config.epochs, completed + math.ceil(remaining / run.steps_per_epoch))
+
+
+# ----------------------------------------------------------------------------- preparing and restoring a run
 
 
 def _load_data(config: TrainConfig, device: torch.device):
@@ -323,16 +265,15 @@ def prepare_run(config: TrainConfig, dist: DistInfo, out_dir: Path) -> Run:
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile == "on" or (config.compile == "auto" and device.type == "cuda"):
         train_model = torch.compile(train_model)
-    use_graph = graph_refusal(config, device, dist.enabled) is None
-    if config.cuda_graph == "on" and not use_graph:
-        raise ValueError(f"cuda_graph is on but {graph_refusal(config, device, dist.enabled)}; "
-                         f"use cuda_graph auto or off")
+    refusal = graph_refusal(config, device, dist.enabled)
+    if config.cuda_graph == "on" and refusal is not None:
+        raise ValueError(f"cuda_graph is on but {refusal}; use cuda_graph auto or off")
     loss_fn = VICRegLoss(config.lam, config.mu, config.nu, convention=config.loss_convention)
     return Run(
         config=config, dist=dist, out_dir=out_dir, train_images=train_images, train_labels=train_labels,
         eval_images=eval_images, eval_labels=eval_labels, num_classes=num_classes, model=model,
         train_model=train_model, optimizer=optimizer, loss_fn=loss_fn,
-        graphed_step=GraphedStep(train_model, loss_fn, optimizer, use_amp) if use_graph else None,
+        graphed_step=GraphedStep(train_model, loss_fn, optimizer, use_amp) if refusal is None else None,
         augment=BatchAugment(get_recipe(config.recipe, config.crop_interpolation)).to(device),
         perm_generator=torch.Generator().manual_seed(config.seed),
         augment_generator=torch.Generator(device=device).manual_seed(config.seed + 1 + dist.rank),
@@ -346,20 +287,11 @@ def restore(run: Run) -> None:
     """Continue from out_dir/checkpoint.pt: weights, optimizer, random states, position, metrics."""
     path = run.checkpoint_path
     state = load_checkpoint(path, map_location="cpu")
-    check_resumable(state, path, run.config.arch())
-    differences = resume_differences(state["config"], run.config)
-    if differences:
-        raise CheckpointError(f"cannot resume {str(path)!r} with different settings ({'; '.join(differences)}); "
-                              f"use the run's settings (its config.json) or a new out_dir")
-    _check_same_data(run, state.get("data_fingerprint"))
-    if state.get("device_type") != run.device.type:
-        raise CheckpointError(f"{str(path)!r} was trained on {state.get('device_type')}; resume it on the same "
-                              f"kind of device (--device {state.get('device_type')})")
+    check_resumable(state, path, run.config, run.data_fingerprint, run.device.type)
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
-    run.epoch, run.step = state["epoch"], state["step"]
+    run.epoch, run.step, run.epoch_step = state["epoch"], state["step"], state.get("epoch_step", 0)
     run.saved_step = run.step
-    run.epoch_step = state.get("epoch_step", 0)
     if run.epoch_step:
         run.epoch_sums = state["epoch_sums"].to(run.device)
     rng = state["rng"]
@@ -372,76 +304,31 @@ def restore(run: Run) -> None:
         rewrite_metrics(run.out_dir, run.history)  # drop records after the checkpoint: no duplicates
 
 
-def _check_same_data(run: Run, stored: str | None) -> None:
-    """Refuse to resume on training images other than the checkpoint's (the same spec can name a
-    file whose contents were replaced), unless allow_data_change; checkpoints without one pass."""
-    if stored is None or stored == run.data_fingerprint or run.config.allow_data_change:
-        return
-    raise CheckpointError(f"the training data of {run.config.data!r} differ from those {str(run.checkpoint_path)!r} "
-                          f"was trained on (fingerprint {run.data_fingerprint}, checkpoint {stored}); resume on the "
-                          f"same data, or pass --allow-data-change (allow_data_change=True) to continue on these")
-
-
-# ----------------------------------------------------------------------------- saving
-
-
-def _augment_states(run: Run) -> list[torch.Tensor]:
-    """Every rank's augmentation-generator state (rank order), so each can be restored."""
-    state = run.augment_generator.get_state()
-    if not run.dist.enabled:
-        return [state]
-    states: list[Any] = [None] * run.dist.world_size
-    torch.distributed.all_gather_object(states, state)
-    return states
-
-
-def current_lr(optimizer: torch.optim.Optimizer) -> float:
-    """The first group's learning rate as a number (a graphed step keeps it in a tensor)."""
-    return float(optimizer.param_groups[0]["lr"])
-
-
-def _optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """optimizer.state_dict() with plain-number learning rates, whatever device the step reads them on."""
-    state = optimizer.state_dict()
-    state["param_groups"] = [{**group, "lr": float(group["lr"])} for group in state["param_groups"]]
-    return state
-
-
-def save_state(run: Run) -> None:
-    """Write everything a resumed run needs to out_dir/checkpoint.pt (main process; atomic).
-
-    Refuses non-finite weights (TrainingDiverged). A failed write (a full disk) keeps the
-    previous checkpoint and says so.
-    """
-    augment_states = _augment_states(run)  # a collective: every rank takes part
-    if not run.dist.is_main:
-        run.saved_step = run.step  # every rank must agree on whether a final save is due
-        return
-    rng = capture_rng_state()
-    mid_epoch = run.epoch_step > 0
-    rng["permutation"] = run.epoch_perm_state if mid_epoch else run.perm_generator.get_state()
-    rng["augment"] = augment_states
-    state = {
-        "arch": run.config.arch(), "config": run.config.to_dict(), "model": run.model.state_dict(),
-        "optimizer": _optimizer_state(run.optimizer), "epoch": run.epoch, "step": run.step,
-        "epoch_step": run.epoch_step, "device_type": run.device.type, "rng": rng,
-        "data_fingerprint": run.data_fingerprint,
-    }
-    if mid_epoch:
-        state["epoch_sums"] = run.epoch_sums
-    try:
-        save_checkpoint(state, run.checkpoint_path)
-        run.saved_step = run.step
-    except CheckpointError as error:
-        raise TrainingDiverged(f"{error}; lower the learning rate (--lr) or check lam/mu/nu") from None
-    except OSError as error:
-        kept = "the previous checkpoint is intact" if run.checkpoint_path.exists() else "no checkpoint was written"
-        message = (f"could not write {str(run.checkpoint_path)!r} ({error.strerror or error}); {kept}. "
-                   f"Free some disk space and resume")
-        raise (OSError(error.errno, message) if error.errno else OSError(message)) from error
-
-
 # ----------------------------------------------------------------------------- one epoch
+
+
+def _rank_batches(perm: torch.Tensor, batch_size: int, dist_info: DistInfo) -> list[torch.Tensor]:
+    """N // batch_size index tensors (full global batches of perm: (N,)), this rank's slice of each."""
+    local = batch_size // dist_info.world_size
+    start = dist_info.rank * local
+    return [perm[i * batch_size + start: i * batch_size + start + local] for i in range(perm.shape[0] // batch_size)]
+
+
+def _views(run: Run, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The two views of each batch, from the batched pipeline or a DataLoader (the blog post's way)."""
+    if run.config.pipeline == "batched":
+        for index in batches:
+            yield run.augment(run.train_images[index], generator=run.augment_generator)
+        return
+    if not batches:
+        return
+    loader = torch.utils.data.DataLoader(
+        TransformedImages(run.train_images,
+                          two_views_transform(get_recipe(run.config.recipe, run.config.crop_interpolation))),
+        batch_size=batches[0].shape[0], sampler=torch.cat(batches).tolist(), num_workers=run.config.num_workers,
+        pin_memory=run.device.type == "cuda", drop_last=True, generator=run.perm_generator)
+    for view1, view2 in loader:
+        yield view1.to(run.device, non_blocking=True), view2.to(run.device, non_blocking=True)
 
 
 def _diverged(run: Run, what: str) -> TrainingDiverged:
@@ -467,9 +354,21 @@ def _check_loss(run: Run, bar) -> None:
                     cov=f"{means[3]:.4f}")
 
 
-def train_one_epoch(run: Run, stop: StopSignals, bar) -> None:
-    """Train through the epoch in progress (from run.epoch_step on); returns early when a stop
-    signal arrives, after the step it arrived in."""
+def _poll_stop_file(run: Run, stop: StopSignals) -> None:
+    """A stop request (runstate.request_stop) counts as Ctrl-C. Under DDP every process must stop after
+    the same step, so the main process's answer is shared (one all-reduce every log_every steps)."""
+    found = stop.file_requested()
+    if run.dist.enabled:
+        flag = torch.tensor([float(found)], device=run.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        found = bool(flag.item())
+    if found and not stop.requested:
+        stop.request(signal.SIGINT, f"a stop was requested ({STOP_NAME} in the run folder)")
+
+
+def train_one_epoch(run: Run, stop: StopSignals, bar) -> bool:
+    """Train through the epoch in progress (from run.epoch_step on). Returns early, after the step, when
+    a stop is requested: True when that left steps of the epoch untrained."""
     config = run.config
     run.epoch_step_start = run.epoch_step
     run.perm_generator.set_state(run.epoch_perm_state)
@@ -488,24 +387,23 @@ def train_one_epoch(run: Run, stop: StopSignals, bar) -> None:
             view1 = view1.contiguous(memory_format=torch.channels_last)
             view2 = view2.contiguous(memory_format=torch.channels_last)
         lr = lr_at_step(run.step, **schedule)
-        if run.graphed_step is not None:
-            loss = run.graphed_step(view1, view2, lr)
-        else:
-            loss = training_step(run.train_model, run.loss_fn, run.optimizer, view1, view2, lr, run.use_amp)
+        loss = (run.graphed_step(view1, view2, lr) if run.graphed_step is not None else
+                training_step(run.train_model, run.loss_fn, run.optimizer, view1, view2, lr, run.use_amp))
         run.step += 1
         run.epoch_step += 1
         run.epoch_sums += torch.stack([loss.total, loss.invariance, loss.variance, loss.covariance]).detach()
         bar.update(1)
         if run.epoch_step % config.log_every == 0 or index == len(batches) - 1:
             _check_loss(run, bar)
+            _poll_stop_file(run, stop)
         if stop.requested:
-            return
+            return index < len(batches) - 1
+    return False
 
 
 @torch.no_grad()
 def _heldout_spread(run: Run) -> dict[str, float]:
-    """Mean per-dimension std and effective rank of z on the fixed held-out batch (diagnostics.heldout_batch:
-    512 eval-split images, or all of a smaller split), the same in every run and notebook."""
+    """Mean per-dimension std and effective rank of z on diagnostics.heldout_batch, the same in every run."""
     images = run.eval_images if run.eval_images is not None else run.train_images
     batch = heldout_batch(images, n=min(HELDOUT_BATCH_SIZE, images.shape[0]))
     z = extract_features(run.model, batch, device=run.device, which="embedding")  # (512, d), eval mode
@@ -514,18 +412,13 @@ def _heldout_spread(run: Run) -> dict[str, float]:
     return {"std": per_dim_std(z).mean().item(), "effective_rank": float(effective_rank(z))}
 
 
-def _steps_timed(run: Run) -> int:
-    """The epoch's steps this process took (and timed): all of them, unless it resumed mid-epoch."""
-    return run.epoch_step - run.epoch_step_start
-
-
 def epoch_record(run: Run, train_time: float) -> dict[str, Any]:
     """The epoch's line of metrics.jsonl: loss terms, embedding spread, learning rate, speed."""
     totals = (run.epoch_sums / max(run.epoch_step, 1)).tolist()
     record = {"epoch": run.epoch, "step": run.step, "loss": totals[0], "invariance": totals[1],
               "variance": totals[2], "covariance": totals[3], **_heldout_spread(run),
               "lr": current_lr(run.optimizer), "train_time_s": train_time,
-              "images_per_s": _steps_timed(run) * run.config.batch_size / train_time}
+              "images_per_s": (run.epoch_step - run.epoch_step_start) * run.config.batch_size / train_time}
     if run.epoch_step < run.steps_per_epoch:
         record["steps"] = run.epoch_step  # a max_steps run stopped inside this epoch
     if run.epoch_step_start:
@@ -533,10 +426,8 @@ def epoch_record(run: Run, train_time: float) -> dict[str, Any]:
     return record
 
 
-
 def evaluate_knn(run: Run) -> dict[str, float]:
-    """Weighted kNN top-1 (%) of the encoder's representations h, train images -> eval split,
-    at k = config.knn_k ("knn_top1") and at k = 20 ("knn_top1@20")."""
+    """Weighted kNN top-1 (%) of the representations h, train -> eval split, at k = knn_k and at k = 20."""
     device, k = run.device, run.config.knn_k
     train_features = extract_features(run.model.encoder, run.train_images, device=device).to(device)
     eval_features = extract_features(run.model.encoder, run.eval_images, device=device).to(device)
@@ -545,53 +436,52 @@ def evaluate_knn(run: Run) -> dict[str, float]:
     return {"knn_top1": result[f"knn_top1@{k}"], "knn_k": k, "knn_top1@20": result["knn_top1@20"]}
 
 
-# ----------------------------------------------------------------------------- stopping
+# ----------------------------------------------------------------------------- saving
 
 
-class StopSignals:
-    """While active, Ctrl-C (SIGINT) and SIGTERM ask the loop to stop after the current step
-    instead of killing it mid-write; a second Ctrl-C stops at once. Until ``armed`` (while the data
-    loads and the model is built) they stop at once: there is nothing to save, and finishing the
-    setup only to train a step and save would keep a run the user aborted."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.armed = False
-        self._previous: dict[int, Any] = {}
-
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if not self.armed:
-            raise RunInterrupted(f"{signal.Signals(signum).name} before training began: nothing was saved", signum)
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # asked twice: stop now
-        self.signum = signum
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-
-def _stopped(run: Run, stop: StopSignals) -> RunInterrupted:
-    name = signal.Signals(stop.signum).name
-    where = f"after step {run.epoch_step} of epoch {run.epoch}" if run.epoch_step else f"after epoch {run.epoch}"
-    return RunInterrupted(f"{name}: saved the run {where} to {str(run.checkpoint_path)!r}; continue it with "
-                          f"--resume (resume=True) and the same settings", stop.signum)
+def save_state(run: Run) -> None:
+    """Write everything a resumed run needs to out_dir/checkpoint.pt (main process; atomic). Non-finite
+    weights raise TrainingDiverged; a failed write (a full disk) keeps the previous checkpoint and says so."""
+    augment_states: list[Any] = [run.augment_generator.get_state()]  # every rank's, in rank order
+    if run.dist.enabled:  # a collective: every rank takes part
+        augment_states = [None] * run.dist.world_size
+        torch.distributed.all_gather_object(augment_states, run.augment_generator.get_state())
+    if not run.dist.is_main:
+        run.saved_step = run.step  # every rank must agree on whether a final save is due
+        return
+    rng = capture_rng_state()
+    mid_epoch = run.epoch_step > 0
+    rng["permutation"] = run.epoch_perm_state if mid_epoch else run.perm_generator.get_state()
+    rng["augment"] = augment_states
+    state = {"arch": run.config.arch(), "config": run.config.to_dict(), "model": run.model.state_dict(),
+             "optimizer": plain_state_dict(run.optimizer), "epoch": run.epoch, "step": run.step,
+             "epoch_step": run.epoch_step, "device_type": run.device.type, "rng": rng,
+             "data_fingerprint": run.data_fingerprint}
+    if mid_epoch:
+        state["epoch_sums"] = run.epoch_sums
+    try:
+        save_checkpoint(state, run.checkpoint_path)
+        run.saved_step = run.step
+    except CheckpointError as error:
+        raise TrainingDiverged(f"{error}; lower the learning rate (--lr) or check lam/mu/nu") from None
+    except OSError as error:
+        kept = "the previous checkpoint is intact" if run.checkpoint_path.exists() else "no checkpoint was written"
+        message = (f"could not write {str(run.checkpoint_path)!r} ({error.strerror or error}); {kept}. "
+                   f"Free some disk space and resume")
+        raise (OSError(error.errno, message) if error.errno else OSError(message)) from error
 
 
 # ----------------------------------------------------------------------------- the run
 
 
+def _stopped(run: Run, stop: StopSignals) -> RunInterrupted:
+    where = f"after step {run.epoch_step} of epoch {run.epoch}" if run.epoch_step else f"after epoch {run.epoch}"
+    return RunInterrupted(f"{stop.reason}: saved the run {where} to {str(run.checkpoint_path)!r}; continue it with "
+                          f"--resume (resume=True) and the same settings", stop.signum)
+
+
 def _start(config: TrainConfig) -> tuple[TrainConfig, DistInfo, Path]:
+    """Resolve the config, join the process group, check the run folder (before any data is loaded)."""
     config = config.resolved()
     dist = init_distributed(config.device)
     if config.batch_size % dist.world_size:
@@ -621,21 +511,15 @@ def _log(run: Run, record: dict[str, Any]) -> None:
     append_metrics(run.out_dir, record)
 
 
-def _weights_finite(model: nn.Module) -> bool:
-    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
-    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())  # one device sync
-
-
 def _finish_epoch(run: Run, train_time: float, wall_start: float) -> None:
-    """Record, save (before evaluating, so an error there loses nothing), evaluate, log.
-
-    No number is recorded from a model with non-finite weights: that raises TrainingDiverged.
-    """
+    """Check the weights are finite, record, save (before evaluating, so an error there loses nothing),
+    evaluate, log."""
     config, is_last = run.config, run.epoch == run.last_epoch
-    if not _weights_finite(run.model):
+    tensors = [t for t in run.model.state_dict().values() if t.is_floating_point()]
+    if not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):  # one device sync
         raise _diverged(run, "the weights became non-finite")
     record = epoch_record(run, train_time)
-    steps = _steps_timed(run)
+    steps = run.epoch_step - run.epoch_step_start  # the steps this process took (and timed)
     run.epoch_step, run.epoch_sums = 0, None
     run.epoch_perm_state = run.perm_generator.get_state()
     saved = is_last or bool(config.checkpoint_every and run.epoch % config.checkpoint_every == 0)
@@ -657,31 +541,27 @@ def _finish_epoch(run: Run, train_time: float, wall_start: float) -> None:
 def pretrain(config: TrainConfig) -> PretrainResult:
     """Pretrain a VICReg model as ``config`` says; returns the model and the per-epoch history.
 
-    Ctrl-C or SIGTERM saves the state after the current step and raises RunInterrupted (a
-    KeyboardInterrupt); continue with ``resume=True``. A NaN/inf loss or weight raises
-    TrainingDiverged and leaves the last checkpoint as it was.
-    """
+    Ctrl-C, SIGTERM or ``request_stop(out_dir)`` saves the state after the current step and raises
+    RunInterrupted (a KeyboardInterrupt): continue with ``resume=True``. A NaN/inf loss or weight
+    raises TrainingDiverged, leaving the last checkpoint as it was."""
     config, dist, out_dir = _start(config)
     lock = RunLock(out_dir) if dist.is_main else contextlib.nullcontext()
-    with lock, StopSignals() as stop:
+    with lock, StopSignals(out_dir / STOP_NAME if dist.is_main else None) as stop:
         run = prepare_run(config, dist, out_dir)
         _begin(run)
         run.last_epoch = plan_last_epoch(run)
         first = run.epoch + 1 if run.epoch_step == 0 else run.epoch
         bar = tqdm(total=max((run.last_epoch - first + 1) * run.steps_per_epoch - run.epoch_step, 0),
-                           desc="pretrain", disable=not (config.progress and dist.is_main))
+                   desc="pretrain", disable=not (config.progress and dist.is_main))
         run.model.train()
         stop.armed = True
         try:
             for epoch in range(first, run.last_epoch + 1):
                 wall_start = time.perf_counter()
                 run.epoch = epoch
-                train_one_epoch(run, stop, bar)
-                if stop.requested and run.epoch_step < _steps_this_epoch(run):
-                    save_state(run)
-                    raise _stopped(run, stop)
-                _finish_epoch(run, time.perf_counter() - wall_start, wall_start)
-                run.model.train()
+                if not train_one_epoch(run, stop, bar):  # not stopped mid-epoch
+                    _finish_epoch(run, time.perf_counter() - wall_start, wall_start)
+                    run.model.train()
                 if stop.requested:
                     save_state(run)
                     raise _stopped(run, stop)
@@ -692,10 +572,3 @@ def pretrain(config: TrainConfig) -> PretrainResult:
     run.model.eval()
     return PretrainResult(model=run.model, history=run.history, out_dir=out_dir,
                           checkpoint_path=run.checkpoint_path, config=config)
-
-
-def _steps_this_epoch(run: Run) -> int:
-    """Steps the epoch in progress will have when complete (fewer at the end of a max_steps run)."""
-    if run.config.max_steps is None:
-        return run.steps_per_epoch
-    return min(run.steps_per_epoch, run.epoch_step + max(run.config.max_steps - run.step, 0))

@@ -4,7 +4,7 @@
     process = launch(command, log_path)                 # detached: survives a kernel restart
     records = watch_run(out_dir, process, total_epochs)  # live plots until the process ends
 
-The run itself writes one JSON line per epoch to out_dir/metrics.jsonl (runfolder.py); everything
+The run itself writes one JSON line per epoch to out_dir/metrics.jsonl (runstate.py); everything
 here only reads that file, so watching, interrupting the notebook and watching again are safe.
 The figure is ``plotting.plot_metrics`` (draw it once from ``read_metrics(out_dir)``), kept live
 by ``plotting.LiveMetricsFigure``; matplotlib is imported only when ``watch_run`` runs.
@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from tqdm.auto import tqdm
 
 from ..config import TrainConfig
-from ..runfolder import read_metrics
+from ..runstate import read_metrics
 
 __all__ = ["pretrain_command", "launch", "watch_run"]
 

@@ -1,5 +1,6 @@
 """The run folder's lock and its refusal of files vicreg_lib did not write, with real second
-processes: a lock is held by a live process or it is not, whatever the .lock file says."""
+processes (a lock is held by a live process or it is not, whatever the .lock file says); atomic
+writes; stop requests. Stopping a run by request mid-epoch is in test_train.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from vicreg_lib.config import TrainConfig
-from vicreg_lib.runfolder import RunFolderError, RunLock, read_config
+from vicreg_lib.runstate import RunFolderError, RunLock, read_config, remove_stale_tmp, request_stop
 from vicreg_lib.train import pretrain
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 # every contender tries while a winner still holds it, however slowly each one starts)
 HOLDER = """
 import sys
-from vicreg_lib.runfolder import RunFolderError, RunLock
+from vicreg_lib.runstate import RunFolderError, RunLock
 try:
     lock = RunLock(sys.argv[1]).acquire()
 except RunFolderError as error:
@@ -155,3 +156,32 @@ def test_the_package_s_own_files_are_replaced_and_read_back_as_settings(tmp_path
     legacy = read_config(out)  # an earlier version's config.json: no mark, TrainConfig's keys
     (out / "config.json").write_text(json.dumps(legacy))
     pretrain(tiny(out, overwrite=True))
+
+
+def test_stale_temporary_files_are_removed(tmp_path):
+    (tmp_path / ".checkpoint.pt.abc123.tmp").write_bytes(b"killed mid-save")
+    (tmp_path / "keep.txt").write_text("x")
+    assert [p.name for p in remove_stale_tmp(tmp_path, "checkpoint.pt")] == [".checkpoint.pt.abc123.tmp"]
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_a_leftover_stop_request_is_removed_when_a_run_starts(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    assert request_stop(out) == out / "STOP"  # asked of a run that had already ended
+    result = pretrain(tiny(out, epochs=2))
+    assert [r["epoch"] for r in result.history] == [1, 2] and not (out / "STOP").exists()
+    with pytest.raises(FileNotFoundError, match="no run folder"):
+        request_stop(tmp_path / "elsewhere")
+
+
+def test_a_stop_file_vicreg_lib_did_not_write_is_refused_and_left_alone(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "STOP").write_text("my notes")
+    with pytest.raises(RunFolderError, match=r"holds STOP, which vicreg_lib did not write"):
+        pretrain(tiny(out))
+    assert (out / "STOP").read_text() == "my notes"
+    (out / "STOP").write_text("")  # touch STOP: an empty file is a request too
+    pretrain(tiny(out))
+    assert not (out / "STOP").exists()

@@ -1,13 +1,14 @@
-"""The files of a run folder: config.json, metrics.jsonl, checkpoint.pt, and the lock.
+"""A run's state on disk and its stopping: atomic files, the run folder, its lock, stop requests.
 
     out_dir/config.json     the full TrainConfig of the run
     out_dir/metrics.jsonl   one JSON object per epoch, appended as the run goes
     out_dir/checkpoint.pt   the latest checkpoint (checkpoint.py), replaced atomically
     out_dir/.lock           flock'ed while a run writes here: a second run into the folder is refused
+    out_dir/STOP            written by ``request_stop``: the run saves and stops, as on Ctrl-C
 
-Everything here is checked before any data is loaded or a model is built, so a bad
-out_dir costs no time. A file of one of these names that vicreg_lib did not write (another
-tool's config.json, say) is never replaced or deleted: the run is refused, naming it.
+The folder is checked before any data is loaded or a model is built, so a bad out_dir costs
+no time. A file of one of these names that vicreg_lib did not write (another tool's
+config.json, say) is never replaced or deleted: the run is refused, naming it.
 """
 
 from __future__ import annotations
@@ -15,33 +16,87 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
+import tempfile
+import threading
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 import torch
 
-from .files import atomic_write, remove_stale_tmp
-
-CONFIG_NAME = "config.json"
-METRICS_NAME = "metrics.jsonl"
-CHECKPOINT_NAME = "checkpoint.pt"
-LOCK_NAME = ".lock"
+CONFIG_NAME, METRICS_NAME, CHECKPOINT_NAME, LOCK_NAME, STOP_NAME = (
+    "config.json", "metrics.jsonl", "checkpoint.pt", ".lock", "STOP")
+CHECKPOINT_FORMAT = "vicreg_lib.checkpoint"  # the "format" entry of every checkpoint this package writes
 CONFIG_MARK_KEY, CONFIG_MARK = "_written_by", "vicreg_lib"  # tells our config.json from another tool's
 LEGACY_CONFIG_KEYS = frozenset({"data", "out_dir", "epochs", "lam", "mu", "nu", "batch_size"})
+LOCK_MARK, STOP_MARK = "vicreg_lib run lock", "vicreg_lib stop request"
+TMP_SUFFIX = ".tmp"
 
 
 class RunFolderError(ValueError):
     """An out_dir that cannot take this run; the message says why and what to do."""
 
 
+# ----------------------------------------------------------------------------- atomic files
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str = "wb") -> Path:
+    """Call ``write(file)`` on a temporary file ``.<name>.<random>.tmp`` in ``path``'s folder, fsync,
+    then os.replace it onto ``path``: a reader sees the old file or the new one, never half of one.
+
+    A failed write (a full disk, Ctrl-C) removes the temporary file and leaves ``path`` as it was;
+    ``remove_stale_tmp`` clears what a kill -9 left. Permissions are 0666 less the umask (not
+    mkstemp's 0600). Returns ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, mode) as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable (not possible on every platform)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
+
+
+def remove_stale_tmp(folder: str | os.PathLike, name: str) -> list[Path]:
+    """Delete the temporary files that an interrupted ``atomic_write(folder / name)`` left; returns them."""
+    folder = Path(folder)
+    stale = sorted(folder.glob(f".{name}.*{TMP_SUFFIX}")) if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+# ----------------------------------------------------------------------------- the run folder
+
+
 def check_out_dir(out_dir: str | os.PathLike, resume: bool, overwrite: bool) -> Path:
     """Check that ``out_dir`` can hold this run, before anything expensive happens; returns it.
 
-    Refused: a path that is a file or lies under a file, a folder that cannot be written,
-    resume without a checkpoint, a new run (without overwrite) into a folder that holds
-    a checkpoint or metrics of an earlier run, and a folder holding files that the run would
-    replace but vicreg_lib did not write (``foreign_files``), named in the message. Nothing
-    is removed here: temporary files of a killed save are cleared once the lock is held.
+    Refused: a path that is or lies under a file, a folder that cannot be written, resume without
+    a checkpoint, a new run (without overwrite) into a folder holding an earlier run's checkpoint or
+    metrics, and files the run would replace that vicreg_lib did not write (``foreign_files``).
+    Nothing is removed here: temporary files of a killed save are cleared once the lock is held.
     """
     out_dir = Path(out_dir)
     for parent in [out_dir, *out_dir.parents]:
@@ -69,23 +124,29 @@ def check_out_dir(out_dir: str | os.PathLike, resume: bool, overwrite: bool) -> 
     return out_dir
 
 
+def _read_text(path: Path, limit: int = -1) -> str | None:
+    try:
+        with open(path, errors="replace") as handle:
+            return handle.read(limit)
+    except OSError:
+        return None
+
+
 def _config_is_ours(path: Path) -> bool:
     try:
         stored = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-    if not isinstance(stored, dict):
-        return False
     # earlier versions wrote no mark: their config.json holds TrainConfig's own keys
-    return stored.get(CONFIG_MARK_KEY) == CONFIG_MARK or LEGACY_CONFIG_KEYS <= stored.keys()
+    return isinstance(stored, dict) and (stored.get(CONFIG_MARK_KEY) == CONFIG_MARK
+                                         or LEGACY_CONFIG_KEYS <= stored.keys())
 
 
 def _metrics_are_ours(path: Path) -> bool:
-    try:
-        with open(path, errors="replace") as handle:
-            first = next((line for line in handle if line.strip()), "")
-    except OSError:
+    text = _read_text(path)
+    if text is None:
         return False
+    first = next((line for line in text.splitlines() if line.strip()), "")
     if not first:
         return True  # created, then the run stopped before its first record
     try:
@@ -96,23 +157,35 @@ def _metrics_are_ours(path: Path) -> bool:
 
 
 def _checkpoint_is_ours(path: Path) -> bool:
-    from .checkpoint import FORMAT
-
     try:  # mmap: only the small pickled index is read, not the tensors
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # any unreadable file: it cannot be shown to be ours
         return False
-    return isinstance(state, dict) and state.get("format") == FORMAT
+    return isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT
+
+
+def _marked_file_is_ours(path: Path, mark: str) -> bool:
+    """A .lock or STOP this package writes: empty (a crash right after creating it), a bare process id
+    (earlier versions' .lock) or starting with its mark."""
+    if not path.exists():
+        return True  # removed meanwhile by a run that ended: nothing of anyone else's is there
+    text = _read_text(path, 200)
+    if text is None:
+        return False
+    text = text.strip()
+    # a prefix of the mark too: a holder may be between truncating the file and writing it
+    return not text or text.isdigit() or text.startswith(mark) or mark.startswith(text)
 
 
 def foreign_files(out_dir: Path, resume: bool, overwrite: bool) -> list[str]:
     """The files in out_dir that this run would replace or delete but vicreg_lib did not write.
 
-    config.json is rewritten by every run; metrics.jsonl is rewritten on resume and deleted with
-    overwrite; checkpoint.pt is deleted with overwrite (on resume it is read, and refused there
-    when it is not a vicreg_lib checkpoint); a .lock is rewritten.
+    config.json, .lock and STOP are rewritten or removed by every run; metrics.jsonl is rewritten on
+    resume and deleted with overwrite; checkpoint.pt is deleted with overwrite (on resume it is read,
+    and refused there when it is not a vicreg_lib checkpoint).
     """
-    checks = [(CONFIG_NAME, _config_is_ours), (LOCK_NAME, _lock_is_ours)]
+    checks = [(CONFIG_NAME, _config_is_ours), (LOCK_NAME, lambda path: _marked_file_is_ours(path, LOCK_MARK)),
+              (STOP_NAME, lambda path: _marked_file_is_ours(path, STOP_MARK))]
     if resume or overwrite:
         checks.append((METRICS_NAME, _metrics_are_ours))
     if overwrite:
@@ -129,42 +202,22 @@ def clear_run(out_dir: Path) -> None:
 
 # ----------------------------------------------------------------------------- the lock
 
-LOCK_MARK = "vicreg_lib run lock"
 _HELD: set[Path] = set()  # lock files this process holds: flock alone would not say it is us
 
 
-def _lock_is_ours(path: Path) -> bool:
-    """Whether an existing .lock is one this package writes: empty (a crash right after creating
-    it), a bare process id (earlier versions) or one that starts with LOCK_MARK."""
-    try:
-        with open(path, errors="replace") as handle:
-            text = handle.read(200).strip()
-    except FileNotFoundError:
-        return True  # removed meanwhile by a run that ended: nothing of anyone else's is there
-    except OSError:
-        return False
-    # a prefix of the mark too: a holder may be between truncating the file and writing it
-    return not text or text.isdigit() or text.startswith(LOCK_MARK) or LOCK_MARK.startswith(text)
-
-
 def _owner_text(path: Path) -> str:
-    try:
-        with open(path, errors="replace") as handle:
-            pid = handle.read(200).split("pid", 1)[-1].split()[0]
-    except (OSError, IndexError):
-        return "another run"
-    return f"another run (process {pid})" if pid.isdigit() else "another run"
+    pid = (_read_text(path, 200) or "").split("pid", 1)[-1].split()
+    return f"another run (process {pid[0]})" if pid and pid[0].isdigit() else "another run"
 
 
 class RunLock:
     """An OS lock (``fcntl.flock``) on ``out_dir/.lock``, held for the whole run.
 
-    A second run into the folder, from another process or this one, is refused. A lock is
-    stale exactly when it can be taken: the OS drops it when its process ends, however it
-    ended (kill -9 included), so no process ids are guessed at. The file holds the owner's
-    process id for the message only. A .lock that this package did not write is refused,
-    never overwritten. Temporary files of interrupted saves are removed once the lock is held
-    (earlier, they might be a live run's).
+    A second run into the folder, from another process or this one, is refused. A lock is stale
+    exactly when it can be taken: the OS drops it when its process ends, kill -9 included, so no
+    process ids are guessed at (the file holds the owner's id for messages only). A .lock this
+    package did not write is refused, never overwritten. Temporary files of interrupted saves are
+    removed once the lock is held (earlier, they might be a live run's).
     """
 
     def __init__(self, out_dir: str | os.PathLike) -> None:
@@ -202,7 +255,7 @@ class RunLock:
 
     def _open_locked(self) -> int | None:
         """A descriptor of .lock holding the flock, or None when the file was replaced meanwhile."""
-        if self.path.exists() and not _lock_is_ours(self.path):
+        if not _marked_file_is_ours(self.path, LOCK_MARK):
             raise RunFolderError(f"{str(self.path)!r} was not written by vicreg_lib; it is left alone. Move it "
                                  f"away if it is not needed, or choose another out_dir")
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -250,29 +303,24 @@ def write_config(out_dir: Path, config: dict[str, Any]) -> None:
 
 
 def read_config(out_dir: str | os.PathLike) -> dict[str, Any]:
-    """The settings a run was started with (its config.json)."""
+    """The settings a run was started with (its config.json), ready for ``TrainConfig(**...)``."""
     path = Path(out_dir) / CONFIG_NAME
     if not path.exists():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {str(out_dir)!r}; pass the out_dir of a pretraining run")
     stored = json.loads(path.read_text())
     if isinstance(stored, dict):
-        stored.pop(CONFIG_MARK_KEY, None)  # the settings only: TrainConfig(**read_config(folder)) works
+        stored.pop(CONFIG_MARK_KEY, None)
     return stored
 
 
 def read_metrics(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The per-epoch records of a run, oldest first; a half-written last line is skipped.
-
-    Safe to call while the run is going (live plots). An existing out_dir without
-    metrics yet gives [].
-    """
+    """The per-epoch records of a run, oldest first ([] before the first). Safe while the run is
+    going (live plots): a half-written last line is skipped."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise FileNotFoundError(f"no run folder {str(out_dir)!r}; pass the out_dir of a pretraining run")
     path = out_dir / METRICS_NAME
-    if not path.exists():
-        return []
-    lines = path.read_text().splitlines()
+    lines = path.read_text().splitlines() if path.exists() else []
     records = []
     for index, line in enumerate(lines):
         if not line.strip():
@@ -295,3 +343,79 @@ def append_metrics(out_dir: Path, record: dict[str, Any]) -> None:
 def rewrite_metrics(out_dir: Path, records: list[dict[str, Any]]) -> None:
     text = "".join(json.dumps(record) + "\n" for record in records)
     atomic_write(out_dir / METRICS_NAME, lambda handle: handle.write(text), mode="w")
+
+
+# ----------------------------------------------------------------------------- stopping
+
+
+def request_stop(out_dir: str | os.PathLike) -> Path:
+    """Ask the run writing into ``out_dir`` to save and stop, as Ctrl-C does; returns the STOP file.
+
+    Works where signals do not (Windows, a run started from a notebook): the loop looks for
+    out_dir/STOP every ``log_every`` steps, and the file is removed when a run starts or stops.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise FileNotFoundError(f"no run folder {str(out_dir)!r}; pass the out_dir of a running pretraining")
+    return atomic_write(out_dir / STOP_NAME, lambda handle: handle.write(f"{STOP_MARK}\n"), mode="w")
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C, SIGTERM or ``request_stop`` stopped the run after its state was saved; ``signum`` says
+    which signal (SIGINT for a stop request, which is treated as Ctrl-C)."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class StopSignals:
+    """While active, Ctrl-C (SIGINT), SIGTERM and ``request_stop`` ask the loop to stop after the
+    current step, instead of killing it mid-write; a second Ctrl-C stops at once.
+
+    Until ``armed`` (while the data loads and the model is built) the signals stop at once: there
+    is nothing to save, and finishing the setup only to train a step and save would keep a run the
+    user aborted. ``stop_file``: out_dir/STOP in the process that writes the run folder (None in
+    the others); a leftover one is removed on entering and on leaving.
+    """
+
+    def __init__(self, stop_file: Path | None = None) -> None:
+        self.signum: int | None = None
+        self.reason = ""
+        self.armed = False
+        self.stop_file = stop_file
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def file_requested(self) -> bool:
+        """Whether out_dir/STOP is there (a stat: the loop asks every log_every steps only)."""
+        return self.stop_file is not None and self.stop_file.exists()
+
+    def request(self, signum: int, reason: str) -> None:
+        self.signum, self.reason = signum, reason
+
+    def __enter__(self) -> StopSignals:
+        self._remove_stop_file()
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._on_signal)
+        return self
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if not self.armed:
+            raise RunInterrupted(f"{signal.Signals(signum).name} before training began: nothing was saved", signum)
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # asked twice: stop now
+        self.request(signum, signal.Signals(signum).name)
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._remove_stop_file()
+
+    def _remove_stop_file(self) -> None:
+        if self.stop_file is not None and _marked_file_is_ours(self.stop_file, STOP_MARK):
+            self.stop_file.unlink(missing_ok=True)
