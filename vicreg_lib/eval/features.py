@@ -21,22 +21,33 @@ from tqdm.auto import tqdm
 from ..data import CIFAR10_MEAN, CIFAR10_STD
 from ..hardware import resolve_device
 
-__all__ = ["NonFiniteFeaturesError", "normalize_images", "feature_function", "frozen", "accelerator_autocast",
-           "require_finite", "extract_features", "check_labels", "count_classes", "check_feature_pair",
-           "knn_accuracy"]
+__all__ = ["NonFiniteFeaturesError", "check_images", "check_count", "normalize_images", "feature_function", "frozen",
+           "accelerator_autocast", "require_finite", "extract_features", "check_labels", "count_classes",
+           "check_feature_pair", "knn_accuracy"]
 
 
 class NonFiniteFeaturesError(ValueError):
     """Features with NaN or infinite entries: the model that made them is broken (diverged)."""
 
 
+def check_images(images: torch.Tensor, name: str = "images") -> None:
+    """One ValueError unless images are uint8 (N, 3, H, W)."""
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"{name} must be uint8 (N, 3, H, W) as load_dataset returns them, "
+                         f"got {images.dtype} {tuple(images.shape)}")
+
+
+def check_count(value, name: str, none: str | None = None) -> None:
+    """One ValueError unless value is an int >= 1 (or None, when `none` says what None means)."""
+    if value is None and none is not None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1{f' or None ({none})' if none else ''}, got {value!r}")
+
+
 def normalize_images(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, 3, H, W) -> float32 (N, 3, H, W) with the CIFAR-10 mean/std, as the training views are."""
-    if images.dtype != torch.uint8:
-        raise ValueError(f"normalize_images expects uint8 images (N, 3, H, W), got dtype {images.dtype}; "
-                         "float images are assumed to be normalised already")
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}")
+    check_images(images)
     mean = torch.tensor(CIFAR10_MEAN, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(CIFAR10_STD, device=images.device).view(1, 3, 1, 1)
     return (images.float() / 255.0 - mean) / std
