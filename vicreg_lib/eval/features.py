@@ -10,7 +10,6 @@ of eval/ (nor the training loop).
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Callable, Sequence
 
 import torch
@@ -74,8 +73,7 @@ def frozen(model: Callable, device: torch.device):
         yield
         return
     modes = {m: m.training for m in model.modules()}
-    first_param = next(model.parameters(), None)
-    home = first_param.device if first_param is not None else device
+    home = next((p.device for p in model.parameters()), device)
     try:
         model.eval().to(device)
         yield
@@ -112,12 +110,9 @@ def extract_features(model: Callable[[torch.Tensor], torch.Tensor], images: torc
         raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}")
     if images.shape[0] == 0:
         raise ValueError("images is empty; pass at least one image")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = resolve_device(device)
-    chunks = []
-    bar = tqdm(range(0, images.shape[0], batch_size), total=math.ceil(images.shape[0] / batch_size),
-               desc=f"features ({which})", disable=not progress)
+    check_count(batch_size, "batch_size")
+    device, chunks = resolve_device(device), []
+    bar = tqdm(range(0, images.shape[0], batch_size), desc=f"features ({which})", disable=not progress)
     with frozen(model, device), torch.inference_mode(), accelerator_autocast(device):
         for start in bar:
             x = images[start:start + batch_size].to(device, non_blocking=True)

@@ -67,8 +67,10 @@ class Optimization:
                 raise ValueError(f"Optimization.{name} = {getattr(self, name)!r}; use one of {allowed}")
         for name in ("lr", "momentum", "weight_decay", "final_ratio", "warmup"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0) or self.lr == 0:
-                raise ValueError(f"Optimization.{name} = {value!r} must be a finite number >= 0 (lr > 0)")
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"Optimization.{name} = {value!r} must be a finite number >= 0")
+        if self.lr == 0:
+            raise ValueError("Optimization.lr must be > 0")
         check_count(self.batch_size, "Optimization.batch_size")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise ValueError("Optimization.nesterov needs optimizer='sgd' with momentum > 0")
