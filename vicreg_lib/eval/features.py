@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torchvision.transforms.functional import normalize
 from tqdm.auto import tqdm
 
 from ..data import CIFAR10_MEAN, CIFAR10_STD
@@ -47,9 +48,7 @@ def check_count(value, name: str, none: str | None = None) -> None:
 def normalize_images(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, 3, H, W) -> float32 (N, 3, H, W) with the CIFAR-10 mean/std, as the training views are."""
     check_images(images)
-    mean = torch.tensor(CIFAR10_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR10_STD, device=images.device).view(1, 3, 1, 1)
-    return (images.float() / 255.0 - mean) / std
+    return normalize(images.float() / 255.0, CIFAR10_MEAN, CIFAR10_STD)
 
 
 def feature_function(model: Callable, which: str = "representation") -> Callable[[torch.Tensor], torch.Tensor]:

@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.transforms.functional import normalize
 from tqdm.auto import tqdm
 
 from ..augment import resized_crop_flip, sample_crop_boxes
@@ -142,10 +143,9 @@ def fit_classifier(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
     """Train every parameter of `model` (a head, or nn.Sequential(network, head)) in place with
     cross-entropy on inputs (n, ...) (on the model's device) and labels (n,) in [0, C).
 
-    prepare: batch (b, ...) -> model input under no_grad, for what stays fixed (augmentation, a frozen
-    encoder). Exactly one of epochs / time_budget_s; a budget stops at the first step that would start
-    after it and runs the schedule on the clock (it ends with the budget on any machine). amp: bf16
-    autocast, the loss in float32. A lone-sample batch is skipped when `model` has BatchNorm."""
+    prepare: batch (b, ...) -> model input under no_grad (augmentation, a frozen encoder). Exactly one
+    of epochs / time_budget_s; a budget runs the schedule on the clock, so it ends with the budget on
+    any machine. amp: bf16 autocast. A lone-sample batch is skipped when `model` has BatchNorm."""
     _check_fit_args(model, inputs, labels, optimization, epochs, time_budget_s)
     device, n, batch = inputs.device, inputs.shape[0], optimization.batch_size
     labels = labels.to(device).long()
@@ -210,21 +210,18 @@ class LinearProtocol:
     normalize_test: bool = True  # False: test images only scaled to [0, 1]
 
 
-PROTOCOLS: dict[str, LinearProtocol] = {
+PROTOCOLS: dict[str, LinearProtocol] = {  # batch 256 and a cosine to 0 in each
     "blog": LinearProtocol(
         name="blog", source="the blog post's eval.py (augustwester/vicreg 89eab04)", epochs=50,
-        optimization=Optimization(optimizer="sgd", lr=0.02, momentum=0.0, weight_decay=1e-6, schedule="cosine",
-                                  schedule_unit="epoch", batch_size=256),
+        optimization=Optimization(optimizer="sgd", lr=0.02, momentum=0.0, weight_decay=1e-6, schedule_unit="epoch"),
         head_init="default", augment=True, crop_scale=(0.2, 1.0), normalize_test=False),
     "standard": LinearProtocol(
         name="standard", source="the official VICReg evaluate.py, frozen weights, final epoch reported", epochs=100,
-        optimization=Optimization(optimizer="sgd", lr=0.3, momentum=0.9, weight_decay=1e-6, schedule="cosine",
-                                  schedule_unit="epoch", batch_size=256),
+        optimization=Optimization(optimizer="sgd", lr=0.3, momentum=0.9, weight_decay=1e-6, schedule_unit="epoch"),
         head_init="normal", augment=True, crop_scale=(0.08, 1.0), normalize_test=True),
     "fast": LinearProtocol(
         name="fast", source="this package: standardised features computed once, Adam", epochs=100,
-        optimization=Optimization(optimizer="adam", lr=1e-3, weight_decay=1e-6, schedule="cosine",
-                                  schedule_unit="step", batch_size=256),
+        optimization=Optimization(optimizer="adam", lr=1e-3, weight_decay=1e-6, schedule_unit="step"),
         head_init="zeros", augment=False, standardize=True, normalize_test=True),
 }
 _FAST = PROTOCOLS["fast"]
@@ -309,8 +306,6 @@ def _crop_flip_features(encoder: Callable, p: LinearProtocol, generator: torch.G
     """uint8 batch (b, 3, H, W) on `device` -> frozen features (b, D) of a fresh RandomResizedCrop +
     flip of each image, normalised, as the eval scripts' torchvision transforms do."""
     features_of = feature_function(encoder, "representation")
-    mean = torch.tensor(CIFAR10_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR10_STD, device=device).view(1, 3, 1, 1)
 
     def prepare(images: torch.Tensor) -> torch.Tensor:
         n, _, height, width = images.shape
@@ -318,7 +313,7 @@ def _crop_flip_features(encoder: Callable, p: LinearProtocol, generator: torch.G
         flips = torch.rand(n, generator=generator) < 0.5
         x = resized_crop_flip(images.float() / 255.0, boxes.to(device), flips.to(device))  # (b, 3, H, W)
         with accelerator_autocast(device):
-            return features_of((x - mean) / std).float()  # (b, D)
+            return features_of(normalize(x, CIFAR10_MEAN, CIFAR10_STD)).float()  # (b, D)
 
     return prepare
 

@@ -11,7 +11,7 @@ crop + flip on whole batches on the device.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,21 +20,17 @@ from torch import nn
 from ..hardware import resolve_device
 from ..model import resnet18_cifar
 from .features import check_images, check_labels, normalize_images
-from .probes import Optimization, fit_classifier
+from .probes import FitResult, Optimization, fit_classifier
 
 __all__ = ["SupervisedResult", "random_crop_flip", "train_supervised"]
 
 
-@dataclass
-class SupervisedResult:
-    """What `train_supervised` returns: the trained encoder (eval mode) is what gets evaluated, and
-    `probes.FitResult`'s history, steps and seconds."""
+@dataclass(kw_only=True)
+class SupervisedResult(FitResult):
+    """`fit_classifier`'s history, steps and seconds, and the trained encoder (eval mode) and head."""
 
     encoder: nn.Module
     classifier: nn.Linear
-    history: list[dict] = field(default_factory=list)
-    steps: int = 0
-    seconds: float = 0.0
 
 
 def random_crop_flip(x: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -82,4 +78,4 @@ def train_supervised(images: torch.Tensor, labels: torch.Tensor, width: int = 64
     fit = fit_classifier(network, images.to(device), labels, optimization, epochs=epochs,
                          time_budget_s=time_budget_s, prepare=augment, generator=generator,
                          amp=device.type == "cuda", progress=progress, desc="supervised")
-    return SupervisedResult(encoder, classifier, fit.history, fit.steps, fit.seconds)
+    return SupervisedResult(encoder=encoder, classifier=classifier, **vars(fit))
