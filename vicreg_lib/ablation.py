@@ -96,8 +96,7 @@ def parse_grid(text: str) -> list[Coefficients]:
 
 def run_name(coefficients: Coefficients) -> str:
     """(25.0, 25.0, 1.0) -> 'lam25_mu25_nu1' (folder names)."""
-    lam, mu, nu = coefficients
-    return f"lam{lam:g}_mu{mu:g}_nu{nu:g}"
+    return "lam{:g}_mu{:g}_nu{:g}".format(*coefficients)
 
 
 def cache_key(config: TrainConfig, probe: dict[str, Any], data_fingerprint: str) -> str:
@@ -116,16 +115,14 @@ def _load_cached(path: Path, key: str) -> dict[str, Any] | None:
         payload = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(payload, dict) or payload.get("key") != key or payload.get("format") != RESULT_FORMAT:
-        return None
-    row = payload.get("row")
+    ours = isinstance(payload, dict) and payload.get("key") == key and payload.get("format") == RESULT_FORMAT
+    row = payload.get("row") if ours else None
     if not isinstance(row, dict) or not all(name in row for name in ROW_KEYS):
         return None  # valid JSON of the wrong shape: recompute
+    # entries of the wrong type (an edited file) would fail only when the table is printed
     numbers = all(isinstance(row.get(name, 0.0), (int, float)) and not isinstance(row.get(name), bool)
                   for name in ROW_NUMBERS)
-    if not (numbers and isinstance(row["verdict"], str) and isinstance(row["history"], list)):
-        return None  # entries of the wrong type (an edited file) would fail only when the table is printed
-    return row
+    return row if numbers and isinstance(row["verdict"], str) and isinstance(row["history"], list) else None
 
 
 def measure_model(model, config: TrainConfig, probe: dict[str, Any]) -> dict[str, Any]:
@@ -150,12 +147,6 @@ def measure_model(model, config: TrainConfig, probe: dict[str, Any]) -> dict[str
             "knn_top1": accuracy[f"knn_top1@{probe['knn_k']}"], "linear_top1": accuracy["linear_fast_top1"]}
 
 
-def _diverged_row(coefficients: Coefficients, run_dir: Path, error: Exception, seconds: float) -> dict[str, Any]:
-    return {**dict(zip(("lam", "mu", "nu"), coefficients)), **dict.fromkeys(ROW_NUMBERS[3:], math.nan),
-            "verdict": "diverged", "error": str(error), "std_per_dim": [], "singular_values": [],
-            "history": read_metrics(run_dir) if run_dir.is_dir() else [], "train_time_s": seconds, "time_s": seconds}
-
-
 def _run_one(coefficients: Coefficients, config: TrainConfig, run_dir: Path, probe: dict[str, Any],
              pretrain: Callable[[TrainConfig], Any]) -> dict[str, Any]:
     """Pretrain with these coefficients into run_dir, then measure: one table row ("diverged" if it did)."""
@@ -167,7 +158,11 @@ def _run_one(coefficients: Coefficients, config: TrainConfig, run_dir: Path, pro
         train_time = time.perf_counter() - start
         measured = measure_model(result.model, result.config, probe)
     except train.TrainingDiverged as error:
-        return _diverged_row(coefficients, run_dir, error, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        return {**dict(zip(("lam", "mu", "nu"), coefficients)), **dict.fromkeys(ROW_NUMBERS[3:], math.nan),
+                "verdict": "diverged", "error": str(error), "std_per_dim": [], "singular_values": [],
+                "history": read_metrics(run_dir) if run_dir.is_dir() else [], "train_time_s": seconds,
+                "time_s": seconds}
     history = read_metrics(result.out_dir)
     last = next((r for r in reversed(history) if "loss" in r), {})
     return {**dict(zip(("lam", "mu", "nu"), coefficients)),

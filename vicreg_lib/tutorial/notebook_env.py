@@ -27,9 +27,6 @@ from ..hardware import resolve_device
 
 __all__ = ["NotebookSettings", "notebook_settings", "find_checkout"]
 
-DEFAULT_DATA = "cifar10"
-DEFAULT_DATA_ROOT = "data"
-DEFAULT_RUNS = "runs"
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 _PROJECT_NAME = re.compile(r"""^\s*name\s*=\s*["']vicreg[-_]lib["']\s*$""", re.MULTILINE)
@@ -81,8 +78,7 @@ class NotebookSettings:
             text += f"; the run used is {_shown(self.run, base)} (VICREG_RUN)"
         return text + "."
 
-    def __str__(self) -> str:
-        return self.describe()
+    __str__ = describe
 
 
 def find_checkout(start: str | os.PathLike | None = None) -> Path | None:
@@ -121,10 +117,10 @@ def notebook_settings(notebook: str, fast: bool | None = None, device: str = "au
             "(the out_dir of a pretraining run) or a weights file, or unset VICREG_RUN for the default"
         )
     return NotebookSettings(
-        notebook=notebook, data=environ.get("VICREG_DATA", "").strip() or DEFAULT_DATA,
-        data_root=_path_setting(environ, "VICREG_DATA_ROOT", DEFAULT_DATA_ROOT, base),
+        notebook=notebook, data=environ.get("VICREG_DATA", "").strip() or "cifar10",
+        data_root=_path_setting(environ, "VICREG_DATA_ROOT", "data", base),
         fast=_flag_setting(environ, "VICREG_FAST") if fast is None else fast,
-        runs=_path_setting(environ, "VICREG_RUNS", DEFAULT_RUNS, base),
+        runs=_path_setting(environ, "VICREG_RUNS", "runs", base),
         device=str(resolve_device(device)), run=run, checkout=checkout)
 
 
