@@ -65,9 +65,7 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser, per_setting: bool = 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig the options describe: the preset (if any) with every option given on top."""
     given = {name: getattr(args, name) for name in field_names() if getattr(args, name, None) is not None}
-    if args.preset:
-        return TrainConfig.from_preset(args.preset, **given)
-    return TrainConfig(**given)
+    return TrainConfig.from_preset(args.preset, **given) if args.preset else TrainConfig(**given)
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
