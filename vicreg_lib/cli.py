@@ -121,11 +121,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .eval.report import EvalConfig, evaluate_checkpoint, format_table
 
     try:
-        resolve_device(args.device)
-        config = EvalConfig(data=args.data, data_root=args.data_root, device=args.device, batch_size=args.batch_size,
-                            protocols=tuple(args.protocols or ("fast",)), probe_epochs=args.probe_epochs,
-                            max_train_images=args.max_train_images, random_init_baseline=args.random_init_baseline,
-                            progress=args.progress)
+        resolve_device(args.device)  # before the checkpoint is read: a typo is the error named
+        given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(EvalConfig)}  # options it has
+        config = EvalConfig(**{name: value for name, value in given.items() if value is not None})
         results = evaluate_checkpoint(args.checkpoint, config)
     except (ValueError, OSError) as error:  # CheckpointError, DataSpecError, bad numbers, an unwritable folder
         return _fail(str(error))
