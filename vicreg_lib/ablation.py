@@ -183,13 +183,10 @@ def run_ablation(grid: Sequence[Sequence[float]] | str, config: TrainConfig,
                  probe_train_images: int | None = None, progress: bool = True,
                  pretrain: Callable[[TrainConfig], Any] | None = None) -> AblationTable:
     """One short pretraining run per (lam, mu, nu) of `grid` ([(lam, mu, nu), ...] or "1,0,0;25,25,1"),
-    measured and cached; rows in grid order.
-
-    config: what every run shares (lam/mu/nu/out_dir replaced). cache_dir: results in
-    cache_dir/<run>-<key>/result.json, the run's files in .../run/ (default $VICREG_RUNS/ablation).
-    probe_epochs: of the fast probe; the kNN uses config.knn_k. probe_train_images: kNN and probe
-    learn from a seeded subset of this many train images (default all), measured on the whole test
-    split. pretrain: the training function (default `train.pretrain`)."""
+    measured and cached; rows in grid order. config: what every run shares. cache_dir: default
+    $VICREG_RUNS/ablation. probe_epochs: of the fast probe (the kNN uses config.knn_k).
+    probe_train_images: kNN and probe learn from a seeded subset of this many train images (default
+    all). pretrain: the training function (default `train.pretrain`)."""
     grid = parse_grid(grid) if isinstance(grid, str) else [check_coefficients(c) for c in grid]
     if not grid:
         raise ValueError("grid is empty; pass at least one (lam, mu, nu), e.g. [(25, 25, 1)]")

@@ -168,11 +168,9 @@ def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_
                  num_classes: int | None = None, batch_size: int = 256) -> dict[str, float]:
     """Weighted k-nearest-neighbour top-1 (%) on cosine similarity: {"knn_top1@{k}": accuracy} per k.
 
-    Neighbour i votes exp(s_i / T) for its class (InstDisc, Wu et al. 2018; DINO), so close
-    neighbours outweigh far ones and count ties break by similarity. k=200 is what lightly's
-    CIFAR-10 benchmark reports, k=20 DINO's. A k above the train set's size is clamped (the key
-    keeps the k asked for). Memory O(batch_size * n): test rows go `batch_size` at a time.
-    """
+    Neighbour i votes exp(s_i / T) for its class (InstDisc, Wu et al. 2018; DINO): close neighbours
+    outweigh far ones. k=200 is lightly's CIFAR-10 benchmark, k=20 DINO's; a k above the train set's
+    size is clamped (the key keeps the k asked for). Test rows go `batch_size` at a time."""
     n_classes = check_feature_pair(train_features, train_labels, test_features, test_labels, num_classes)
     ks = [k] if isinstance(k, int) else list(k)
     if not ks or any(not isinstance(kk, int) or kk < 1 for kk in ks):

@@ -341,12 +341,10 @@ def linear_eval(encoder: Callable[[torch.Tensor], torch.Tensor], train_images: t
                 seed: int = 0, progress: bool = False, *, lr: float | None = None, batch_size: int | None = None,
                 normalize_test: bool | None = None, num_classes: int | None = None,
                 feature_batch_size: int = 512) -> dict:
-    """Linear top-1/top-5 (%) of the frozen `encoder` (or a VICReg model's h) under `protocol`.
-
-    Images uint8 (N, 3, H, W), labels int (N,). epochs, lr, batch_size, normalize_test: None keeps
-    the protocol's. Returns {"top1", "top5", "train_top1" (the final epoch's), "protocol", "epochs",
-    "lr", "batch_size", "normalize_test", "reported", "num_train", "history", "seconds"}.
-    """
+    """Linear top-1/top-5 (%) of the frozen `encoder` (or a VICReg model's h) under `protocol` on
+    images uint8 (N, 3, H, W) and labels (N,). epochs, lr, batch_size, normalize_test: None keeps the
+    protocol's. Returns {"top1", "top5", "train_top1" (the final epoch's), "protocol", "epochs",
+    "lr", "batch_size", "normalize_test", "reported", "num_train", "history", "seconds"}."""
     p = _protocol(protocol)
     for name, images, labels in (("train", train_images, train_labels), ("test", test_images, test_labels)):
         check_images(images, f"{name}_images")

@@ -248,11 +248,8 @@ def plot_metrics(records: Sequence[dict], fig=None, total_epochs: int | None = N
 
 
 class LiveMetricsFigure:
-    """One ``plot_metrics`` figure shown once in a notebook and redrawn in place (an IPython
-    display handle) at every ``update``; without IPython it is drawn but not shown.
-
-        live = LiveMetricsFigure(total_epochs=100); live.update(records, title="epoch 3/100"); live.close()
-    """
+    """One ``plot_metrics`` figure shown once in a notebook and redrawn in place (an IPython display
+    handle) at every ``update``; ``close`` keeps the last drawing. Without IPython it is not shown."""
 
     def __init__(self, total_epochs: int | None = None) -> None:
         import matplotlib.pyplot as plt
