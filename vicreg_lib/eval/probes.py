@@ -301,29 +301,22 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
             "test_predictions": predictions}
 
 
-def _crop_flip_features(encoder: Callable, p: LinearProtocol, generator: torch.Generator,
-                        device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """uint8 batch (b, 3, H, W) on `device` -> frozen features (b, D) of a fresh RandomResizedCrop +
-    flip of each image, normalised, as the eval scripts' torchvision transforms do."""
+def _augmented_probe(encoder, train_images, train_labels, test_features, test_labels, p: LinearProtocol,
+                     epochs: int, num_classes: int, device: torch.device, seed: int, progress: bool) -> dict:
+    """The protocol's head trained on frozen features of a fresh RandomResizedCrop + flip of every
+    image every epoch, as the eval scripts' torchvision transforms do; tested on test_features."""
+    generator = torch.Generator().manual_seed(seed)  # the order and the crops
+    head = _new_head(test_features.shape[1], num_classes, p.head_init, seed, device)
     features_of = feature_function(encoder, "representation")
 
-    def prepare(images: torch.Tensor) -> torch.Tensor:
+    def prepare(images: torch.Tensor) -> torch.Tensor:  # uint8 (b, 3, H, W) on the device -> (b, D)
         n, _, height, width = images.shape
         boxes = sample_crop_boxes(n, height, width, p.crop_scale, CROP_RATIO, generator, "cpu")
         flips = torch.rand(n, generator=generator) < 0.5
         x = resized_crop_flip(images.float() / 255.0, boxes.to(device), flips.to(device))  # (b, 3, H, W)
         with accelerator_autocast(device):
-            return features_of(normalize(x, CIFAR10_MEAN, CIFAR10_STD)).float()  # (b, D)
+            return features_of(normalize(x, CIFAR10_MEAN, CIFAR10_STD)).float()
 
-    return prepare
-
-
-def _augmented_probe(encoder, train_images, train_labels, test_features, test_labels, p: LinearProtocol,
-                     epochs: int, num_classes: int, device: torch.device, seed: int, progress: bool) -> dict:
-    """The protocol's head trained on crop + flip views of the frozen encoder, tested on test_features."""
-    generator = torch.Generator().manual_seed(seed)  # the order and the crops
-    head = _new_head(test_features.shape[1], num_classes, p.head_init, seed, device)
-    prepare = _crop_flip_features(encoder, p, generator, device)
     with frozen(encoder, device), torch.enable_grad():
         fit = fit_classifier(head, train_images.to(device), train_labels, p.optimization, epochs=epochs,
                              prepare=prepare, generator=generator, progress=progress,
