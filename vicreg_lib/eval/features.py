@@ -21,9 +21,9 @@ from tqdm.auto import tqdm
 from ..data import CIFAR10_MEAN, CIFAR10_STD
 from ..hardware import resolve_device
 
-__all__ = ["NonFiniteFeaturesError", "check_images", "check_count", "normalize_images", "feature_function", "frozen",
-           "accelerator_autocast", "require_finite", "extract_features", "check_labels", "count_classes",
-           "check_feature_pair", "knn_accuracy"]
+__all__ = ["NonFiniteFeaturesError", "normalize_images", "feature_function", "frozen", "accelerator_autocast",
+           "require_finite", "extract_features", "check_labels", "count_classes", "check_feature_pair",
+           "knn_accuracy"]
 
 
 class NonFiniteFeaturesError(ValueError):
