@@ -175,9 +175,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each option's default, unless its help text already explains the default."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if "default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
+        return action.help if "default" in (action.help or "") else super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:

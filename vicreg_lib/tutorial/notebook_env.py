@@ -132,10 +132,8 @@ def _check_notebook_name(notebook: object) -> None:
 
 def _flag_setting(environ: Mapping[str, str], name: str) -> bool:
     value = environ.get(name, "").strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
+    if value in _TRUE + _FALSE:
+        return value in _TRUE
     raise ValueError(f"{name}={environ[name]!r} is not a yes/no value: use {name}=1 (on) or {name}=0 (off)")
 
 
