@@ -4,13 +4,11 @@
     table = run_ablation([(1, 0, 0), (25, 25, 1)], config, cache_dir="runs/ablation")
     print(table.compare_with_paper())
 
-Each (lam, mu, nu) is one short `train.pretrain` run, then `measure_model` on the test split: loss
-terms, z's spread, spectrum and collapse verdict, kNN and fast-probe top-1 of h, the history. The
-untrained network is measured the same way, built by `eval.report.random_init_model` (the baseline
-of `evaluate_checkpoint` too). Each result is one JSON file, written atomically when its run ends,
-in cache_dir/<lamX_muY_nuZ>-<key>/; the key hashes the config's `cache_key` fields, the probe and
-the data's content, so a rerun loads, a change reruns and an interrupted sweep keeps what it
-finished. A run that diverges is a "diverged" row and the sweep goes on.
+Each (lam, mu, nu) is one short `train.pretrain` run, then `measure_model` on the test split; the
+untrained network (`eval.report.random_init_model`) is measured the same way. Each result is one
+JSON file, written atomically when its run ends, in cache_dir/<lamX_muY_nuZ>-<key>/; the key hashes
+the config's `cache_key` fields, the probe and the data's content, so a rerun loads, a change reruns
+and an interrupted sweep keeps what it finished. A run that diverges is a "diverged" row.
 """
 
 from __future__ import annotations
@@ -33,7 +31,7 @@ from .config import TrainConfig, field_names
 from .data import fingerprint, load_dataset, random_subset
 from .eval.diagnostics import (COLLAPSED, HELDOUT_BATCH_SIZE, collapse_report, effective_rank, heldout_batch,
                                per_dim_std, singular_values)
-from .eval.features import extract_features
+from .eval.features import check_count, extract_features
 from .eval.report import EvalConfig, encoder_report, random_init_model, text_table
 from .runstate import atomic_write, read_metrics
 
@@ -68,11 +66,9 @@ ROW_NUMBERS = ("lam", "mu", "nu", "loss", "invariance", "variance", "covariance"
 
 def check_coefficients(value: Any) -> Coefficients:
     """(lam, mu, nu) as three finite floats >= 0, or one ValueError saying what is wrong."""
-    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        raise ValueError(f"coefficients must be three numbers (lam, mu, nu), got {value!r}")
-    values = tuple(value)
+    values = () if isinstance(value, (str, bytes)) or not isinstance(value, Iterable) else tuple(value)
     if len(values) != 3:
-        raise ValueError(f"coefficients must be three numbers (lam, mu, nu), got {len(values)}: {value!r}")
+        raise ValueError(f"coefficients must be three numbers (lam, mu, nu), got {value!r}")
     for name, number in zip(("lam", "mu", "nu"), values):
         if isinstance(number, bool) or not isinstance(number, numbers.Real) or not math.isfinite(number):
             raise ValueError(f"{name} must be a finite number, got {number!r} in {value!r}")
@@ -99,8 +95,7 @@ def parse_grid(text: str) -> list[Coefficients]:
 
 def run_name(coefficients: Coefficients) -> str:
     """(25.0, 25.0, 1.0) -> 'lam25_mu25_nu1' (folder names)."""
-    lam, mu, nu = coefficients
-    return f"lam{lam:g}_mu{mu:g}_nu{nu:g}"
+    return "lam{:g}_mu{:g}_nu{:g}".format(*coefficients)
 
 
 def cache_key(config: TrainConfig, probe: dict[str, Any], data_fingerprint: str) -> str:
@@ -113,27 +108,20 @@ def cache_key(config: TrainConfig, probe: dict[str, Any], data_fingerprint: str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def default_cache_dir() -> Path:
-    """$VICREG_RUNS/ablation (default runs/ablation)."""
-    return Path(os.environ.get("VICREG_RUNS", "") or "runs") / "ablation"
-
-
 def _load_cached(path: Path, key: str) -> dict[str, Any] | None:
     """The stored row when path holds a complete result with this key, else None."""
     try:
         payload = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(payload, dict) or payload.get("key") != key or payload.get("format") != RESULT_FORMAT:
-        return None
-    row = payload.get("row")
+    ours = isinstance(payload, dict) and payload.get("key") == key and payload.get("format") == RESULT_FORMAT
+    row = payload.get("row") if ours else None
     if not isinstance(row, dict) or not all(name in row for name in ROW_KEYS):
         return None  # valid JSON of the wrong shape: recompute
+    # entries of the wrong type (an edited file) would fail only when the table is printed
     numbers = all(isinstance(row.get(name, 0.0), (int, float)) and not isinstance(row.get(name), bool)
                   for name in ROW_NUMBERS)
-    if not (numbers and isinstance(row["verdict"], str) and isinstance(row["history"], list)):
-        return None  # entries of the wrong type (an edited file) would fail only when the table is printed
-    return row
+    return row if numbers and isinstance(row["verdict"], str) and isinstance(row["history"], list) else None
 
 
 def measure_model(model, config: TrainConfig, probe: dict[str, Any]) -> dict[str, Any]:
@@ -158,15 +146,6 @@ def measure_model(model, config: TrainConfig, probe: dict[str, Any]) -> dict[str
             "knn_top1": accuracy[f"knn_top1@{probe['knn_k']}"], "linear_top1": accuracy["linear_fast_top1"]}
 
 
-def _diverged_row(coefficients: Coefficients, run_dir: Path, error: Exception, seconds: float) -> dict[str, Any]:
-    nan = math.nan
-    return {**dict(zip(("lam", "mu", "nu"), coefficients)), "verdict": "diverged", "error": str(error),
-            "loss": nan, "invariance": nan, "variance": nan, "covariance": nan, "std_mean": nan,
-            "std_per_dim": [], "effective_rank": nan, "singular_values": [], "knn_top1": nan, "linear_top1": nan,
-            "history": read_metrics(run_dir) if run_dir.is_dir() else [], "train_time_s": seconds,
-            "time_s": seconds}
-
-
 def _run_one(coefficients: Coefficients, config: TrainConfig, run_dir: Path, probe: dict[str, Any],
              pretrain: Callable[[TrainConfig], Any]) -> dict[str, Any]:
     """Pretrain with these coefficients into run_dir, then measure: one table row ("diverged" if it did)."""
@@ -178,7 +157,11 @@ def _run_one(coefficients: Coefficients, config: TrainConfig, run_dir: Path, pro
         train_time = time.perf_counter() - start
         measured = measure_model(result.model, result.config, probe)
     except train.TrainingDiverged as error:
-        return _diverged_row(coefficients, run_dir, error, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        return {**dict(zip(("lam", "mu", "nu"), coefficients)), **dict.fromkeys(ROW_NUMBERS[3:], math.nan),
+                "verdict": "diverged", "error": str(error), "std_per_dim": [], "singular_values": [],
+                "history": read_metrics(run_dir) if run_dir.is_dir() else [], "train_time_s": seconds,
+                "time_s": seconds}
     history = read_metrics(result.out_dir)
     last = next((r for r in reversed(history) if "loss" in r), {})
     return {**dict(zip(("lam", "mu", "nu"), coefficients)),
@@ -188,13 +171,8 @@ def _run_one(coefficients: Coefficients, config: TrainConfig, run_dir: Path, pro
 
 def _probe(config: TrainConfig, probe_epochs: int, probe_train_images: int | None) -> dict[str, Any]:
     """How the runs are probed: part of every cache key."""
-    def whole(value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-    if not whole(probe_epochs):
-        raise ValueError(f"probe_epochs must be an integer >= 1, got {probe_epochs!r}")
-    if probe_train_images is not None and not whole(probe_train_images):
-        raise ValueError(f"probe_train_images must be an integer >= 1 or None (all), got {probe_train_images!r}")
+    check_count(probe_epochs, "probe_epochs")
+    check_count(probe_train_images, "probe_train_images", none="all")
     return {"probe_epochs": probe_epochs, "knn_k": config.knn_k, "train_images": probe_train_images,
             "held_out": "test"}
 
@@ -204,21 +182,18 @@ def run_ablation(grid: Sequence[Sequence[float]] | str, config: TrainConfig,
                  probe_train_images: int | None = None, progress: bool = True,
                  pretrain: Callable[[TrainConfig], Any] | None = None) -> AblationTable:
     """One short pretraining run per (lam, mu, nu) of `grid` ([(lam, mu, nu), ...] or "1,0,0;25,25,1"),
-    measured and cached; rows in grid order.
-
-    config: what every run shares (lam/mu/nu/out_dir replaced). cache_dir: results in
-    cache_dir/<run>-<key>/result.json, the run's files in .../run/ (default $VICREG_RUNS/ablation).
-    probe_epochs: of the fast probe; the kNN uses config.knn_k. probe_train_images: kNN and probe
-    learn from a seeded subset of this many train images (default all), measured on the whole test
-    split. pretrain: the training function (default `train.pretrain`; tests pass a spy).
-    """
+    measured and cached; rows in grid order. config: what every run shares. cache_dir: default
+    $VICREG_RUNS/ablation. probe_epochs: of the fast probe (the kNN uses config.knn_k).
+    probe_train_images: kNN and probe learn from a seeded subset of this many train images (default
+    all). pretrain: the training function (default `train.pretrain`)."""
     grid = parse_grid(grid) if isinstance(grid, str) else [check_coefficients(c) for c in grid]
     if not grid:
         raise ValueError("grid is empty; pass at least one (lam, mu, nu), e.g. [(25, 25, 1)]")
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
     probe = _probe(config, probe_epochs, probe_train_images)
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    runs = os.environ.get("VICREG_RUNS") or "runs"
+    cache_dir = Path(cache_dir) if cache_dir is not None else Path(runs) / "ablation"
     start, data_fingerprint, rows = time.perf_counter(), _data_fingerprint(config), []
     with tqdm(grid, total=len(grid), desc="ablation", disable=not progress) as bar:
         for coefficients in bar:
@@ -262,22 +237,16 @@ def evaluate_random_init(config: TrainConfig, probe_epochs: int = 50,
     return measure_model(random_init_model(config.arch(), train_images, config.seed), config, probe)
 
 
-# ----------------------------------------------------------------------------- the table
-
-
 def _number(digits: int) -> Callable[[Any], str]:
-    def fmt(value: Any) -> str:
-        return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
-    return fmt
+    return lambda value: ("-" if value is None or (isinstance(value, float) and math.isnan(value))
+                          else f"{value:.{digits}f}")
 
 
 def _paper(value: Any) -> str:
     return "-" if value == "n/a" else "collapse" if value is None else f"{value:.1f}"
 
 
-def _agrees(value: Any) -> str:
-    return {True: "yes", False: "NO", None: "-"}[value]
+_agrees = {True: "yes", False: "NO", None: "-"}.__getitem__
 
 
 Column = tuple[str, str, Callable[[Any], str]]  # (row key, header, formatter)
@@ -355,8 +324,7 @@ class AblationTable:
         lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---:" for _ in headers) + "|"]
         return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body])
 
-    def _repr_markdown_(self) -> str:
-        return self.to_markdown()
+    _repr_markdown_ = to_markdown
 
     def __str__(self) -> str:
         return text_table(*self._cells())

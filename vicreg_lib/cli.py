@@ -3,10 +3,9 @@
     python -m vicreg_lib pretrain --data synthetic --width 16 --epochs 5
     python -m vicreg_lib evaluate runs/vicreg/checkpoint.pt
 
-Each subcommand is a pair of functions, ``add_arguments(parser)`` and ``run(args) -> exit
-code``, registered in SUBCOMMANDS; adding one is one more pair and one more entry. The pretrain options are generated from TrainConfig's fields, so the
-command line always matches the config (``--batch-size 256`` sets ``batch_size``), and
-``--preset NAME`` starts from one of config.PRESETS. Runtime errors print one line, ``error: ...``.
+Each subcommand is a pair, ``add_arguments(parser)`` and ``run(args) -> exit code``, in SUBCOMMANDS.
+The pretrain options are generated from TrainConfig's fields (``--batch-size 256`` sets
+``batch_size``); ``--preset NAME`` starts from one of config.PRESETS. Runtime errors print one line.
 """
 
 from __future__ import annotations
@@ -18,8 +17,6 @@ from typing import Callable, Sequence
 
 from .config import PRESETS, TrainConfig, field_names, field_type
 from .hardware import DEVICE_CHOICES, resolve_device
-
-# ----------------------------------------------------------------------------- pretrain
 
 
 def _fail(message: str) -> int:
@@ -43,17 +40,13 @@ def _optional_value(kind: type) -> Callable[[str], object]:
     return parse
 
 
-def _preset_help() -> str:
-    lines = [f"{name}: " + ", ".join(f"{key}={value}" for key, value in values.items())
-             for name, values in PRESETS.items()]
-    return ("start from a named preset, then apply the options given (default: TrainConfig's defaults). "
-            + "; ".join(lines))
-
-
 def add_pretrain_arguments(parser: argparse.ArgumentParser, per_setting: bool = True) -> None:
     """``--preset`` and one ``--kebab-case`` option per TrainConfig field, with its default, help and
     choices; ``per_setting=False`` leaves out the fields the ablation runner sets per setting."""
-    parser.add_argument("--preset", choices=tuple(PRESETS), default=None, help=_preset_help())
+    presets = "; ".join(f"{name}: " + ", ".join(f"{key}={value}" for key, value in values.items())
+                        for name, values in PRESETS.items())
+    parser.add_argument("--preset", choices=tuple(PRESETS), default=None, help="start from a named preset, then "
+                        f"apply the options given (default: TrainConfig's defaults). {presets}")
     hidden = set() if per_setting else set(field_names("per_setting"))
     for spec in dataclasses.fields(TrainConfig):
         if spec.name in hidden or spec.name == "preset":
@@ -72,29 +65,20 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser, per_setting: bool = 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig the options describe: the preset (if any) with every option given on top."""
     given = {name: getattr(args, name) for name in field_names() if getattr(args, name, None) is not None}
-    if args.preset:
-        return TrainConfig.from_preset(args.preset, **given)
-    return TrainConfig(**given)
+    return TrainConfig.from_preset(args.preset, **given) if args.preset else TrainConfig(**given)
 
 
-def _slow_cpu_hint(config: TrainConfig) -> str | None:
-    if resolve_device(config.device).type == "cpu" and config.width >= 32:
-        return (f"training a width-{config.width} ResNet-18 on the CPU will be slow; for a quick run try "
-                f"--width 16 --projector 512-512-512 --max-train-images 5000")
-    return None
-
-
-def run_pretrain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def run_pretrain(args: argparse.Namespace) -> int:
     from .hardware import is_main_process
     from .train import TrainingDiverged, pretrain
 
     try:
         config = config_from_args(args)
-        hint = _slow_cpu_hint(config)
+        if resolve_device(config.device).type == "cpu" and config.width >= 32:
+            print(f"note: training a width-{config.width} ResNet-18 on the CPU will be slow; for a quick run try "
+                  "--width 16 --projector 512-512-512 --max-train-images 5000", file=sys.stderr)
     except ValueError as error:
         return _fail(str(error))
-    if hint:
-        print(f"note: {hint}", file=sys.stderr)
     try:
         result = pretrain(config)
     except TrainingDiverged as error:
@@ -109,9 +93,6 @@ def run_pretrain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         for label, path in (("checkpoint", result.checkpoint_path), ("metrics", result.out_dir / "metrics.jsonl")):
             print(f"{label + ':':<11} {path if path.exists() else 'none written'}")  # name only files that exist
     return 0
-
-
-# ----------------------------------------------------------------------------- evaluate
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -136,23 +117,18 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="show progress bars")
 
 
-def run_evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def run_evaluate(args: argparse.Namespace) -> int:
     from .eval.report import EvalConfig, evaluate_checkpoint, format_table
 
     try:
-        resolve_device(args.device)
-        config = EvalConfig(data=args.data, data_root=args.data_root, device=args.device, batch_size=args.batch_size,
-                            protocols=tuple(args.protocols or ("fast",)), probe_epochs=args.probe_epochs,
-                            max_train_images=args.max_train_images, random_init_baseline=args.random_init_baseline,
-                            progress=args.progress)
+        resolve_device(args.device)  # before the checkpoint is read: a typo is the error named
+        given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(EvalConfig)}  # options it has
+        config = EvalConfig(**{name: value for name, value in given.items() if value is not None})
         results = evaluate_checkpoint(args.checkpoint, config)
     except (ValueError, OSError) as error:  # CheckpointError, DataSpecError, bad numbers, an unwritable folder
         return _fail(str(error))
     print(format_table(results))
     return 0
-
-
-# ----------------------------------------------------------------------------- ablate
 
 
 def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -167,7 +143,7 @@ def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
     add_pretrain_arguments(parser, per_setting=False)  # shared by every setting's run
 
 
-def run_ablate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def run_ablate(args: argparse.Namespace) -> int:
     from .ablation import parse_grid, run_ablation
 
     try:
@@ -185,13 +161,8 @@ def run_ablate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     return 0
 
 
-# ----------------------------------------------------------------------------- dispatch
-
-Subcommand = tuple[str, Callable[[argparse.ArgumentParser], None],
-                   Callable[[argparse.Namespace, argparse.ArgumentParser], int]]
-
-# name -> (one-line help, add_arguments, run)
-SUBCOMMANDS: dict[str, Subcommand] = {
+# name -> (one-line help, add_arguments(parser), run(args) -> exit code)
+SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "pretrain": ("pretrain a VICReg model (options mirror TrainConfig)", add_pretrain_arguments, run_pretrain),
     "evaluate": ("kNN, linear-probe and label-efficiency table of a checkpoint", add_evaluate_arguments,
                  run_evaluate),
@@ -204,19 +175,16 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each option's default, unless its help text already explains the default."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if "default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
+        return action.help if "default" in (action.help or "") else super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vicreg_lib", description="VICReg on CIFAR-10.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(SUBCOMMANDS) + "}")
     for name, (help_text, add_arguments, run) in SUBCOMMANDS.items():
-        sub = commands.add_parser(name, help=help_text, description=help_text,
-                                  formatter_class=_HelpFormatter)
+        sub = commands.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter)
         add_arguments(sub)
-        sub.set_defaults(run=run, subparser=sub)
+        sub.set_defaults(run=run)
     return parser
 
 
@@ -224,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default: sys.argv[1:]) and run the subcommand; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args, args.subparser)
+        return args.run(args)
     except KeyboardInterrupt as error:  # RunInterrupted says what was saved and how to continue
         print(f"\n{error or 'interrupted'}", file=sys.stderr)
         return 128 + getattr(error, "signum", 2)

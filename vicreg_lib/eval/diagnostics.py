@@ -1,22 +1,18 @@
 """Is the embedding collapsed? Numbers computed from a batch of embeddings z: (n, d).
 
-- collapse (the paper's word): every input maps to (nearly) one vector, so every dimension has
-  ~zero spread. VICReg's variance term prevents it.
-- dimensional collapse (Jing, Vincent, LeCun & Tian, ICLR 2022, arXiv:2110.09348): the
-  embeddings vary along a few directions only; the covariance term works against it.
+- collapse (the paper's word): every input maps to (nearly) one vector; the variance term prevents it.
+- dimensional collapse (Jing et al., ICLR 2022, arXiv:2110.09348): the embeddings vary along a few
+  directions only; the covariance term works against it.
 
-Collapse is judged on the absolute spread (VICReg's target std is gamma = 1), not a scale-free
-one: without a bias in the last layer a collapse shrinks every embedding towards 0 while their
-directions stay varied. On 512 CIFAR-10 test images after 6 epochs of a width-8 ResNet-18
-(512-d z), the spread of l2-normalised embeddings was 0.57 and 0.60 for (1, 0, 0) and
-(25, 0, 1) (no variance term), 0.88 for (25, 25, 1) and 0.18 untrained: no scale-free line
-separates them; the rms std (0.005, 0.006 and 0.31) does.
-
-An untrained network in eval mode still holds BatchNorm's initial statistics and gives an rms std
-of ~0.005, an artefact that reads as collapse; with statistics of the data it gives ~0.34
-(`eval.report.random_init_model`). The effective rank depends on n, so measure every model on
-the same `heldout_batch`. Everything runs without gradients in float64 (sums of n products and
-logs of tiny probabilities lose too much in float32); tensors come back float64 on z's device.
+Collapse is judged on the absolute spread (VICReg's target std is gamma = 1), not a scale-free one:
+without a bias in the last layer a collapse shrinks every embedding towards 0 while their directions
+stay varied. On 512 CIFAR-10 test images after 6 epochs of a width-8 ResNet-18, l2-normalised
+embeddings spread 0.57 and 0.60 for (1, 0, 0) and (25, 0, 1), 0.88 for (25, 25, 1) and 0.18
+untrained: no scale-free line separates them; the rms std (0.005, 0.006 and 0.31) does. An untrained
+network needs BatchNorm statistics of the data (`eval.report.random_init_model`), or it too reads
+as collapsed. The effective rank depends on n: measure every model on the same `heldout_batch`.
+Everything runs without gradients in float64 (float32 loses too much in sums of n products and logs
+of tiny probabilities); tensors come back float64 on z's device.
 """
 
 from __future__ import annotations
@@ -32,9 +28,7 @@ __all__ = ["COLLAPSED", "DIMENSIONAL_COLLAPSE", "HEALTHY", "HELDOUT_BATCH_SIZE",
 
 COLLAPSED, DIMENSIONAL_COLLAPSE, HEALTHY = "collapsed", "dimensional collapse", "healthy"  # the verdicts
 
-# images in the held-out batch every model is measured on: at least the embedding width of the
-# small models (512), so the effective rank can reach d and is not capped by n - 1
-HELDOUT_BATCH_SIZE = 512
+HELDOUT_BATCH_SIZE = 512  # at least the small models' embedding width: the effective rank is not capped by n - 1
 
 _FLOAT64_EPS = torch.finfo(torch.float64).eps
 
@@ -46,8 +40,7 @@ def _as_float64(z: torch.Tensor) -> torch.Tensor:
 
 def heldout_batch(images: torch.Tensor, n: int = HELDOUT_BATCH_SIZE, seed: int = 0) -> torch.Tensor:
     """n images (n, 3, H, W) of the held-out split images (N, 3, H, W), seeded and in the split's
-    order: the same batch in every notebook and run, so effective ranks and verdicts compare.
-    A split with fewer than n images is refused: pass a smaller n, and compare only at that n."""
+    order: the same batch in every notebook and run, so effective ranks and verdicts compare."""
     if not isinstance(images, torch.Tensor) or images.dim() < 2:
         raise ValueError(f"images must be a tensor (N, 3, H, W), got {getattr(images, 'shape', type(images))}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
@@ -100,15 +93,12 @@ def singular_values(z: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def effective_rank(z: torch.Tensor, eps: float = 1e-7) -> float:
-    """RankMe (Garrido et al., ICML 2023): exp(-sum_k p_k log p_k), p_k = sigma_k / ||sigma||_1 + eps,
-    with sigma the singular values: the number of directions used when they are all equal, 1 when
-    one carries everything.
+    """RankMe (Garrido et al., ICML 2023) of z: (n, d): exp(-sum_k p_k log p_k), p_k = sigma_k /
+    ||sigma||_1 + eps over the singular values: the number of directions used when all are equal.
 
-    Unlike RankMe, z is centred first: a common offset (VICReg embeddings need not have zero mean)
-    is not a direction the batch varies along. Singular values at float64 round-off count as 0;
-    a batch without spread has rank 0. n points span at most n - 1 directions and a finite sample
-    under-counts (an isotropic Gaussian scores ~0.8 d at n = d), so measure with n >= d and compare
-    only at the same n."""
+    Unlike RankMe, z is centred first: a common offset is not a direction the batch varies along.
+    Singular values at float64 round-off count as 0 (no spread: rank 0). A finite sample
+    under-counts (an isotropic Gaussian scores ~0.8 d at n = d): compare only at the same n >= d."""
     z64 = _as_float64(z)
     sigma = singular_values(z64)
     noise_floor = max(z64.shape) * _FLOAT64_EPS * torch.linalg.norm(z64).item()  # round-off from centring
@@ -127,18 +117,14 @@ def _check_threshold(value: float, name: str, upper: float) -> None:
 
 @torch.no_grad()
 def collapse_report(z: torch.Tensor, std_threshold: float = 0.05, rank_fraction_threshold: float = 0.1) -> dict:
-    """The verdict on z: (n, d) and the numbers behind it.
+    """The verdict on z: (n, d) and the numbers behind it (n, d, the stds, effective_rank, ...).
 
     - "collapsed": rms_std = sqrt(trace C(Z) / d) < std_threshold. Every dimension together, so one
-      straggler cannot hide a collapse (as with the max std) and a few live dimensions among dead
-      ones are dimensional collapse, not collapse. 0.05 is 5% of gamma = 1, for projector outputs;
-      pass a threshold in your features' units for others.
+      straggler cannot hide a collapse and a few live dimensions are dimensional collapse. 0.05 is
+      5% of gamma = 1, for projector outputs; pass a threshold in your features' units for others.
     - "dimensional collapse": not collapsed, but rank_fraction = effective_rank / min(n - 1, d) <
-      rank_fraction_threshold (0.1; an isotropic Gaussian scores ~0.8 at n = d, ~1 when n >> d).
-    - "healthy": neither.
-
-    Also n, d, mean_std / min_std / max_std, fraction_low_std, effective_rank, max_rank and the
-    "thresholds" used."""
+      rank_fraction_threshold (an isotropic Gaussian scores ~0.8 at n = d, ~1 when n >> d).
+    - "healthy": neither."""
     _check_threshold(std_threshold, "std_threshold", upper=math.inf)
     _check_threshold(rank_fraction_threshold, "rank_fraction_threshold", upper=1.0)
     z64 = _as_float64(z)

@@ -10,12 +10,12 @@ of eval/ (nor the training loop).
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torchvision.transforms.functional import normalize
 from tqdm.auto import tqdm
 
 from ..data import CIFAR10_MEAN, CIFAR10_STD
@@ -30,16 +30,25 @@ class NonFiniteFeaturesError(ValueError):
     """Features with NaN or infinite entries: the model that made them is broken (diverged)."""
 
 
+def check_images(images: torch.Tensor, name: str = "images") -> None:
+    """One ValueError unless images are uint8 (N, 3, H, W)."""
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"{name} must be uint8 (N, 3, H, W) as load_dataset returns them, "
+                         f"got {images.dtype} {tuple(images.shape)}")
+
+
+def check_count(value, name: str, none: str | None = None) -> None:
+    """One ValueError unless value is an int >= 1 (or None, when `none` says what None means)."""
+    if value is None and none is not None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1{f' or None ({none})' if none else ''}, got {value!r}")
+
+
 def normalize_images(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, 3, H, W) -> float32 (N, 3, H, W) with the CIFAR-10 mean/std, as the training views are."""
-    if images.dtype != torch.uint8:
-        raise ValueError(f"normalize_images expects uint8 images (N, 3, H, W), got dtype {images.dtype}; "
-                         "float images are assumed to be normalised already")
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}")
-    mean = torch.tensor(CIFAR10_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR10_STD, device=images.device).view(1, 3, 1, 1)
-    return (images.float() / 255.0 - mean) / std
+    check_images(images)
+    return normalize(images.float() / 255.0, CIFAR10_MEAN, CIFAR10_STD)
 
 
 def feature_function(model: Callable, which: str = "representation") -> Callable[[torch.Tensor], torch.Tensor]:
@@ -63,8 +72,7 @@ def frozen(model: Callable, device: torch.device):
         yield
         return
     modes = {m: m.training for m in model.modules()}
-    first_param = next(model.parameters(), None)
-    home = first_param.device if first_param is not None else device
+    home = next((p.device for p in model.parameters()), device)
     try:
         model.eval().to(device)
         yield
@@ -101,12 +109,9 @@ def extract_features(model: Callable[[torch.Tensor], torch.Tensor], images: torc
         raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}")
     if images.shape[0] == 0:
         raise ValueError("images is empty; pass at least one image")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = resolve_device(device)
-    chunks = []
-    bar = tqdm(range(0, images.shape[0], batch_size), total=math.ceil(images.shape[0] / batch_size),
-               desc=f"features ({which})", disable=not progress)
+    check_count(batch_size, "batch_size")
+    device, chunks = resolve_device(device), []
+    bar = tqdm(range(0, images.shape[0], batch_size), desc=f"features ({which})", disable=not progress)
     with frozen(model, device), torch.inference_mode(), accelerator_autocast(device):
         for start in bar:
             x = images[start:start + batch_size].to(device, non_blocking=True)
@@ -163,11 +168,9 @@ def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_
                  num_classes: int | None = None, batch_size: int = 256) -> dict[str, float]:
     """Weighted k-nearest-neighbour top-1 (%) on cosine similarity: {"knn_top1@{k}": accuracy} per k.
 
-    Neighbour i votes exp(s_i / T) for its class (InstDisc, Wu et al. 2018; DINO), so close
-    neighbours outweigh far ones and count ties break by similarity. k=200 is what lightly's
-    CIFAR-10 benchmark reports, k=20 DINO's. A k above the train set's size is clamped (the key
-    keeps the k asked for). Memory O(batch_size * n): test rows go `batch_size` at a time.
-    """
+    Neighbour i votes exp(s_i / T) for its class (InstDisc, Wu et al. 2018; DINO): close neighbours
+    outweigh far ones. k=200 is lightly's CIFAR-10 benchmark, k=20 DINO's; a k above the train set's
+    size is clamped (the key keeps the k asked for). Test rows go `batch_size` at a time."""
     n_classes = check_feature_pair(train_features, train_labels, test_features, test_labels, num_classes)
     ks = [k] if isinstance(k, int) else list(k)
     if not ks or any(not isinstance(kk, int) or kk < 1 for kk in ks):

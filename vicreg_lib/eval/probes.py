@@ -1,20 +1,18 @@
 """Linear probes of a frozen encoder under named protocols, and the one routine that trains a
-classifier with cross-entropy (for the probes and for the supervised baseline).
+classifier with cross-entropy (for the probes and the supervised baseline).
 
     linear_eval(model.encoder, train_images, train_labels, test_images, test_labels, protocol="standard")
     linear_probe(h_train, y_train, h_test, y_test)            # the fast protocol on features
-    label_efficiency(h_train, y_train, h_test, y_test, fractions=(0.01, 0.1))
 
-Numbers of different protocols do not compare (`describe_protocol(name)` says how each trains).
-All report the final epoch; the official script reports the best test epoch, peeking at the test set.
+Numbers of different protocols do not compare (`describe_protocol(name)`). All report the final
+epoch; the official script reports the best test epoch, peeking at the test set.
 - ``blog``: the blog post's eval.py (augustwester/vicreg 89eab04) exactly, with its quirk of test
   images only scaled to [0, 1] (`normalize_test=True` shows what that costs).
 - ``standard``: the official evaluate.py's frozen-weights recipe at CIFAR size (no Resize/CenterCrop);
   its lr 0.3 is the official --lr-head default (docs/design.md: how it was checked on CIFAR).
 - ``fast``: ours, on features computed once, standardised, Adam: seconds instead of an encoder pass
   per image per epoch; it agrees with scikit-learn's LogisticRegression (tests).
-Crops are drawn for a whole batch on the device; the frozen encoder runs under bf16 autocast on
-CUDA, where the reference scripts run fp32.
+Crops are drawn a batch at a time on the device; the frozen encoder runs under bf16 autocast on CUDA.
 """
 
 from __future__ import annotations
@@ -28,24 +26,22 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.transforms.functional import normalize
 from tqdm.auto import tqdm
 
 from ..augment import resized_crop_flip, sample_crop_boxes
 from ..data import CIFAR10_MEAN, CIFAR10_STD
 from ..hardware import resolve_device
 from ..optim import SCHEDULES, lr_at_step, set_lr
-from .features import (accelerator_autocast, check_feature_pair, check_labels, count_classes, extract_features,
-                       feature_function, frozen, require_finite)
+from .features import (accelerator_autocast, check_count, check_feature_pair, check_images, check_labels,
+                       count_classes, extract_features, feature_function, frozen, require_finite)
 
 __all__ = ["Optimization", "FitResult", "fit_classifier", "topk_accuracy", "LinearProtocol", "PROTOCOLS",
            "describe_protocol", "linear_eval", "linear_probe", "fast_probe_epochs", "class_balanced_subset",
-           "label_efficiency"]
+           "check_fractions", "label_efficiency"]
 
 CROP_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default aspect-ratio range
 FAST_MIN_STEPS = 1000  # the fast probe's floor of optimizer steps on small train sets
-
-
-# ----------------------------------------------------------------------------- training a classifier
 
 
 @dataclass(frozen=True)
@@ -76,20 +72,17 @@ class Optimization:
                 raise ValueError(f"Optimization.{name} = {value!r} must be a finite number >= 0")
         if self.lr == 0:
             raise ValueError("Optimization.lr must be > 0")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"Optimization.batch_size = {self.batch_size!r} must be an int >= 1")
+        check_count(self.batch_size, "Optimization.batch_size")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise ValueError("Optimization.nesterov needs optimizer='sgd' with momentum > 0")
 
     def build_optimizer(self, params) -> torch.optim.Optimizer:
-        """The optimizer over `params`; fit_classifier sets its learning rate before every step."""
         if self.optimizer == "adam":
             return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
         return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov,
                                weight_decay=self.weight_decay)
 
-    def lr_at(self, position: float, total: float) -> float:
-        """The learning rate at `position` of `total` (steps, epochs or a fraction of a time budget)."""
+    def lr_at(self, position: float, total: float) -> float:  # position of total: steps, epochs or seconds
         return lr_at_step(position, schedule=self.schedule, peak_lr=self.lr, total_steps=total,
                           warmup_steps=self.warmup, final_ratio=self.final_ratio)
 
@@ -119,8 +112,7 @@ def _check_fit_args(model, inputs, labels, optimization, epochs, time_budget_s) 
     if (epochs is None) == (time_budget_s is None):
         raise ValueError("give exactly one of epochs (a number of passes) or time_budget_s (seconds of training), "
                          f"got epochs={epochs!r}, time_budget_s={time_budget_s!r}")
-    if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
-        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    check_count(epochs, "epochs", none="with time_budget_s")
     if time_budget_s is not None and not (math.isfinite(time_budget_s) and time_budget_s > 0):
         raise ValueError(f"time_budget_s must be > 0 seconds, got {time_budget_s}")
     if time_budget_s is not None and optimization.warmup:
@@ -151,10 +143,9 @@ def fit_classifier(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
     """Train every parameter of `model` (a head, or nn.Sequential(network, head)) in place with
     cross-entropy on inputs (n, ...) (on the model's device) and labels (n,) in [0, C).
 
-    prepare: batch (b, ...) -> model input under no_grad, for what stays fixed (augmentation, a frozen
-    encoder). Exactly one of epochs / time_budget_s; a budget stops at the first step that would start
-    after it and runs the schedule on the clock (it ends with the budget on any machine). amp: bf16
-    autocast, the loss in float32. A lone-sample batch is skipped when `model` has BatchNorm."""
+    prepare: batch (b, ...) -> model input under no_grad (augmentation, a frozen encoder). Exactly one
+    of epochs / time_budget_s; a budget runs the schedule on the clock, so it ends with the budget on
+    any machine. amp: bf16 autocast. A lone-sample batch is skipped when `model` has BatchNorm."""
     _check_fit_args(model, inputs, labels, optimization, epochs, time_budget_s)
     device, n, batch = inputs.device, inputs.shape[0], optimization.batch_size
     labels = labels.to(device).long()
@@ -204,9 +195,6 @@ def fit_classifier(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
     return result
 
 
-# ----------------------------------------------------------------------------- the protocols
-
-
 @dataclass(frozen=True)
 class LinearProtocol:
     """One linear-evaluation protocol (see the module docstring)."""
@@ -222,28 +210,24 @@ class LinearProtocol:
     normalize_test: bool = True  # False: test images only scaled to [0, 1]
 
 
-PROTOCOLS: dict[str, LinearProtocol] = {
+PROTOCOLS: dict[str, LinearProtocol] = {  # batch 256 and a cosine to 0 in each
     "blog": LinearProtocol(
         name="blog", source="the blog post's eval.py (augustwester/vicreg 89eab04)", epochs=50,
-        optimization=Optimization(optimizer="sgd", lr=0.02, momentum=0.0, weight_decay=1e-6, schedule="cosine",
-                                  schedule_unit="epoch", batch_size=256),
+        optimization=Optimization(optimizer="sgd", lr=0.02, momentum=0.0, weight_decay=1e-6, schedule_unit="epoch"),
         head_init="default", augment=True, crop_scale=(0.2, 1.0), normalize_test=False),
     "standard": LinearProtocol(
         name="standard", source="the official VICReg evaluate.py, frozen weights, final epoch reported", epochs=100,
-        optimization=Optimization(optimizer="sgd", lr=0.3, momentum=0.9, weight_decay=1e-6, schedule="cosine",
-                                  schedule_unit="epoch", batch_size=256),
+        optimization=Optimization(optimizer="sgd", lr=0.3, momentum=0.9, weight_decay=1e-6, schedule_unit="epoch"),
         head_init="normal", augment=True, crop_scale=(0.08, 1.0), normalize_test=True),
     "fast": LinearProtocol(
         name="fast", source="this package: standardised features computed once, Adam", epochs=100,
-        optimization=Optimization(optimizer="adam", lr=1e-3, weight_decay=1e-6, schedule="cosine",
-                                  schedule_unit="step", batch_size=256),
+        optimization=Optimization(optimizer="adam", lr=1e-3, weight_decay=1e-6, schedule_unit="step"),
         head_init="zeros", augment=False, standardize=True, normalize_test=True),
 }
 _FAST = PROTOCOLS["fast"]
 
 
 def _protocol(name: str) -> LinearProtocol:
-    """The protocol called `name`, or one ValueError listing the names."""
     if name not in PROTOCOLS:
         raise ValueError(f"unknown linear-evaluation protocol {name!r}: use one of {', '.join(PROTOCOLS)}")
     return PROTOCOLS[name]
@@ -251,8 +235,7 @@ def _protocol(name: str) -> LinearProtocol:
 
 def describe_protocol(name: str) -> str:
     """One paragraph saying what protocol `name` does."""
-    p = _protocol(name)
-    o = p.optimization
+    p, o = _protocol(name), _protocol(name).optimization
     optimizer = f"SGD (momentum {o.momentum:g})" if o.optimizer == "sgd" else "Adam"
     train = (f"crop (scale {p.crop_scale[0]:g}-{p.crop_scale[1]:g}) + flip, every epoch" if p.augment
              else "features computed once" + (", standardised" if p.standardize else ""))
@@ -295,16 +278,12 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
                  batch_size: int = _FAST.optimization.batch_size, num_classes: int | None = None,
                  device: str | torch.device = "auto", seed: int = 0) -> dict:
     """The ``fast`` protocol on features (n, d) / (m, d): a zero-initialised nn.Linear on features
-    standardised with the train set's mean/std (a fixed affine-free BatchNorm), Adam with a cosine
-    to 0 per step, shuffled by a CPU generator seeded by `seed` (deterministic for a seed).
+    standardised with the train set's mean/std, Adam with a cosine to 0 per step, shuffled by a CPU
+    generator seeded by `seed`. Returns {"top1", "top5" (test, %), "train_top1", "num_train",
+    "history" (mean loss per epoch), "test_predictions" (m,) int64 on the CPU}.
 
-    On a few hundred samples 100 epochs are a few hundred steps and the probe underfits (600 samples
-    of 10 overlapping Gaussian classes: 72% against LogisticRegression's 80%); label_efficiency
-    asks `fast_probe_epochs` for at least FAST_MIN_STEPS steps.
-
-    Returns {"top1", "top5" (test, %), "train_top1", "num_train", "history" (mean loss per epoch),
-    "test_predictions" (m,) int64 on the CPU}.
-    """
+    On a few hundred samples 100 epochs underfit (600 samples of 10 overlapping Gaussian classes:
+    72% against LogisticRegression's 80%); label_efficiency asks `fast_probe_epochs` for more."""
     n_classes = check_feature_pair(train_features, train_labels, test_features, test_labels, num_classes)
     optimization = dataclasses.replace(_FAST.optimization, lr=lr, weight_decay=weight_decay, batch_size=batch_size)
     device = resolve_device(device)
@@ -322,32 +301,22 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
             "test_predictions": predictions}
 
 
-def _crop_flip_features(encoder: Callable, p: LinearProtocol, generator: torch.Generator,
-                        device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """uint8 batch (b, 3, H, W) on `device` -> frozen features (b, D) of a fresh RandomResizedCrop +
-    flip of each image, normalised, as the eval scripts' torchvision transforms do."""
+def _augmented_probe(encoder, train_images, train_labels, test_features, test_labels, p: LinearProtocol,
+                     epochs: int, num_classes: int, device: torch.device, seed: int, progress: bool) -> dict:
+    """The protocol's head trained on frozen features of a fresh RandomResizedCrop + flip of every
+    image every epoch, as the eval scripts' torchvision transforms do; tested on test_features."""
+    generator = torch.Generator().manual_seed(seed)  # the order and the crops
+    head = _new_head(test_features.shape[1], num_classes, p.head_init, seed, device)
     features_of = feature_function(encoder, "representation")
-    mean = torch.tensor(CIFAR10_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR10_STD, device=device).view(1, 3, 1, 1)
 
-    def prepare(images: torch.Tensor) -> torch.Tensor:
+    def prepare(images: torch.Tensor) -> torch.Tensor:  # uint8 (b, 3, H, W) on the device -> (b, D)
         n, _, height, width = images.shape
         boxes = sample_crop_boxes(n, height, width, p.crop_scale, CROP_RATIO, generator, "cpu")
         flips = torch.rand(n, generator=generator) < 0.5
         x = resized_crop_flip(images.float() / 255.0, boxes.to(device), flips.to(device))  # (b, 3, H, W)
         with accelerator_autocast(device):
-            return features_of((x - mean) / std).float()  # (b, D)
+            return features_of(normalize(x, CIFAR10_MEAN, CIFAR10_STD)).float()
 
-    return prepare
-
-
-def _augmented_probe(encoder, train_images, train_labels, test_features, test_labels, p: LinearProtocol,
-                     epochs: int, num_classes: int, device: torch.device, seed: int, progress: bool) -> dict:
-    """Train the protocol's head on crop + flip views (the encoder frozen in eval mode), test it on
-    the test features."""
-    generator = torch.Generator().manual_seed(seed)  # the order and the crops
-    head = _new_head(test_features.shape[1], num_classes, p.head_init, seed, device)
-    prepare = _crop_flip_features(encoder, p, generator, device)
     with frozen(encoder, device), torch.enable_grad():
         fit = fit_classifier(head, train_images.to(device), train_labels, p.optimization, epochs=epochs,
                              prepare=prepare, generator=generator, progress=progress,
@@ -365,22 +334,17 @@ def linear_eval(encoder: Callable[[torch.Tensor], torch.Tensor], train_images: t
                 seed: int = 0, progress: bool = False, *, lr: float | None = None, batch_size: int | None = None,
                 normalize_test: bool | None = None, num_classes: int | None = None,
                 feature_batch_size: int = 512) -> dict:
-    """Linear top-1/top-5 (%) of the frozen `encoder` (or a VICReg model's h) under `protocol`.
-
-    Images uint8 (N, 3, H, W), labels int (N,). epochs, lr, batch_size, normalize_test: None keeps
-    the protocol's. Returns {"top1", "top5", "train_top1" (the final epoch's), "protocol", "epochs",
-    "lr", "batch_size", "normalize_test", "reported", "num_train", "history", "seconds"}.
-    """
+    """Linear top-1/top-5 (%) of the frozen `encoder` (or a VICReg model's h) under `protocol` on
+    images uint8 (N, 3, H, W) and labels (N,). epochs, lr, batch_size, normalize_test: None keeps the
+    protocol's. Returns {"top1", "top5", "train_top1" (the final epoch's), "protocol", "epochs",
+    "lr", "batch_size", "normalize_test", "reported", "num_train", "history", "seconds"}."""
     p = _protocol(protocol)
     for name, images, labels in (("train", train_images, train_labels), ("test", test_images, test_labels)):
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"{name}_images must be uint8 (N, 3, H, W) as load_dataset returns them, "
-                             f"got {images.dtype} {tuple(images.shape)}")
+        check_images(images, f"{name}_images")
         check_labels(labels, images.shape[0], name)
     n_classes = count_classes(train_labels, test_labels, num_classes)
+    check_count(epochs, "epochs", none=f"the protocol's {p.epochs}")
     epochs = p.epochs if epochs is None else epochs
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be an int >= 1 or None (the protocol's {p.epochs}), got {epochs!r}")
     o = dataclasses.replace(p.optimization, lr=p.optimization.lr if lr is None else lr,
                             batch_size=p.optimization.batch_size if batch_size is None else batch_size)
     p = dataclasses.replace(p, optimization=o, normalize_test=p.normalize_test if normalize_test is None
@@ -407,14 +371,10 @@ def linear_eval(encoder: Callable[[torch.Tensor], torch.Tensor], train_images: t
             "seconds": time.perf_counter() - started}
 
 
-# ----------------------------------------------------------------------------- label efficiency
-
-
 def class_balanced_subset(labels: torch.Tensor, fraction: float,
                           generator: torch.Generator | None = None) -> torch.Tensor:
     """Sorted int64 indices (m,) of `fraction` of each class's samples (rounded, at least one per class)."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    check_fractions([fraction])
     if labels.ndim != 1 or labels.shape[0] == 0:
         raise ValueError(f"labels must be a non-empty 1-D tensor, got shape {tuple(labels.shape)}")
     labels, chosen = labels.cpu(), []

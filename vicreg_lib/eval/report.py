@@ -22,8 +22,8 @@ from ..checkpoint import load_pretrained
 from ..data import default_data_spec, load_dataset, random_subset
 from ..hardware import resolve_device
 from ..model import VICReg, build_model, calibrate_batchnorm
-from .features import (check_feature_pair, check_labels, extract_features, knn_accuracy, normalize_images,
-                       require_finite)
+from .features import (check_count, check_feature_pair, check_labels, extract_features, knn_accuracy,
+                       normalize_images, require_finite)
 from .probes import PROTOCOLS, check_fractions, label_efficiency, linear_eval, linear_probe
 
 __all__ = ["EvalConfig", "CALIBRATION_IMAGES", "frozen_feature_report", "encoder_report", "random_init_model",
@@ -59,11 +59,8 @@ class EvalConfig:
         unknown = [p for p in self.protocols if p not in PROTOCOLS]
         if unknown:
             raise ValueError(f"unknown linear-evaluation protocol(s) {unknown}: use any of {', '.join(PROTOCOLS)}")
-        if self.probe_epochs is not None and (not isinstance(self.probe_epochs, int) or self.probe_epochs < 1):
-            raise ValueError(f"probe_epochs must be an int >= 1 or None (each protocol's own), "
-                             f"got {self.probe_epochs!r}")
-        if self.max_train_images is not None and self.max_train_images < 1:
-            raise ValueError(f"max_train_images must be >= 1 or None, got {self.max_train_images}")
+        check_count(self.probe_epochs, "probe_epochs", none="each protocol's own")
+        check_count(self.max_train_images, "max_train_images", none="all")
         check_fractions(self.label_fractions)
 
     def epochs_of(self, protocol: str) -> int:
@@ -116,13 +113,12 @@ def encoder_report(encoder: nn.Module, train_images: torch.Tensor, train_labels:
 
 
 def random_init_model(arch: dict, train_images: torch.Tensor, seed: int = 0) -> VICReg:
-    """The baseline every trained model is compared with: `build_model(**arch)` at a fresh (seeded)
-    initialisation, as pretraining starts, its BatchNorm statistics (encoder and projector) taken
-    from a seeded random CALIBRATION_IMAGES of train_images (N, 3, H, W), in eval mode.
+    """The baseline every trained model is compared with: `build_model(**arch)` at a seeded
+    initialisation, as pretraining starts, in eval mode, its BatchNorm statistics (encoder and
+    projector) taken from a seeded random CALIBRATION_IMAGES of train_images (N, 3, H, W).
 
-    At BatchNorm's initial statistics (mean 0, variance 1) an untrained network's embeddings come out
-    ~75x too small and read as collapsed. A random subset, not the first images: a split stored
-    class by class would otherwise calibrate on a few classes only."""
+    At BatchNorm's initial statistics an untrained network's embeddings come out ~75x too small and
+    read as collapsed. A random subset: a split stored class by class would calibrate on a few classes."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(**arch)
@@ -134,11 +130,6 @@ def random_init_model(arch: dict, train_images: torch.Tensor, seed: int = 0) -> 
     return model.eval()
 
 
-def _stored(config, name: str):
-    """A run's option from a checkpoint's config: a plain dict, or an object with attributes."""
-    return config.get(name) if isinstance(config, dict) else getattr(config, name, None)
-
-
 def evaluate_checkpoint(path: str, config: EvalConfig | None = None, **overrides) -> dict:
     """`encoder_report` of a checkpoint's frozen encoder (`load_pretrained` refuses non-finite weights)
     on config.data (default: the spec it was trained on), with "checkpoint", "data", "num_train",
@@ -146,7 +137,7 @@ def evaluate_checkpoint(path: str, config: EvalConfig | None = None, **overrides
     the same metrics of `random_init_model` (seeded by config.seed)."""
     config = dataclasses.replace(config or EvalConfig(), **overrides)
     model, stored = load_pretrained(path, map_location="cpu")
-    stored_spec = _stored(stored, "data")
+    stored_spec = stored.get("data") if isinstance(stored, dict) else getattr(stored, "data", None)
     if config.data is None and stored_spec is not None and not isinstance(stored_spec, str):
         raise ValueError(f"checkpoint {str(path)!r}: its config's data is {stored_spec!r}, not a data spec; pass the "
                          f"data to evaluate on (--data)")

@@ -3,16 +3,15 @@
     result = train_supervised(images, labels, width=64, time_budget_s=600)   # or epochs=30
     features = extract_features(result.encoder, test_images)                # then probe as usual
 
-A self-supervised representation means something next to two references: the network at random
-initialisation (what you get for free) and the network trained with the labels for the same time
-(what the labels buy). This trains the second, the standard CIFAR way and kept plain: one linear
-head, cross-entropy, SGD (Nesterov momentum 0.9, weight decay 5e-4), a cosine to zero, reflect-pad
-4 + random crop + flip on whole batches on the device. With a time budget the cosine runs on the
-clock, so the schedule ends when the budget does, whatever the machine's speed.
+A self-supervised representation means something next to the network at random initialisation
+(what you get for free) and the network trained with the labels for the same time (what the labels
+buy). This trains the second the standard CIFAR way: a linear head, cross-entropy, SGD (Nesterov
+0.9, weight decay 5e-4), a cosine to zero (on the clock with a time budget), reflect-pad 4 + random
+crop + flip on whole batches on the device.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,21 +19,18 @@ from torch import nn
 
 from ..hardware import resolve_device
 from ..model import resnet18_cifar
-from .features import check_labels, normalize_images
-from .probes import Optimization, fit_classifier
+from .features import check_images, check_labels, normalize_images
+from .probes import FitResult, Optimization, fit_classifier
 
 __all__ = ["SupervisedResult", "random_crop_flip", "train_supervised"]
 
 
-@dataclass
-class SupervisedResult:
-    """What `train_supervised` returns: the trained encoder (eval mode) is what gets evaluated."""
+@dataclass(kw_only=True)
+class SupervisedResult(FitResult):
+    """`fit_classifier`'s history, steps and seconds, and the trained encoder (eval mode) and head."""
 
     encoder: nn.Module
     classifier: nn.Linear
-    history: list[dict] = field(default_factory=list)  # one dict per epoch: epoch, loss, train_top1, lr, seconds
-    steps: int = 0
-    seconds: float = 0.0
 
 
 def random_crop_flip(x: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -61,12 +57,9 @@ def train_supervised(images: torch.Tensor, labels: torch.Tensor, width: int = 64
                      device: str | torch.device = "auto", seed: int = 0,
                      progress: bool = False) -> SupervisedResult:
     """Train resnet18_cifar(width) + a linear head on uint8 images (N, 3, H, W) and labels (N,)
-    with `probes.fit_classifier`, for `epochs` (deterministic for a seed) or `time_budget_s`
-    (possibly stopping mid-epoch). Data sit on the device as one tensor; bf16 autocast on CUDA.
-    The returned encoder is in eval mode on `device`."""
-    if images.ndim != 4 or images.shape[1] != 3 or images.dtype != torch.uint8:
-        raise ValueError(f"images must be uint8 (N, 3, H, W) as load_dataset returns them, "
-                         f"got {images.dtype} {tuple(images.shape)}")
+    with `probes.fit_classifier`, for `epochs` (deterministic for a seed) or `time_budget_s`.
+    Data sit on the device as one tensor; bf16 autocast on CUDA."""
+    check_images(images)
     check_labels(labels, images.shape[0], "train", num_classes)
     num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
     optimization = Optimization(optimizer="sgd", lr=lr, momentum=momentum, nesterov=momentum > 0,
@@ -85,4 +78,4 @@ def train_supervised(images: torch.Tensor, labels: torch.Tensor, width: int = 64
     fit = fit_classifier(network, images.to(device), labels, optimization, epochs=epochs,
                          time_budget_s=time_budget_s, prepare=augment, generator=generator,
                          amp=device.type == "cuda", progress=progress, desc="supervised")
-    return SupervisedResult(encoder, classifier, fit.history, fit.steps, fit.seconds)
+    return SupervisedResult(encoder=encoder, classifier=classifier, **vars(fit))

@@ -3,9 +3,8 @@
     coords = umap_2d(features, seed=0)                                   # (n, d) -> (n, 2)
     similarities, indices = nearest_neighbors(query_feats, bank_feats, k=5)  # (q, k), (q, k)
 
-Only computation; the figures drawn from these (``plot_embedding_scatter``, ``plot_thumbnails``,
-``plot_retrieval``) are in ``vicreg_lib.tutorial.plotting``. umap-learn is imported inside ``umap_2d``, so
-the package imports without it (umap's first import also compiles numba code, ~15 s).
+The figures of these are in ``plotting``. umap-learn is imported inside ``umap_2d``, so the package
+imports without it (umap's first import also compiles numba code, ~15 s).
 """
 from __future__ import annotations
 
@@ -18,18 +17,11 @@ import torch.nn.functional as F
 __all__ = ["umap_2d", "nearest_neighbors"]
 
 
-def umap_2d(
-    features: torch.Tensor | np.ndarray,
-    seed: int = 0,
-    n_neighbors: int = 15,
-    min_dist: float = 0.1,
-    metric: str = "cosine",
-) -> np.ndarray:
-    """UMAP of features (n, d) into the plane -> coords (n, 2) float32.
-
-    Cosine distance, because kNN evaluation and retrieval compare representations by angle.
-    A fixed `seed` makes the map reproducible (UMAP then runs single-threaded).
-    """
+def umap_2d(features: torch.Tensor | np.ndarray, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1,
+            metric: str = "cosine") -> np.ndarray:
+    """UMAP of features (n, d) into the plane -> coords (n, 2) float32. Cosine distance, as kNN and
+    retrieval compare representations by angle; a fixed `seed` makes the map reproducible (UMAP then
+    runs single-threaded)."""
     array = features.detach().cpu().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
     if array.ndim != 2:
         raise ValueError(f"features must be 2-D (n, d), got shape {array.shape}; flatten images with .flatten(1)")
@@ -48,14 +40,10 @@ def umap_2d(
         return reducer.fit_transform(array.astype(np.float32, copy=False)).astype(np.float32)
 
 
-def nearest_neighbors(
-    query_feats: torch.Tensor, bank_feats: torch.Tensor, k: int = 5
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k most cosine-similar bank rows of every query row.
-
-    query_feats (q, d), bank_feats (n, d) -> similarities (q, k), indices (q, k) into the bank,
-    most similar first.
-    """
+def nearest_neighbors(query_feats: torch.Tensor, bank_feats: torch.Tensor,
+                      k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k most cosine-similar bank rows of every query row: query_feats (q, d), bank_feats (n, d)
+    -> similarities (q, k), indices (q, k) into the bank, most similar first."""
     if query_feats.ndim != 2 or bank_feats.ndim != 2 or query_feats.shape[1] != bank_feats.shape[1]:
         raise ValueError(f"expected query (q, d) and bank (n, d) features, got shapes "
                          f"{tuple(query_feats.shape)} and {tuple(bank_feats.shape)}; extract both with one model")

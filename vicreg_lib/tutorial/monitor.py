@@ -4,10 +4,8 @@
     process = launch(command, log_path)                 # detached: survives a kernel restart
     records = watch_run(out_dir, process, total_epochs)  # live plots until the process ends
 
-The run itself writes one JSON line per epoch to out_dir/metrics.jsonl (runstate.py); everything
-here only reads that file, so watching, interrupting the notebook and watching again are safe.
-The figure is ``plotting.plot_metrics`` (draw it once from ``read_metrics(out_dir)``), kept live
-by ``plotting.LiveMetricsFigure``; matplotlib is imported only when ``watch_run`` runs.
+The run writes one JSON line per epoch to out_dir/metrics.jsonl; everything here only reads that
+file, so watching, interrupting the notebook and watching again are safe.
 """
 from __future__ import annotations
 
@@ -27,8 +25,8 @@ __all__ = ["pretrain_command", "launch", "watch_run"]
 
 
 def pretrain_command(config: TrainConfig, python: str | None = None, **changes: Any) -> list[str]:
-    """The `python -m vicreg_lib pretrain` command line that runs `config` (with `changes`
-    applied, e.g. resume=True): one --flag per setting that differs from its default."""
+    """The command line that runs `config` with `changes` (e.g. resume=True): one --flag per
+    field that differs from its default."""
     config = dataclasses.replace(config, **changes)
     command = [python or sys.executable, "-m", "vicreg_lib", "pretrain"]
     for config_field in dataclasses.fields(TrainConfig):
@@ -45,15 +43,12 @@ def pretrain_command(config: TrainConfig, python: str | None = None, **changes: 
 
 def launch(command: Sequence[str], log_path: str | Path, cwd: str | Path | None = None) -> subprocess.Popen:
     """Start `command` in its own session (a kernel restart or Ctrl-C in the notebook does not
-    stop it), stdout and stderr appended to `log_path`. Returns the Popen handle."""
+    stop it), stdout and stderr appended to `log_path`."""
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
                                 start_new_session=True)
-
-
-# ----------------------------------------------------------------------------- watching
 
 
 def _status(records: Sequence[dict], total_epochs: int | None, elapsed_s: float) -> str:
@@ -66,21 +61,13 @@ def _status(records: Sequence[dict], total_epochs: int | None, elapsed_s: float)
     return line
 
 
-def watch_run(
-    out_dir: str | Path,
-    process: subprocess.Popen | None = None,
-    total_epochs: int | None = None,
-    every_s: float = 10.0,
-    timeout_s: float | None = None,
-    log_path: str | Path | None = None,
-) -> list[dict]:
-    """Re-read out_dir/metrics.jsonl every `every_s` seconds and redraw ``plotting.plot_metrics``
-    in place (one notebook output, ``plotting.LiveMetricsFigure``) plus a progress bar over the
-    epochs, until `process` exits (or `timeout_s` passes; without a process: one look).
-
-    Interrupting the notebook stops the watching, not the run. Returns the records read last.
-    A process that ends with an error raises RuntimeError with the end of `log_path`.
-    """
+def watch_run(out_dir: str | Path, process: subprocess.Popen | None = None, total_epochs: int | None = None,
+              every_s: float = 10.0, timeout_s: float | None = None,
+              log_path: str | Path | None = None) -> list[dict]:
+    """Re-read out_dir/metrics.jsonl every `every_s` seconds and redraw it in place
+    (``plotting.LiveMetricsFigure``) with a progress bar, until `process` exits (or `timeout_s`
+    passes; without a process: one look). Returns the records read last; a process that fails
+    raises RuntimeError with the end of `log_path`. Interrupting stops the watching, not the run."""
     from .plotting import LiveMetricsFigure
 
     out_dir = Path(out_dir)

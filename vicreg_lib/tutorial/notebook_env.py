@@ -1,9 +1,6 @@
 """The settings every notebook starts from, read from the environment in one call.
 
-    settings = notebook_settings("05_linear_eval")
-    print(settings.describe())           # one paragraph for the learner
-    images, labels, classes = load_dataset(settings.data, "train", settings.data_root)
-    checkpoint = settings.run or settings.output_dir_of("04_pretraining") / "checkpoint.pt"
+    settings = notebook_settings("05_linear_eval"); print(settings.describe())
 
 Environment variables (each optional):
 
@@ -12,11 +9,9 @@ Environment variables (each optional):
     VICREG_FAST       1 for quick settings for a first look, 0 (default) for the full settings
     VICREG_RUNS       where runs, checkpoints and caches are saved; default "runs"
     VICREG_RUN        a run folder or weights file to use instead of the notebook's default
-                      (notebook 05 evaluates it)
 
-Relative paths are taken from the checkout's root when the notebook sits in one (a folder at or
-above the current one whose pyproject.toml names the vicreg-lib project), otherwise from the
-current folder, so a notebook opened on its own (e.g. on a hosted Jupyter service) works too.
+Relative paths are taken from the checkout's root (`find_checkout`) when the notebook sits in one,
+otherwise from the current folder, so a notebook opened on its own (a hosted Jupyter) works too.
 """
 from __future__ import annotations
 
@@ -32,9 +27,6 @@ from ..hardware import resolve_device
 
 __all__ = ["NotebookSettings", "notebook_settings", "find_checkout"]
 
-DEFAULT_DATA = "cifar10"
-DEFAULT_DATA_ROOT = "data"
-DEFAULT_RUNS = "runs"
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 _PROJECT_NAME = re.compile(r"""^\s*name\s*=\s*["']vicreg[-_]lib["']\s*$""", re.MULTILINE)
@@ -43,31 +35,24 @@ _NOTEBOOK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 @dataclass(frozen=True)
 class NotebookSettings:
-    """What a notebook needs to know about where it runs.
+    """What a notebook needs to know about where it runs (the module docstring's variables)."""
 
-    notebook: its name (e.g. "05_linear_eval"); data: the data spec; data_root: where downloads
-    and unpacked archives go; fast: quick settings for a first look; runs: the folder for runs,
-    checkpoints and caches; device: "cuda", "mps" or "cpu"; run: the run folder or weights file named in
-    VICREG_RUN (None if unset); checkout: the repository root, None outside a checkout.
-    """
-
-    notebook: str
+    notebook: str  # e.g. "05_linear_eval"
     data: str
     data_root: Path
     fast: bool
     runs: Path
-    device: str
-    run: Path | None = None
-    checkout: Path | None = None
+    device: str  # "cuda", "mps" or "cpu"
+    run: Path | None = None  # VICREG_RUN's
+    checkout: Path | None = None  # the repository root, None outside a checkout
 
     @property
     def output_dir(self) -> Path:
-        """Where this notebook saves its runs and caches (``output_dir_of(self.notebook)``)."""
         return self.output_dir_of(self.notebook)
 
     def output_dir_of(self, notebook: str) -> Path:
-        """Where `notebook` saves its runs: runs/<notebook>, or runs/<notebook>_fast with quick
-        settings, so a quick try never overwrites the result of a long one."""
+        """runs/<notebook>, or runs/<notebook>_fast with quick settings: a quick try never
+        overwrites the result of a long one."""
         _check_notebook_name(notebook)
         return self.runs / (f"{notebook}_fast" if self.fast else notebook)
 
@@ -93,15 +78,13 @@ class NotebookSettings:
             text += f"; the run used is {_shown(self.run, base)} (VICREG_RUN)"
         return text + "."
 
-    def __str__(self) -> str:
-        return self.describe()
+    __str__ = describe
 
 
 def find_checkout(start: str | os.PathLike | None = None) -> Path | None:
-    """The repository root at or above `start` (default: the current folder), i.e. the first
-    folder whose pyproject.toml names the vicreg-lib project; None outside a checkout."""
-    here = Path.cwd() if start is None else Path(start)
-    here = here.resolve()
+    """The first folder at or above `start` (default: the current one) whose pyproject.toml names
+    the vicreg-lib project; None outside a checkout."""
+    here = (Path.cwd() if start is None else Path(start)).resolve()
     for folder in [here, *here.parents]:
         pyproject = folder / "pyproject.toml"
         try:
@@ -112,22 +95,14 @@ def find_checkout(start: str | os.PathLike | None = None) -> Path | None:
     return None
 
 
-def notebook_settings(
-    notebook: str,
-    fast: bool | None = None,
-    device: str = "auto",
-    environ: Mapping[str, str] | None = None,
-    start: str | os.PathLike | None = None,
-) -> NotebookSettings:
-    """The settings of `notebook` (its name, e.g. "05_linear_eval") from the environment.
+def notebook_settings(notebook: str, fast: bool | None = None, device: str = "auto",
+                      environ: Mapping[str, str] | None = None,
+                      start: str | os.PathLike | None = None) -> NotebookSettings:
+    """The settings of `notebook` (e.g. "05_linear_eval") from `environ` (default ``os.environ``).
 
-    fast: True or False overrides VICREG_FAST (None: read it).
-    device: "auto" (a CUDA GPU when there is one, else Apple's MPS, else the CPU), "cpu", "mps",
-    "cuda" or "cuda:N".
-    environ: the variables to read (default ``os.environ``); start: the folder to look for the
-    checkout from (default the current folder). Raises ValueError for a bad value (naming the
-    variable and what it accepts) and FileNotFoundError when VICREG_RUN names nothing.
-    """
+    fast: overrides VICREG_FAST unless None; device: as ``hardware.resolve_device`` takes it;
+    start: where to look for the checkout from. Raises ValueError for a bad value (naming the
+    variable and what it accepts) and FileNotFoundError when VICREG_RUN names nothing."""
     _check_notebook_name(notebook)
     if fast is not None and not isinstance(fast, bool):
         raise ValueError(f"fast must be True, False or None (read VICREG_FAST), got {fast!r}")
@@ -142,15 +117,11 @@ def notebook_settings(
             "(the out_dir of a pretraining run) or a weights file, or unset VICREG_RUN for the default"
         )
     return NotebookSettings(
-        notebook=notebook,
-        data=environ.get("VICREG_DATA", "").strip() or DEFAULT_DATA,
-        data_root=_path_setting(environ, "VICREG_DATA_ROOT", DEFAULT_DATA_ROOT, base),
+        notebook=notebook, data=environ.get("VICREG_DATA", "").strip() or "cifar10",
+        data_root=_path_setting(environ, "VICREG_DATA_ROOT", "data", base),
         fast=_flag_setting(environ, "VICREG_FAST") if fast is None else fast,
-        runs=_path_setting(environ, "VICREG_RUNS", DEFAULT_RUNS, base),
-        device=str(resolve_device(device)),
-        run=run,
-        checkout=checkout,
-    )
+        runs=_path_setting(environ, "VICREG_RUNS", "runs", base),
+        device=str(resolve_device(device)), run=run, checkout=checkout)
 
 
 def _check_notebook_name(notebook: object) -> None:
@@ -161,10 +132,8 @@ def _check_notebook_name(notebook: object) -> None:
 
 def _flag_setting(environ: Mapping[str, str], name: str) -> bool:
     value = environ.get(name, "").strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
+    if value in _TRUE + _FALSE:
+        return value in _TRUE
     raise ValueError(f"{name}={environ[name]!r} is not a yes/no value: use {name}=1 (on) or {name}=0 (off)")
 
 
@@ -181,8 +150,7 @@ def _path_setting(environ: Mapping[str, str], name: str, default: str, base: Pat
 
 
 def _shown(path: Path, base: Path, folder: bool = False) -> str:
-    """`path` relative to `base` when inside it (no machine-specific prefix), else as it is;
-    a folder ends in "/"."""
+    """`path` relative to `base` when inside it (no machine-specific prefix); a folder ends in "/"."""
     try:
         shown = path.relative_to(base).as_posix()
     except ValueError:

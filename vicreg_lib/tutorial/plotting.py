@@ -1,17 +1,11 @@
-"""Every figure of the tutorial, in one place: images and views, embedding maps and retrieval,
-a run's training curves, and the collapse ablation.
+"""Every figure of the tutorial. Functions that draw into axes take ``ax=None`` (a new figure) and
+return the Axes; those that lay out their own grid return the Figure. matplotlib is imported inside
+the functions, so importing the package does not need it.
 
-    pictures = to_display(views)                        # normalised (n, 3, h, w) -> (n, h, w, 3) in [0, 1]
-    fig = show_image_grid([images, views], ncols=8)    # uint8 images and/or normalised views, in a grid
-    plot_embedding_scatter(coords, labels, classes)     # a UMAP map (embedding_maps.umap_2d), by class
-    plot_thumbnails(coords, images)                     # a few images at their map positions
-    plot_retrieval(query_images, bank_images, indices)  # each query beside its nearest neighbours
+    show_image_grid([images, views], ncols=8)          # uint8 images and/or normalised views
+    plot_embedding_scatter(coords, labels, classes)     # a map (embedding_maps.umap_2d), by class
     plot_metrics(records)                               # a run's metrics.jsonl, four panels by epoch
-    plot_ablation_spectra(table)                        # one curve per setting of an ablation.AblationTable
-
-Functions that draw into axes take ``ax=None`` (a new figure) and return the Axes; those that lay
-out their own grid return the Figure. matplotlib is imported inside the functions, so importing
-this module, and the package, does not need it.
+    plot_ablation_spectra(table)                        # one curve per row of an ablation.AblationTable
 """
 from __future__ import annotations
 
@@ -30,65 +24,66 @@ __all__ = [
     "plot_ablation_std_history", "plot_ablation_std_per_dim", "plot_ablation_spectra", "plot_ablation_accuracy",
 ]
 
+
+def _numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _new_axes_if_none(ax, size: tuple[float, float] = (6, 4)):
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        _, ax = plt.subplots(figsize=size)
+    return ax
+
+
+def _finish(ax, title: str | None = None):
+    """Title (if any), no ticks: a picture or a map has no meaningful axes."""
+    if title:
+        ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return ax
+
+
 # ----------------------------------------------------------------------------- images and views
 
 
-def to_display(
-    images: torch.Tensor,
-    mean: Sequence[float] = CIFAR10_MEAN,
-    std: Sequence[float] = CIFAR10_STD,
-) -> np.ndarray:
-    """Images ready for imshow: (n, 3, h, w) -> float32 (n, h, w, 3) in [0, 1].
+def to_display(images: torch.Tensor, mean: Sequence[float] = CIFAR10_MEAN,
+               std: Sequence[float] = CIFAR10_STD) -> np.ndarray:
+    """Images ready for imshow: (n, 3, h, w) or (3, h, w) -> float32 (n, h, w, 3) in [0, 1].
 
-    uint8 images (0..255) are scaled to [0, 1]; float images are taken to be views normalised
-    with `mean`/`std` (what the augmentations return) and are un-normalised, then clipped.
-    A single image (3, h, w) is treated as a batch of one.
-    """
+    uint8 images are scaled; float images are taken to be views normalised with `mean`/`std`
+    (what the augmentations return), un-normalised and clipped."""
     if not isinstance(images, torch.Tensor):
         raise ValueError(f"images must be a torch.Tensor (n, 3, h, w), got {type(images).__name__}")
-    if images.ndim == 3:
-        images = images[None]
+    images = (images[None] if images.ndim == 3 else images).detach().cpu()
     if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(
-            f"images must have shape (n, 3, h, w) or (3, h, w), got {tuple(images.shape)}; "
-            "permute channels-last arrays with .permute(0, 3, 1, 2)"
-        )
-    images = images.detach().cpu()
+        raise ValueError(f"images must have shape (n, 3, h, w) or (3, h, w), got {tuple(images.shape)}; "
+                         "permute channels-last arrays with .permute(0, 3, 1, 2)")
     if images.dtype == torch.uint8:
         pixels = images.float() / 255.0
     elif images.is_floating_point():
-        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        mean_t, std_t = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) for v in (mean, std))
         pixels = images.float() * std_t + mean_t
     else:
         raise ValueError(f"images must be uint8 (0..255) or normalised float views, got {images.dtype}")
     return pixels.clamp(0.0, 1.0).permute(0, 2, 3, 1).numpy()
 
 
-def show_image_grid(
-    images: torch.Tensor | Sequence[torch.Tensor],
-    titles: Sequence[str] | None = None,
-    ncols: int | None = None,
-    row_labels: Sequence[str] | None = None,
-    cell_size: float = 1.4,
-    suptitle: str | None = None,
-    title_size: float = 8.0,
-):
-    """Draw images (n, 3, h, w) (uint8, or views normalised with the CIFAR-10 mean/std) in a grid.
-
-    images: one batch, or a list of batches (e.g. originals in uint8 and their views) drawn one
-    after the other; titles: one per image (or None); ncols: images per row (default: all in one
-    row); row_labels: one per row, written left of the row. Returns the matplotlib Figure.
-    """
+def show_image_grid(images: torch.Tensor | Sequence[torch.Tensor], titles: Sequence[str] | None = None,
+                    ncols: int | None = None, row_labels: Sequence[str] | None = None, cell_size: float = 1.4,
+                    suptitle: str | None = None, title_size: float = 8.0):
+    """Draw images (n, 3, h, w), or a list of such batches one after the other, in a grid of
+    `ncols` (default: one row); one title per image and one label per row (left of it), each
+    optional. Returns the Figure."""
     import matplotlib.pyplot as plt
 
     batches = [images] if isinstance(images, torch.Tensor) else list(images)
-    if not batches:
-        raise ValueError("show_image_grid needs at least one image, got an empty list")
-    pictures = np.concatenate([to_display(batch) for batch in batches])
+    pictures = np.concatenate([to_display(batch) for batch in batches]) if batches else np.zeros((0,))
     n = pictures.shape[0]
     if n == 0:
-        raise ValueError("show_image_grid needs at least one image, got an empty batch")
+        raise ValueError("show_image_grid needs at least one image, got an empty list or batch")
     if titles is not None and len(titles) != n:
         raise ValueError(f"got {len(titles)} titles for {n} images; pass one title per image or None")
     ncols = n if ncols is None else ncols
@@ -99,17 +94,15 @@ def show_image_grid(
         raise ValueError(f"got {len(row_labels)} row labels for {nrows} rows; pass one per row or None")
     fig, axes = plt.subplots(nrows, ncols, figsize=(cell_size * ncols, cell_size * nrows + 0.3), squeeze=False)
     for index, ax in enumerate(axes.flat):
-        ax.set_xticks([])
-        ax.set_yticks([])
+        _finish(ax)
         if index >= n:
             ax.axis("off")
             continue
         ax.imshow(pictures[index], interpolation="nearest")
         if titles is not None:
             ax.set_title(titles[index], fontsize=title_size)
-    if row_labels is not None:
-        for row, label in enumerate(row_labels):
-            axes[row, 0].set_ylabel(label, fontsize=title_size + 1)
+    for row, label in enumerate(row_labels or ()):
+        axes[row, 0].set_ylabel(label, fontsize=title_size + 1)
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
@@ -120,50 +113,38 @@ def show_image_grid(
 
 
 def _coords_array(coords: torch.Tensor | np.ndarray) -> np.ndarray:
-    array = coords.detach().cpu().numpy() if isinstance(coords, torch.Tensor) else np.asarray(coords)
+    array = _numpy(coords)
     if array.ndim != 2 or array.shape[1] != 2:
         raise ValueError(f"coords must be (n, 2) map positions (from umap_2d), got shape {array.shape}")
     return array.astype(np.float32, copy=False)
 
 
 def _to_hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:
-    """One image (3, H, W) uint8 -> (H, W, 3) uint8 for imshow."""
-    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    """One uint8 image (3, H, W) -> (H, W, 3)."""
+    array = _numpy(image)
     if array.ndim != 3 or array.shape[0] != 3:
         raise ValueError(f"images must be (N, 3, H, W), got an image of shape {array.shape}")
     return np.ascontiguousarray(array.transpose(1, 2, 0))
 
 
-def plot_embedding_scatter(
-    coords: torch.Tensor | np.ndarray,
-    labels: torch.Tensor | np.ndarray,
-    classes: Sequence[str] | None = None,
-    ax=None,
-    title: str | None = None,
-    point_size: float = 4.0,
-    legend: bool = True,
-):
-    """Scatter coords (n, 2) coloured by integer labels (n,); returns the matplotlib Axes."""
+def plot_embedding_scatter(coords: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
+                           classes: Sequence[str] | None = None, ax=None, title: str | None = None,
+                           point_size: float = 4.0, legend: bool = True):
+    """Scatter coords (n, 2) coloured by integer labels (n,); returns the Axes."""
     import matplotlib.pyplot as plt
 
-    coords = _coords_array(coords)
-    labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+    coords, labels = _coords_array(coords), _numpy(labels)
     if labels.shape != (coords.shape[0],):
         raise ValueError(f"expected one label per point: coords {coords.shape}, labels {labels.shape}")
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5, 5))
+    ax = _new_axes_if_none(ax, (5, 5))
     cmap = plt.get_cmap("tab10" if labels.max() < 10 else "tab20")
     for c in np.unique(labels):
-        name = classes[c] if classes is not None else str(c)
         here = labels == c
-        ax.scatter(coords[here, 0], coords[here, 1], s=point_size, color=cmap(int(c) % cmap.N), label=name)
-    if title:
-        ax.set_title(title)
-    ax.set_xticks([])
-    ax.set_yticks([])
+        ax.scatter(coords[here, 0], coords[here, 1], s=point_size, color=cmap(int(c) % cmap.N),
+                   label=classes[c] if classes is not None else str(c))
     if legend:
         ax.legend(markerscale=3, fontsize=7, loc="best", frameon=False)
-    return ax
+    return _finish(ax, title)
 
 
 def _spread_points(coords: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -178,51 +159,29 @@ def _spread_points(coords: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.array(chosen)
 
 
-def plot_thumbnails(
-    coords: torch.Tensor | np.ndarray,
-    images: torch.Tensor | np.ndarray,
-    num_thumbnails: int = 60,
-    ax=None,
-    zoom: float = 0.8,
-    seed: int = 0,
-    title: str | None = None,
-):
+def plot_thumbnails(coords: torch.Tensor | np.ndarray, images: torch.Tensor | np.ndarray, num_thumbnails: int = 60,
+                    ax=None, zoom: float = 0.8, seed: int = 0, title: str | None = None):
     """Draw a spread-out selection of images (N, 3, H, W) uint8 at their coords (N, 2); returns the Axes."""
-    import matplotlib.pyplot as plt
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
     coords = _coords_array(coords)
     if len(images) != coords.shape[0]:
         raise ValueError(f"expected one image per point: coords {coords.shape}, {len(images)} images")
-    if ax is None:
-        _, ax = plt.subplots(figsize=(7, 7))
+    ax = _new_axes_if_none(ax, (7, 7))
     ax.scatter(coords[:, 0], coords[:, 1], s=1, color="lightgray")
     for i in _spread_points(coords, num_thumbnails, seed):
         thumbnail = OffsetImage(_to_hwc(images[i]), zoom=zoom, interpolation="nearest")
         ax.add_artist(AnnotationBbox(thumbnail, coords[i], frameon=False, pad=0.0))
-    if title:
-        ax.set_title(title)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    return ax
+    return _finish(ax, title)
 
 
-def plot_retrieval(
-    query_images: torch.Tensor,
-    bank_images: torch.Tensor,
-    indices: torch.Tensor,
-    query_labels: torch.Tensor | None = None,
-    bank_labels: torch.Tensor | None = None,
-    classes: Sequence[str] | None = None,
-    similarities: torch.Tensor | None = None,
-    cell_size: float = 1.2,
-):
-    """One row per query: the query image (3, H, W) uint8, then its retrieved bank images
-    (``indices`` (q, k) from ``embedding_maps.nearest_neighbors``), titled with ``similarities`` (q, k).
-
-    With labels, each neighbour's frame is green when its class matches the query's, red when not.
-    Returns the matplotlib Figure.
-    """
+def plot_retrieval(query_images: torch.Tensor, bank_images: torch.Tensor, indices: torch.Tensor,
+                   query_labels: torch.Tensor | None = None, bank_labels: torch.Tensor | None = None,
+                   classes: Sequence[str] | None = None, similarities: torch.Tensor | None = None,
+                   cell_size: float = 1.2):
+    """One row per query: the query image (3, H, W) uint8, then its bank images at ``indices``
+    (q, k) (``embedding_maps.nearest_neighbors``), titled with ``similarities`` (q, k). With labels,
+    a neighbour's frame is green when its class is the query's, red when not. Returns the Figure."""
     import matplotlib.pyplot as plt
 
     q, k = indices.shape
@@ -232,22 +191,19 @@ def plot_retrieval(
     for row in range(q):
         axes[row, 0].imshow(_to_hwc(query_images[row]), interpolation="nearest")
         if query_labels is not None:
-            name = classes[int(query_labels[row])] if classes is not None else str(int(query_labels[row]))
-            axes[row, 0].set_title(f"query: {name}", fontsize=7)
+            label = int(query_labels[row])
+            axes[row, 0].set_title(f"query: {classes[label] if classes is not None else label}", fontsize=7)
         for col in range(k):
-            j = int(indices[row, col])
-            ax = axes[row, col + 1]
+            j, ax = int(indices[row, col]), axes[row, col + 1]
             ax.imshow(_to_hwc(bank_images[j]), interpolation="nearest")
             if similarities is not None:
                 ax.set_title(f"{float(similarities[row, col]):.2f}", fontsize=7)
             if query_labels is not None and bank_labels is not None:
                 colour = "tab:green" if int(bank_labels[j]) == int(query_labels[row]) else "tab:red"
                 for spine in ax.spines.values():
-                    spine.set_edgecolor(colour)
-                    spine.set_linewidth(2.5)
+                    spine.set(edgecolor=colour, linewidth=2.5)
     for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
+        _finish(ax)
     fig.tight_layout()
     return fig
 
@@ -264,17 +220,14 @@ METRIC_PANELS = (
 
 
 def plot_metrics(records: Sequence[dict], fig=None, total_epochs: int | None = None, title: str | None = None):
-    """A run's per-epoch records (metrics.jsonl, ``train.read_metrics``) in four panels against the
-    epoch: the three loss terms (log scale), the embedding's per-dim std, its effective rank and the
-    kNN accuracy. A record without a key leaves a gap in that panel (kNN runs only every few epochs).
-    Draws into ``fig`` (cleared) or a new Figure; returns it."""
+    """A run's per-epoch records (``read_metrics``) in the METRIC_PANELS against the epoch; a record
+    without a key leaves a gap (kNN runs only every few epochs). Draws into ``fig`` (cleared) or a
+    new Figure; returns it."""
     import matplotlib.pyplot as plt
 
-    if fig is None:
-        fig = plt.figure(figsize=(13, 3.2))
+    fig = fig if fig is not None else plt.figure(figsize=(13, 3.2))
     fig.clear()
-    axes = fig.subplots(1, len(METRIC_PANELS))
-    for ax, (panel_title, keys, scale) in zip(axes, METRIC_PANELS):
+    for ax, (panel_title, keys, scale) in zip(fig.subplots(1, len(METRIC_PANELS)), METRIC_PANELS):
         for key in keys:
             points = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
             if points:
@@ -295,13 +248,8 @@ def plot_metrics(records: Sequence[dict], fig=None, total_epochs: int | None = N
 
 
 class LiveMetricsFigure:
-    """One ``plot_metrics`` figure shown once in a notebook and redrawn in place (through an IPython
-    display handle) at every ``update``; without IPython it is drawn but not shown.
-
-        live = LiveMetricsFigure(total_epochs=100)
-        live.update(records, title="epoch 3/100")   # as often as new records arrive
-        live.close()                                # the output keeps the last drawing
-    """
+    """One ``plot_metrics`` figure shown once in a notebook and redrawn in place (an IPython display
+    handle) at every ``update``; ``close`` keeps the last drawing. Without IPython it is not shown."""
 
     def __init__(self, total_epochs: int | None = None) -> None:
         import matplotlib.pyplot as plt
@@ -326,84 +274,69 @@ class LiveMetricsFigure:
 
 
 # ----------------------------------------------------------------------------- the collapse ablation
-# Each function takes the rows of an ``ablation.AblationTable`` (or the table itself): dicts with
-# lam, mu, nu, verdict and the measurements named in each docstring.
+# Each takes the rows of an ``ablation.AblationTable`` (or the table): dicts with lam, mu, nu,
+# verdict and the entries named in each docstring.
 
 
-def _new_axes_if_none(ax):
-    if ax is None:
-        import matplotlib.pyplot as plt
-
-        _, ax = plt.subplots(figsize=(6, 4))
+def _setting_lines(table: Iterable[dict[str, Any]], ax, curve, gamma: bool, marker: str | None = None, **labels):
+    """One log-scale line per row, (xs, ys) = curve(row); gamma: the variance term's target std 1, dotted."""
+    ax = _new_axes_if_none(ax)
+    for row in table:
+        ax.plot(*curve(row), marker=marker, label=f"({row['lam']:g}, {row['mu']:g}, {row['nu']:g}) {row['verdict']}")
+    if gamma:
+        ax.axhline(1.0, color="gray", linestyle=":", linewidth=1)
+    ax.set(yscale="log", **labels)
+    ax.legend(fontsize=8)
     return ax
-
-
-def _setting_label(row: dict[str, Any]) -> str:
-    return f"({row['lam']:g}, {row['mu']:g}, {row['nu']:g}) {row['verdict']}"
 
 
 def plot_ablation_std_history(table: Iterable[dict[str, Any]], ax=None):
-    """Mean per-dimension std of the embeddings over training (row["history"], the run's records),
-    one line per setting, log scale; the variance term's target gamma = 1 dotted. Returns the Axes."""
-    ax = _new_axes_if_none(ax)
-    for row in table:
+    """Mean per-dimension std of z over training (row["history"], the run's records) per row."""
+    def curve(row):
         records = [r for r in row["history"] if "std" in r]
         # a fully collapsed std of exactly 0 would vanish from a log axis: floor it at 1e-8
-        ax.plot([r["epoch"] for r in records], [max(r["std"], 1e-8) for r in records], marker=".",
-                label=_setting_label(row))
-    ax.axhline(1.0, color="gray", linestyle=":", linewidth=1)
-    ax.set(yscale="log", xlabel="epoch", ylabel="mean std of z over the batch",
-           title="Per-dimension std over training")
-    ax.legend(fontsize=8)
-    return ax
+        return [r["epoch"] for r in records], [max(r["std"], 1e-8) for r in records]
+
+    return _setting_lines(table, ax, curve, True, marker=".", xlabel="epoch", ylabel="mean std of z over the batch",
+                          title="Per-dimension std over training")
 
 
 def plot_ablation_std_per_dim(table: Iterable[dict[str, Any]], ax=None):
-    """Each dimension's std on the held-out batch after training (row["std_per_dim"] (d,)), sorted,
-    one line per setting, log scale. Returns the Axes."""
-    ax = _new_axes_if_none(ax)
-    for row in table:
+    """Each dimension's std on the held-out batch after training (row["std_per_dim"] (d,)), sorted."""
+    def curve(row):
         std = sorted(row["std_per_dim"], reverse=True)
-        ax.plot(range(1, len(std) + 1), [max(s, 1e-8) for s in std], label=_setting_label(row))
-    ax.axhline(1.0, color="gray", linestyle=":", linewidth=1)
-    ax.set(yscale="log", xlabel="dimension (sorted)", ylabel="std over the held-out batch",
-           title="Per-dimension std of the embeddings")
-    ax.legend(fontsize=8)
-    return ax
+        return range(1, len(std) + 1), [max(s, 1e-8) for s in std]
+
+    return _setting_lines(table, ax, curve, True, xlabel="dimension (sorted)", ylabel="std over the held-out batch",
+                          title="Per-dimension std of the embeddings")
 
 
 def plot_ablation_spectra(table: Iterable[dict[str, Any]], ax=None):
-    """Singular values of the centred held-out embeddings (row["singular_values"], descending), each
-    divided by the largest, one curve per setting, log scale. Returns the Axes.
+    """Singular values of the centred held-out z (row["singular_values"], descending) over the largest.
 
     Dimensional collapse shows as a few large values, then a sudden drop. Dividing by sigma_1 hides
-    the overall scale, so a collapse to (nearly) one point is seen in the std plots, not here.
-    """
-    ax = _new_axes_if_none(ax)
-    for row in table:
+    the overall scale, so a collapse to (nearly) one point is seen in the std plots, not here."""
+    def curve(row):
         sigma = row["singular_values"]
         top = sigma[0] if sigma and sigma[0] > 0 else 1.0
-        ax.plot(range(1, len(sigma) + 1), [max(s / top, 1e-12) for s in sigma], label=_setting_label(row))
-    ax.set(yscale="log", xlabel="index k", ylabel="σ_k / σ_1",
-           title="Singular value spectrum of the embeddings")
-    ax.legend(fontsize=8)
-    return ax
+        return range(1, len(sigma) + 1), [max(s / top, 1e-12) for s in sigma]
+
+    return _setting_lines(table, ax, curve, False, xlabel="index k", ylabel="σ_k / σ_1",
+                          title="Singular value spectrum of the embeddings")
 
 
 def plot_ablation_accuracy(table: Iterable[dict[str, Any]], ax=None, baseline: dict[str, Any] | None = None):
-    """kNN and linear-probe top-1 (%) on the held-out split (row["knn_top1"], row["linear_top1"]),
-    a pair of bars per setting; ``baseline`` (``ablation.evaluate_random_init``'s row) adds the
-    untrained network's linear top-1 as a dashed line. Returns the Axes."""
-    ax = _new_axes_if_none(ax)
-    rows = list(table)
+    """kNN and linear-probe top-1 (%) (row["knn_top1"], row["linear_top1"]), a pair of bars per row;
+    ``baseline`` (``ablation.evaluate_random_init``'s row) adds the untrained network's linear
+    top-1 as a dashed line."""
+    ax, rows = _new_axes_if_none(ax), list(table)
     if baseline is not None:
         ax.axhline(baseline["linear_top1"], color="gray", linestyle="--", linewidth=1,
                    label=f"random init, linear ({baseline['linear_top1']:.1f} %)")
-    names = [f"({r['lam']:g},{r['mu']:g},{r['nu']:g})" for r in rows]
-    positions = range(len(names))
-    ax.bar([p - 0.2 for p in positions], [r["knn_top1"] for r in rows], width=0.4, label="kNN")
-    ax.bar([p + 0.2 for p in positions], [r["linear_top1"] for r in rows], width=0.4, label="linear")
-    ax.set_xticks(list(positions), names, rotation=20)
+    positions = range(len(rows))
+    for shift, key, label in ((-0.2, "knn_top1", "kNN"), (0.2, "linear_top1", "linear")):
+        ax.bar([p + shift for p in positions], [r[key] for r in rows], width=0.4, label=label)
+    ax.set_xticks(list(positions), [f"({r['lam']:g},{r['mu']:g},{r['nu']:g})" for r in rows], rotation=20)
     tallest = max([r["knn_top1"] for r in rows] + [r["linear_top1"] for r in rows] + [1.0])
     ax.set_ylim(0, 1.3 * tallest)  # room for the legend above the bars
     ax.set(xlabel="(λ, μ, ν)", ylabel="top-1 accuracy (%)", title="Accuracy on the held-out split")

@@ -1,12 +1,5 @@
-"""Small timing functions that benchmarks/ and the notebooks share: images per second.
-
-    per_image_throughput(images, recipe, batch_size, workers)   torchvision transforms in a DataLoader
-    batched_throughput(images, recipe, batch_size, device)      BatchAugment on whole batches
-    synchronize(device)                                         wait until the device's queued work is done
-
-An image counts once per pair of views. Both time warm work only: the DataLoader's worker start-up
-and BatchAugment's first batch are left out.
-"""
+"""Images per second of the two augmentation pipelines, for benchmarks/ and notebook 01. An image
+counts once per pair of views; only warm work is timed."""
 
 from __future__ import annotations
 
@@ -19,20 +12,12 @@ from ..augment import BatchAugment, TransformedImages, ViewRecipe, two_views_tra
 from ..hardware import synchronize
 
 
-def per_image_throughput(
-    images: torch.Tensor,
-    recipe: str | tuple[ViewRecipe, ViewRecipe],
-    batch_size: int,
-    workers: int,
-) -> float:
+def per_image_throughput(images: torch.Tensor, recipe: str | tuple[ViewRecipe, ViewRecipe], batch_size: int,
+                         workers: int) -> float:
     """Images/s of two_views_transform(recipe) on uint8 images (n, 3, h, w) through a DataLoader
     with ``workers`` worker processes, timed from the first batch (worker start-up excluded)."""
-    loader = DataLoader(
-        TransformedImages(images, two_views_transform(recipe)),
-        batch_size=batch_size,
-        num_workers=workers,
-        shuffle=False,
-    )
+    loader = DataLoader(TransformedImages(images, two_views_transform(recipe)), batch_size=batch_size,
+                        num_workers=workers, shuffle=False)
     iterator = iter(loader)
     first_view, _ = next(iterator)
     start, counted = time.perf_counter(), 0
@@ -42,12 +27,8 @@ def per_image_throughput(
     return counted / elapsed if counted else len(first_view) / elapsed
 
 
-def batched_throughput(
-    images: torch.Tensor,
-    recipe: str | tuple[ViewRecipe, ViewRecipe],
-    batch_size: int,
-    device: torch.device | str,
-) -> float:
+def batched_throughput(images: torch.Tensor, recipe: str | tuple[ViewRecipe, ViewRecipe], batch_size: int,
+                       device: torch.device | str) -> float:
     """Images/s of BatchAugment(recipe) over uint8 images (n, 3, h, w) moved to ``device`` first,
     after one warm-up batch."""
     augment = BatchAugment(recipe).to(device)
