@@ -89,3 +89,22 @@ def test_functions_are_short():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
             and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def test_no_public_name_is_defined_in_two_modules():
+    """One of everything: a public function, class or constant lives in one module (others import it)."""
+    defined: dict[str, list[str]] = {}
+    for name, tree in _modules().items():
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names = [node.name]
+            elif isinstance(node, ast.Assign):
+                names = [target.id for target in node.targets if isinstance(target, ast.Name)]
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                names = [node.target.id]
+            else:
+                continue
+            for public in (n for n in names if not n.startswith("_") and n != "__all__"):
+                defined.setdefault(public, []).append(name)
+    twice = {public: modules for public, modules in defined.items() if len(modules) > 1}
+    assert not twice, f"defined in more than one module: {twice}"

@@ -9,7 +9,7 @@ import pytest
 from vicreg_lib.hardware import resolve_device
 from vicreg_lib.tutorial.notebook_env import find_checkout, notebook_settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _settings(environ: dict[str, str], start: Path, **kwargs):
