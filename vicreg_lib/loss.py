@@ -1,49 +1,29 @@
 """The VICReg objective (Bardes, Ponce & LeCun, ICLR 2022).
 
-Two batches of embeddings ``z1, z2: (n, d)`` come from two augmented views of
-the same ``n`` images. The paper (section 3.2) defines, with ``z^j`` the
-j-th column of ``Z`` (one embedding dimension across the batch):
+Two batches of embeddings ``z1, z2: (n, d)`` come from two augmented views of the same n images.
+With ``z^j`` the j-th column of Z (one dimension across the batch), the paper (section 3.2) writes
 
     (1) v(Z)     = 1/d  sum_j max(0, gamma - S(z^j, eps))
     (2) S(x,eps) = sqrt(Var(x) + eps)
-    (3) C(Z)     = 1/(n-1) sum_i (z_i - zbar)(z_i - zbar)^T,   zbar = 1/n sum_i z_i
+    (3) C(Z)     = 1/(n-1) sum_i (z_i - zbar)(z_i - zbar)^T
     (4) c(Z)     = 1/d  sum_{i != j} C(Z)_{ij}^2
     (5) s(Z,Z')  = 1/n  sum_i ||z_i - z'_i||_2^2
     (6) l(Z,Z')  = lam s(Z,Z') + mu [v(Z) + v(Z')] + nu [c(Z) + c(Z')]
 
-Paper vs. official code vs. the blog post -- they do not compute the same numbers.
-The blog post is the CIFAR-10 tutorial this project started from ("Self-Supervised
-Learning of Image Representations With VICReg", sigmoid prime, 2023, and its code in
-github.com/augustwester/vicreg):
+The paper, the official code and the blog post (github.com/augustwester/vicreg) do not compute
+the same numbers. Invariance: the official code and the blog take ``F.mse_loss``, the mean over
+n*d entries, i.e. s/d. Variance: the official code *averages* v(Z) and v(Z') with eps 1e-4 in the
+square root; the paper and the blog *sum* them, the blog with ``z.std(0)`` and no eps. Covariance:
+all three sum c(Z) + c(Z'). This module follows the official code (``convention="official"``);
+``convention="blog"`` is the blog's. Which convention the paper's 25/25/1 was tuned with is
+stated neither in the paper nor in the official code.
 
-- eps: inside the square root in the paper (eq. 2) and the official
-  ``main_vicreg.py`` (``sqrt(x.var(dim=0) + 0.0001)``); the blog post has none, it
-  takes ``z.std(0)`` (see "About eps and NaN" below).
-  ``Var`` is the unbiased (n-1) variance, as ``torch.var`` computes it.
-- invariance: the paper's s is a sum over the d dimensions divided by n; the
-  official code and the blog post use ``F.mse_loss``, a mean over all n*d
-  entries, i.e. s/d.
-- variance: the paper and the blog post *sum* v(Z) + v(Z'); the official code
-  *averages* them, (v(Z) + v(Z'))/2, so the blog post's mu = 25 weighs the
-  variance term twice as much as the official code's.
-- covariance: all three sum c(Z) + c(Z').
+eps and NaN: torch gives ``z.std(0)`` a gradient of 0 at a constant dimension; ``sqrt(var)``
+has an infinite one there (1 / (2 sqrt(var))), which eps keeps finite.
 
-This module follows the **official code** by default (``convention="official"``).
-Whether the paper's lam = mu = 25, nu = 1 were tuned with the summed (eq. 6) or the
-averaged (code) variance is stated neither in the paper nor in the official code. Under the paper's literal equations the same coefficients would weight
-invariance d times more and variance twice as much. ``convention="blog"`` computes what
-the blog post's code computes: ``relu(1 - z.std(0)).mean()`` per view, the two summed.
-
-About eps and NaN: in torch 2.x the gradient of ``z.std(0)`` at a constant dimension is
-0, not NaN (torch special-cases it); the NaN comes from ``sqrt(var)`` at var = 0, whose
-derivative 1/(2 sqrt(var)) is infinite -- what a no-eps ``sqrt(var + 0)`` computes.
-
-Two details of the official code live elsewhere in this package: it gathers
-embeddings from all GPUs before the variance/covariance terms (see
-``distributed.gather_with_grad``), and it calls this loss inside
-``torch.autocast``. Here every term is computed in float32 regardless of
-autocast: the covariance sums n products per entry and the variance takes a
-square root near zero, both of which lose too much precision in bf16/fp16.
+Every term is computed in float32, also under autocast: the covariance sums n products per
+entry and the variance takes a square root near zero, too imprecise in bf16. Under DDP the
+embeddings are gathered first (``hardware.gather_with_grad``), as the official code does.
 """
 
 from __future__ import annotations
