@@ -11,8 +11,6 @@
                               top or in one folder), unpacked once into `root`, splits cached decoded
     "synthetic[:N[,M]]"       class-structured 32x32 images made by code (N train, M test images)
 
-Modules: specs (parse a spec; CIFAR and npz), folders (image trees, decoding), archive (safe
-unpacking, the decode cache), synthetic, tensors (errors, label checks, subsets, fingerprints).
 Importing the package is cheap: torchvision and Pillow are imported only to read images.
 """
 

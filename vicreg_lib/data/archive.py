@@ -5,8 +5,6 @@ complete, so a folder that exists is whole and a replaced archive gets a new one
 are cached beside it, never in it: nothing an archive ships can pose as a cache.
 """
 
-from __future__ import annotations
-
 import contextlib
 import hashlib
 import os
@@ -22,14 +20,13 @@ import numpy as np
 import torch
 
 from .folders import class_names, decode_images, list_images
-from .tensors import WAYS_OUT, DataSpecError
+from .tensors import WAYS_OUT, DataSpecError, Loaded
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 STALE_UNPACKING_S = 3600  # an unpacking folder untouched this long was left by a killed process
 
 
-def load_archive(spec: str, path_text: str, size: int, split: str,
-                 root: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def load_archive(spec: str, path_text: str, size: int, split: str, root: Path) -> Loaded:
     """One split of an archive of train/<class>/ and test/<class>/, at its top or in one folder."""
     archive = Path(path_text).expanduser()
     if not archive.name.lower().endswith(ARCHIVE_SUFFIXES):
@@ -40,9 +37,8 @@ def load_archive(spec: str, path_text: str, size: int, split: str,
     existing = next((folder for folder in [root, *root.parents] if folder.exists()), Path("."))
     cache = (root / _unpacked_name(archive)).is_dir() or os.access(existing, os.W_OK | os.X_OK)
     if not cache:
-        warnings.warn(f"note: data root {str(root)!r} is read-only, so {str(archive)!r} is unpacked into a "
-                      "temporary folder and decoded on every load, without caching; set --data-root "
-                      "(VICREG_DATA_ROOT) to a writable folder to cache it", stacklevel=3)
+        warnings.warn(f"note: data root {str(root)!r} is read-only, so {str(archive)!r} is unpacked and decoded "
+                      "on every load, without caching; set --data-root (VICREG_DATA_ROOT) to cache it", stacklevel=3)
     with contextlib.nullcontext(root) if cache else tempfile.TemporaryDirectory(prefix="vicreg-") as where:
         unpacked = unpack_archive(archive, where)
         folders = [entry for entry in unpacked.iterdir()
@@ -50,9 +46,8 @@ def load_archive(spec: str, path_text: str, size: int, split: str,
         split_root = next((folder for folder in [unpacked, *(folders if len(folders) == 1 else [])]
                            if (folder / "train").is_dir() and (folder / "test").is_dir()), None)
         if split_root is None:
-            raise DataSpecError(f"data spec {spec!r}: the archive holds no train/ and test/ folders (its top "
-                                f"level: {sorted(entry.name for entry in folders)}); put train/<class>/ and "
-                                "test/<class>/ at its top or in one folder, or unpack it and use folder:PATH")
+            raise DataSpecError(f"data spec {spec!r}: the archive holds no train/ and test/ folders (at its top: "
+                                f"{sorted(entry.name for entry in folders)}); for one without splits use folder:")
         classes = class_names(split_root / "train")
         cached = unpacked.parent / f".{unpacked.name}.decoded" / f"{split}-{size}.npz"
         if cache and (found := _read_cache(cached, size, len(classes))):
@@ -132,8 +127,7 @@ def _extract(archive: Path, destination: Path) -> None:
         path = PurePosixPath(name.replace("\\", "/"))
         if path.is_absolute() or ".." in path.parts or not is_file_or_dir or name[1:2] == ":":
             raise DataSpecError(f"archive {str(archive)!r} holds an unsafe member {name!r} (an absolute path, "
-                                "'..', a link or a device); nothing was unpacked. Repack it with relative paths "
-                                "and plain files")
+                                "'..', a link or a device); nothing was unpacked. Repack it with plain files")
 
     if archive.name.lower().endswith(".zip"):
         with zipfile.ZipFile(archive) as bundle:
@@ -151,5 +145,4 @@ def _extract(archive: Path, destination: Path) -> None:
         if bundle.fileobj.read(tarfile.BLOCKSIZE) != bytes(tarfile.BLOCKSIZE):
             last = bundle.members[-1].name if bundle.members else "its start"
             raise DataSpecError(f"archive {str(archive)!r} stops after {last!r} without tar's end-of-archive "
-                                "marker: it was cut short (an interrupted download or copy?) and may lack "
-                                "images or whole classes; nothing was unpacked. Download or copy it again")
+                                "marker: it was cut short; nothing was unpacked. Download or copy it again")

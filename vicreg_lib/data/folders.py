@@ -1,7 +1,5 @@
 """Image trees: the folder: spec, the <class>/ folders archive: shares, and decoding images."""
 
-from __future__ import annotations
-
 import os
 import warnings
 from pathlib import Path
@@ -9,13 +7,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .tensors import WAYS_OUT, DataSpecError
+from .tensors import WAYS_OUT, DataSpecError, Loaded
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-def load_folder(spec: str, path_text: str, size: int,
-                split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def load_folder(spec: str, path_text: str, size: int, split: str) -> Loaded:
     """PATH/train/<class>/ and PATH/test/<class>/ are the splits; with PATH/<class>/ only, every
     5th image of a class (by name) is the test split and the rest train."""
     path = Path(path_text).expanduser()
@@ -25,8 +22,7 @@ def load_folder(spec: str, path_text: str, size: int,
     if has_train != has_test:
         there, absent = ("train", "test") if has_train else ("test", "train")
         raise DataSpecError(f"data spec {spec!r}: {str(path)!r} has {there}/ but no {absent}/ folder; add "
-                            f"{absent}/<class>/ beside it, or put the class folders at the top (every 5th image "
-                            "is then held out for testing)")
+                            f"{absent}/<class>/ beside it, or move the class folders to the top")
     classes = class_names(path / "train" if has_train else path)
     files, labels = list_images(spec, path / split if has_train else path, classes, split, not has_train)
     return decode_images(spec, files, size, split), torch.from_numpy(labels), classes
@@ -47,8 +43,7 @@ def list_images(spec: str, class_root: Path, classes: list[str], split: str,
     unknown = sorted(set(found) - set(classes))
     if unknown:
         raise DataSpecError(f"data spec {spec!r}: {str(class_root)!r} has class folder(s) {unknown} that the "
-                            f"train split lacks (its classes: {classes}); rename them to a train class, add "
-                            "them to train/, or remove them")
+                            f"train split lacks (its classes: {classes}); rename, add to train/ or remove them")
     files, labels = [], []
     for name in found:
         names = sorted(entry.name for entry in os.scandir(class_root / name)

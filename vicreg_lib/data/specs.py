@@ -1,7 +1,5 @@
 """Parse a data spec and load one split: the dispatch, the checks every split gets, CIFAR and npz."""
 
-from __future__ import annotations
-
 import os
 import shutil
 import tempfile
@@ -14,10 +12,9 @@ import torch
 from .archive import load_archive
 from .folders import load_folder
 from .synthetic import load_synthetic
-from .tensors import WAYS_OUT, DataSpecError, LabelError, check_labels
+from .tensors import WAYS_OUT, DataSpecError, LabelError, Loaded, check_labels
 
 MIN_IMAGE_SIDE = 4  # the blur's padding and the crops need a few pixels
-Loaded = tuple[torch.Tensor, torch.Tensor, list[str]]  # images uint8 (N, 3, H, W), labels int64 (N,), classes
 
 
 def default_data_spec() -> str:
@@ -30,7 +27,8 @@ def default_data_root() -> str:
     return os.environ.get("VICREG_DATA_ROOT", "") or "data"
 
 
-def load_dataset(spec: str | None = None, split: str = "train", root: str | os.PathLike | None = None) -> Loaded:
+def load_dataset(spec: str | None = None, split: str = "train",
+                 root: str | os.PathLike | None = None) -> Loaded:
     """One split: images uint8 (N, 3, H, W), labels int64 (N,) in 0..K-1, class names (K,).
 
     spec None: default_data_spec() (an empty string is an error); root None: default_data_root().

@@ -1,18 +1,16 @@
-"""The synthetic set: deterministic class-structured colour images made by code, no files."""
-
-from __future__ import annotations
+"""The synthetic set: deterministic class-structured colour images made by code."""
 
 import math
 
 import torch
 
-from .tensors import DataSpecError
+from .tensors import DataSpecError, Loaded
 
 SYNTHETIC_CLASSES = tuple(f"pattern{k}" for k in range(10))
 
 
-def load_synthetic(spec: str, arg: str, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """"synthetic[:N[,M]]": N train (2000) and M test (N // 4, or 500) images; splits are other draws."""
+def load_synthetic(spec: str, arg: str, split: str) -> Loaded:
+    """"synthetic[:N[,M]]": N train (2000) and M test images (N // 4, or 500), other draws each."""
     parts = arg.split(",") if arg else ["2000", "500"]
     if len(parts) > 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
         raise DataSpecError(f"malformed data spec {spec!r}: use synthetic, synthetic:N (N train, N//4 test "
@@ -23,12 +21,11 @@ def load_synthetic(spec: str, arg: str, split: str) -> tuple[torch.Tensor, torch
 
 
 def make_synthetic(n: int, seed: int = 0, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """n images uint8 (n, 3, size, size) and labels int64 (n,) over 10 classes.
+    """n images uint8 (n, 3, size, size) and labels int64 (n,) of 10 classes.
 
-    Class k is a sine grating of its own orientation (k * 18 degrees) and frequency (2-4 cycles)
-    blending two class colours, with a random phase, brightness and pixel noise per image. Colour
-    separates classes on raw pixels; the orientation survives colour jitter and grayscale, so
-    augmented views still carry the class.
+    Class k: a sine grating of its own orientation (k * 18 degrees) and frequency (2-4 cycles)
+    blending two class colours; random phase, brightness and noise per image. Colour separates the
+    classes on raw pixels; orientation survives colour jitter and grayscale, so views keep the class.
     """
     generator = torch.Generator().manual_seed(seed)
     num_classes = len(SYNTHETIC_CLASSES)
@@ -42,8 +39,8 @@ def make_synthetic(n: int, seed: int = 0, size: int = 32) -> tuple[torch.Tensor,
     coords = (torch.arange(size).float() + 0.5) / size
     y, x = torch.meshgrid(coords, coords, indexing="ij")  # (size, size) each
     along = x * angle.cos()[:, None, None] + y * angle.sin()[:, None, None]  # (n, size, size)
-    blend = 0.5 + 0.5 * torch.sin(2 * math.pi * frequency[:, None, None] * along + phase[:, None, None])
-    blend = blend[:, None]  # (n, 1, size, size)
+    wave = torch.sin(2 * math.pi * frequency[:, None, None] * along + phase[:, None, None])
+    blend = (0.5 + 0.5 * wave)[:, None]  # (n, 1, size, size)
     images = blend * colour_a[labels][:, :, None, None] + (1 - blend) * colour_b[labels][:, :, None, None]
     images = images * (0.8 + 0.4 * torch.rand(n, 1, 1, 1, generator=generator))
     images = images + 0.06 * torch.randn(n, 3, size, size, generator=generator)

@@ -1,12 +1,11 @@
-"""What every loader shares, and what is done with loaded tensors: errors, label checks, subsets, hashes."""
-
-from __future__ import annotations
+"""What the loaders share and what is done with loaded tensors: errors, label checks, subsets, hashes."""
 
 import hashlib
 
 import numpy as np
 import torch
 
+Loaded = tuple[torch.Tensor, torch.Tensor, list[str]]  # images uint8 (N, 3, H, W), labels int64 (N,), classes
 WAYS_OUT = ("use VICREG_DATA=npz:/path/to/cifar10_mini.npz, archive:/path/to/cifar10_jpeg.tar.gz, "
             "folder:/path/to/images, or synthetic")
 
@@ -21,7 +20,7 @@ class LabelError(ValueError):
 
 def check_labels(labels, num_rows: int, name: str, num_classes: int | None = None) -> None:
     """Raise LabelError unless labels (a tensor or array) are (num_rows,) integer class ids in
-    [0, num_classes). ``name`` ("train") names them; an empty set is refused (nothing to measure)."""
+    [0, num_classes), ``name`` ("train") naming them. An empty set is refused: nothing to measure."""
     labels = torch.as_tensor(labels)
     if labels.ndim != 1 or labels.shape[0] != num_rows:
         raise LabelError(f"{name}_labels must be 1-D with one label per sample ({num_rows}), "
@@ -40,8 +39,7 @@ def check_labels(labels, num_rows: int, name: str, num_classes: int | None = Non
 
 def random_subset(images: torch.Tensor, labels: torch.Tensor, size: int | None,
                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded random ``size`` of images (N, ...) and labels (N,), in the set's order; all when
-    ``size`` is None or not below N."""
+    """``size`` seeded random images (N, ...) and their labels (N,), in the set's order; all when None."""
     if size is None or size >= images.shape[0]:
         return images, labels
     keep = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:size].sort().values
@@ -49,12 +47,11 @@ def random_subset(images: torch.Tensor, labels: torch.Tensor, size: int | None,
 
 
 def fingerprint(*tensors: torch.Tensor | np.ndarray) -> str:
-    """16 hex digits hashing the tensors' dtypes, shapes and contents in order: cache keys that
-    change with the data. blake2b, about 1 GB/s."""
+    """16 hex digits of blake2b (about 1 GB/s) over the dtypes, shapes and contents, in order:
+    cache keys that change with the data."""
     digest = hashlib.blake2b(digest_size=8)
     for tensor in tensors:
         tensor = torch.as_tensor(tensor).detach()
         digest.update(f"{tensor.dtype}{tuple(tensor.shape)};".encode())
-        raw = tensor.cpu().contiguous().reshape(-1).view(torch.uint8)  # any dtype, bfloat16 included
-        digest.update(memoryview(raw.numpy()))
+        digest.update(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())  # any dtype, bf16 too
     return digest.hexdigest()
