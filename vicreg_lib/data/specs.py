@@ -119,11 +119,10 @@ def _load_npz(spec: str, path: Path, split: str) -> Loaded:
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise DataSpecError(f"{at} {image_key} is {images.dtype} {images.shape}, expected uint8 (N, H, W, 3): "
                             "(x * 255).round().astype(np.uint8), channels last")
-    if not np.issubdtype(labels.dtype, np.integer) or labels.shape != (images.shape[0],):
-        raise DataSpecError(f"{at} {label_key} is {labels.dtype} {labels.shape}, expected integers of shape "
-                            f"({images.shape[0]},)")
-    if labels.size and labels.max() > np.iinfo(np.int64).max:  # uint64, which torch cannot check
-        raise DataSpecError(f"{at} {label_key} holds values beyond int64 (up to {labels.max()})")
+    if labels.dtype.kind == "u":  # torch cannot check uint64: int64, when the values fit
+        if labels.size and labels.max() > np.iinfo(np.int64).max:
+            raise DataSpecError(f"{at} {label_key} holds values beyond int64 (up to {labels.max()})")
+        labels = labels.astype(np.int64)
     if "classes" in arrays and arrays["classes"].ndim != 1:
         raise DataSpecError(f"{at} array classes has shape {arrays['classes'].shape}, expected (K,), one name "
                             "per class")
@@ -134,10 +133,10 @@ def _load_npz(spec: str, path: Path, split: str) -> Loaded:
     num_classes = max((int(arrays[key].max()) + 1 for key in ("train_labels", "test_labels")
                        if key in arrays and arrays[key].size), default=0)
     classes = [str(name) for name in arrays.get("classes", range(num_classes))]
-    labels = torch.from_numpy(labels.astype(np.int64))
     try:
-        if labels.numel():  # an empty split loads, with load_dataset's warning
-            check_labels(labels, labels.shape[0], f"data spec {spec!r}: {split}", len(classes))
+        if images.shape[0] or labels.shape != (0,):  # an empty split loads, with load_dataset's warning
+            check_labels(labels, images.shape[0], f"{at} {split}", len(classes))
     except LabelError as error:
         raise DataSpecError(f"{error} (in {str(path)!r}: fix them or its classes array)") from None
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous(), labels, classes
+    images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+    return images, torch.from_numpy(labels.astype(np.int64)), classes
