@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
+from ..files import atomic_write
 from .folders import class_names, decode_images, list_images
 from .tensors import WAYS_OUT, DataSpecError, Loaded
 
@@ -37,8 +38,9 @@ def load_archive(spec: str, path_text: str, size: int, split: str, root: Path) -
     existing = next((folder for folder in [root, *root.parents] if folder.exists()), Path("."))
     cache = (root / _unpacked_name(archive)).is_dir() or os.access(existing, os.W_OK | os.X_OK)
     if not cache:
-        warnings.warn(f"note: data root {str(root)!r} is read-only, so {str(archive)!r} is unpacked and decoded "
-                      "on every load, without caching; set --data-root (VICREG_DATA_ROOT) to cache it", stacklevel=3)
+        warnings.warn(f"note: data root {str(root)!r} is read-only, so {str(archive)!r} is unpacked and "
+                      "decoded on every load, without caching; set --data-root (VICREG_DATA_ROOT) to cache it",
+                      stacklevel=3)
     with contextlib.nullcontext(root) if cache else tempfile.TemporaryDirectory(prefix="vicreg-") as where:
         unpacked = unpack_archive(archive, where)
         folders = [entry for entry in unpacked.iterdir()
@@ -54,8 +56,12 @@ def load_archive(spec: str, path_text: str, size: int, split: str, root: Path) -
             return *found, classes
         files, labels = list_images(spec, split_root / split, classes, split)
         images = decode_images(spec, files, size, split)
-    if cache:
-        _write_cache(cached, images.numpy(), labels, split)
+    try:  # images and labels in one file, written whole or not at all
+        if cache:
+            atomic_write(cached, lambda handle: np.savez(handle, images=images.numpy(), labels=labels))
+    except OSError as error:  # a read-only or full data root: the images are decoded, only not cached
+        warnings.warn(f"note: cannot cache the decoded {split!r} images in {str(cached.parent)!r} "
+                      f"({error.strerror or error}); they are decoded again on the next load", stacklevel=3)
     return images, torch.from_numpy(labels), classes
 
 
@@ -66,20 +72,9 @@ def _read_cache(path: Path, size: int, num_classes: int) -> tuple[torch.Tensor, 
             images, labels = cached["images"], cached["labels"]
     except Exception:  # absent, unreadable or not what was written: decoded afresh
         return None
-    sound = (images.dtype == np.uint8 and images.shape[1:] == (3, size, size)
-             and labels.dtype == np.int64 and labels.shape == (images.shape[0],)
-             and (labels.size == 0 or 0 <= labels.min() <= labels.max() < num_classes))
+    sound = (images.dtype == np.uint8 and images.shape[1:] == (3, size, size) and labels.dtype == np.int64
+             and labels.shape == images.shape[:1] and (labels.size == 0 or 0 <= labels.min() <= labels.max() < num_classes))
     return (torch.from_numpy(images), torch.from_numpy(labels)) if sound else None
-
-
-def _write_cache(path: Path, images: np.ndarray, labels: np.ndarray, split: str) -> None:
-    from ..files import atomic_write
-
-    try:
-        atomic_write(path, lambda handle: np.savez(handle, images=images, labels=labels))
-    except OSError as error:  # a read-only or full data root: the images are decoded, only not cached
-        warnings.warn(f"note: cannot cache the decoded {split!r} images in {str(path.parent)!r} "
-                      f"({error.strerror or error}); they are decoded again on the next load", stacklevel=3)
 
 
 def unpack_archive(archive: Path, root: str | os.PathLike) -> Path:
