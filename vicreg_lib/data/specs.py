@@ -27,12 +27,19 @@ def default_data_root() -> str:
     return os.environ.get("VICREG_DATA_ROOT", "") or "data"
 
 
-def load_dataset(spec: str | None = None, split: str = "train",
-                 root: str | os.PathLike | None = None) -> Loaded:
+def load_dataset(spec: str | None = None, split: str = "train", root: str | os.PathLike | None = None) -> Loaded:
     """One split: images uint8 (N, 3, H, W), labels int64 (N,) in 0..K-1, class names (K,).
 
-    spec None: default_data_spec() (an empty string is an error); root None: default_data_root().
-    Every failure is one DataSpecError naming the spec and a way out.
+    spec (None: default_data_spec(); an empty string is an error) says where the images come from:
+        "cifar10", "cifar100"     torchvision's sets, downloaded into `root` on first use
+        "npz:PATH"                train_images / test_images (N, H, W, 3) uint8, train_labels /
+                                  test_labels (N,), optional classes (K,)
+        "folder:PATH[?size=S]"    PATH/train/<class>/ and PATH/test/<class>/, or PATH/<class>/ with
+                                  every 5th image held out for test; resized to S x S (default 32)
+        "archive:PATH[?size=S]"   a .tar.gz/.tgz/.tar/.zip of train/<class>/ and test/<class>/ (at its
+                                  top or in one folder), unpacked once into `root`, splits cached decoded
+        "synthetic[:N[,M]]"       class-structured 32x32 images made by code (N train, M test images)
+    root None: default_data_root(). Every failure is one DataSpecError naming the spec and a way out.
     """
     if spec is not None and not spec.strip():
         raise DataSpecError(f"empty data spec {spec!r}: pass one, e.g. cifar10, npz:PATH, archive:PATH, "
@@ -48,7 +55,11 @@ def load_dataset(spec: str | None = None, split: str = "train",
         loaded = _load_npz(spec, Path(arg).expanduser(), split)
     elif kind in ("folder", "archive") and arg:
         path_text, _, query = arg.partition("?")
-        size = _size_option(spec, path_text, query)
+        key, _, value = query.partition("=")
+        if query and (key != "size" or not value.isdigit() or int(value) < 1):
+            raise DataSpecError(f"data spec {spec!r}: unknown option {query!r}; the only option is ?size=S, e.g. "
+                                f"{kind}:{path_text}?size=64")
+        size = int(value) if query else 32
         loaded = (load_folder(spec, path_text, size, split) if kind == "folder"
                   else load_archive(spec, path_text, size, split, root))
     elif kind == "synthetic":
@@ -64,18 +75,8 @@ def load_dataset(spec: str | None = None, split: str = "train",
     if num_images == 0:
         warnings.warn(f"{where} holds no images; add some, or evaluating on it will fail", stacklevel=2)
     if len(classes) == 1:
-        warnings.warn(f"{where} has a single class ({classes[0]!r}): every classifier scores 100% on it",
-                      stacklevel=2)
+        warnings.warn(f"{where} has a single class ({classes[0]!r}): every classifier scores 100% on it", stacklevel=2)
     return loaded
-
-
-def _size_option(spec: str, path_text: str, query: str) -> int:
-    """"size=S" -> S; "" -> 32."""
-    key, _, value = query.partition("=")
-    if query and (key != "size" or not value.isdigit() or int(value) < 1):
-        raise DataSpecError(f"data spec {spec!r}: unknown option {query!r}; the only option is ?size=S, e.g. "
-                            f"{spec.partition(':')[0]}:{path_text}?size=64")
-    return int(value) if query else 32
 
 
 def _load_cifar(name: str, split: str, root: Path) -> Loaded:
