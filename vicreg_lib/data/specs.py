@@ -1,7 +1,6 @@
 """Parse a data spec and load one split: the dispatch, the checks every split gets, CIFAR and npz."""
 
 import os
-import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -23,7 +22,7 @@ def default_data_spec() -> str:
 
 
 def default_data_root() -> str:
-    """Where downloads and unpacked archives go: env VICREG_DATA_ROOT, else "data"."""
+    """Where downloads and unpacked archives go."""
     return os.environ.get("VICREG_DATA_ROOT", "") or "data"
 
 
@@ -88,12 +87,9 @@ def _load_cifar(name: str, split: str, root: Path) -> Loaded:
     try:
         if not (root / dataset_class.base_folder).is_dir():
             root.mkdir(parents=True, exist_ok=True)
-            scratch = Path(tempfile.mkdtemp(prefix=f".{name}-download-", dir=root))
-            try:
-                dataset_class(str(scratch), train=split == "train", download=True)
-                os.replace(scratch / dataset_class.base_folder, root / dataset_class.base_folder)
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
+            with tempfile.TemporaryDirectory(prefix=f".{name}-download-", dir=root) as scratch:
+                dataset_class(scratch, train=split == "train", download=True)
+                os.replace(Path(scratch) / dataset_class.base_folder, root / dataset_class.base_folder)
         dataset = dataset_class(str(root), train=split == "train", download=False)
     except Exception as error:  # network, disk, checksum: all end in the same advice
         raise DataSpecError(f"could not download or read data spec {name!r} into {str(root)!r} "
