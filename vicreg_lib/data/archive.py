@@ -21,7 +21,7 @@ import torch
 
 from ..files import atomic_write
 from .folders import class_names, decode_images, list_images
-from .tensors import WAYS_OUT, DataSpecError, Loaded
+from .tensors import WAYS_OUT, DataSpecError, Loaded, check_labels
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 STALE_UNPACKING_S = 3600  # an unpacking folder untouched this long was left by a killed process
@@ -52,8 +52,12 @@ def load_archive(spec: str, path_text: str, size: int, split: str, root: Path) -
                                 f"{sorted(entry.name for entry in folders)}); for one without splits use folder:")
         classes = class_names(split_root / "train")
         cached = unpacked.parent / f".{unpacked.name}.decoded" / f"{split}-{size}.npz"
-        if cache and (found := _read_cache(cached, size, len(classes))):
-            return *found, classes
+        with contextlib.suppress(Exception):  # absent (or not cached), unreadable, unsound: decoded afresh
+            with np.load(cached) as arrays:
+                images, labels = torch.from_numpy(arrays["images"]), torch.from_numpy(arrays["labels"])
+            check_labels(labels, images.shape[0], "cached", len(classes))
+            if images.dtype == torch.uint8 and images.shape[1:] == (3, size, size) and labels.dtype == torch.int64:
+                return images, labels, classes
         files, labels = list_images(spec, split_root / split, classes, split)
         images = decode_images(spec, files, size, split)
     try:  # images and labels in one file, written whole or not at all
@@ -63,18 +67,6 @@ def load_archive(spec: str, path_text: str, size: int, split: str, root: Path) -
         warnings.warn(f"note: cannot cache the decoded {split!r} images in {str(cached.parent)!r} "
                       f"({error.strerror or error}); they are decoded again on the next load", stacklevel=3)
     return images, torch.from_numpy(labels), classes
-
-
-def _read_cache(path: Path, size: int, num_classes: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Cached images uint8 (N, 3, size, size) and labels int64 (N,), or None when absent or unsound."""
-    try:
-        with np.load(path) as cached:
-            images, labels = cached["images"], cached["labels"]
-    except Exception:  # absent, unreadable or not what was written: decoded afresh
-        return None
-    sound = (images.dtype == np.uint8 and images.shape[1:] == (3, size, size) and labels.dtype == np.int64
-             and labels.shape == images.shape[:1] and (labels.size == 0 or 0 <= labels.min() <= labels.max() < num_classes))
-    return (torch.from_numpy(images), torch.from_numpy(labels)) if sound else None
 
 
 def unpack_archive(archive: Path, root: str | os.PathLike) -> Path:
