@@ -29,7 +29,7 @@ def test_archive_round_trip(tmp_path, name, top):
 
 
 def test_archive_is_unpacked_once_decoded_once_and_again_when_replaced(tmp_path, monkeypatch):
-    from vicreg_lib.data import archive as data
+    from vicreg_lib.data import folders as data
 
     archive, root = make_archive(tmp_path), tmp_path / "root"
     first = load_dataset(f"archive:{archive}", "train", root=root)

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .archive import load_archive
-from .folders import load_folder
+from .folders import load_archive, load_folder
 from .synthetic import load_synthetic
 from .tensors import WAYS_OUT, DataSpecError, LabelError, Loaded, check_labels
 
@@ -74,7 +73,7 @@ def load_dataset(spec: str | None = None, split: str = "train", root: str | os.P
     if num_images == 0:
         warnings.warn(f"{where} holds no images; add some, or evaluating on it will fail", stacklevel=2)
     if len(classes) == 1:
-        warnings.warn(f"{where} has a single class ({classes[0]!r}): every classifier scores 100% on it", stacklevel=2)
+        warnings.warn(f"{where} has a single class ({classes[0]!r}): every classifier scores 100%", stacklevel=2)
     return loaded
 
 
@@ -121,8 +120,7 @@ def _load_npz(spec: str, path: Path, split: str) -> Loaded:
             raise DataSpecError(f"{at} {label_key} holds values beyond int64 (up to {labels.max()})")
         labels = labels.astype(np.int64)
     if "classes" in arrays and arrays["classes"].ndim != 1:
-        raise DataSpecError(f"{at} array classes has shape {arrays['classes'].shape}, expected (K,), one name "
-                            "per class")
+        raise DataSpecError(f"{at} array classes has shape {arrays['classes'].shape}, expected (K,): names")
     if other is not None and other.ndim == 4 and other.shape[1:3] != images.shape[1:3]:
         warnings.warn(f"{at} {image_key} are {images.shape[1]}x{images.shape[2]} but {other_key} "
                       f"{other.shape[1]}x{other.shape[2]}; resize them to one size", stacklevel=3)
