@@ -73,21 +73,14 @@ def list_images(spec: str, class_root: Path, classes: list[str], split: str,
 
 
 def decode_images(spec: str, files: list[Path], size: int, split: str) -> torch.Tensor:
-    """Image files -> uint8 (N, 3, size, size): RGB, 16 bits scaled to 8, other sizes resized (antialiased)."""
-    from torchvision.transforms.v2.functional import resize
-
+    """Image files -> uint8 (N, 3, size, size), RGB; images of another size resized (bilinear), with a warning."""
     images = torch.empty((len(files), 3, size, size), dtype=torch.uint8)
     sizes: dict[tuple[int, int], Path] = {}  # each original size, with its first file
     with warnings.catch_warnings():  # torchvision >= 0.29 deprecates its decoders for torchcodec
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.")
         for index, file in enumerate(files):
-            image = _read_image(spec, file)
-            sizes.setdefault(tuple(image.shape[1:]), file)
-            if image.dtype != torch.uint8:  # 16 bits: 65535 // 257 = 255
-                image = image.to(torch.int32).div(257, rounding_mode="floor").clamp(0, 255).to(torch.uint8)
-            if image.shape[1:] != (size, size):
-                image = resize(image, [size, size], antialias=True)
-            images[index] = image
+            images[index], original = _read_image(spec, file, size)
+            sizes.setdefault(original, file)
     if len(sizes) > 1:
         examples = ", ".join(f"{h}x{w} ({str(file)!r})" for (h, w), file in list(sizes.items())[:3])
         warnings.warn(f"data spec {spec!r}, split {split!r}: images of {len(sizes)} sizes, e.g. {examples}; "
@@ -95,23 +88,30 @@ def decode_images(spec: str, files: list[Path], size: int, split: str) -> torch.
     return images
 
 
-def _read_image(spec: str, file: Path) -> torch.Tensor:
-    """One file -> RGB (3, H, W), uint8 or wider for 16 bits. torchvision decodes PNG and JPEG (a
-    32x32 JPEG 6x faster than Pillow); Pillow the rest, 16-bit gray unclipped (convert() whitens it)."""
+def _read_image(spec: str, file: Path, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """One file -> (uint8 (3, size, size), its (height, width)); 16 bits scaled to 8. torchvision decodes
+    PNG and JPEG of the right size (6x faster than Pillow on 32x32 JPEGs); Pillow the rest, and resizes."""
     from torchvision.io import ImageReadMode, decode_image
 
-    try:
-        return decode_image(torch.frombuffer(bytearray(file.read_bytes()), dtype=torch.uint8),
-                            mode=ImageReadMode.RGB)
-    except (RuntimeError, ValueError, OSError):
-        pass  # a format or bit depth torchvision does not read, or a broken file: Pillow says which
+    with contextlib.suppress(RuntimeError, ValueError, OSError):  # what torchvision cannot read: Pillow's
+        data = torch.frombuffer(bytearray(file.read_bytes()), dtype=torch.uint8)
+        image = decode_image(data, mode=ImageReadMode.RGB)
+        if image.dtype == torch.uint16:  # 65535 // 257 = 255
+            image = image.to(torch.int32).div(257, rounding_mode="floor").to(torch.uint8)
+        if image.dtype == torch.uint8 and image.shape[1:] == (size, size):
+            return image, (size, size)
     try:
         from PIL import Image
 
         with Image.open(file) as pil_image:
-            if pil_image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit grayscale
-                return torch.from_numpy(np.array(pil_image, dtype=np.int32)).expand(3, -1, -1)
-            return torch.from_numpy(np.array(pil_image.convert("RGB"))).permute(2, 0, 1)
+            original = (pil_image.height, pil_image.width)
+            if pil_image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit gray: convert() would clip it
+                gray = np.clip(np.round(np.asarray(pil_image, dtype=np.float64) / 257), 0, 255)
+                pil_image = Image.fromarray(gray.astype(np.uint8))
+            pil_image = pil_image.convert("RGB")
+            if pil_image.size != (size, size):
+                pil_image = pil_image.resize((size, size), Image.BILINEAR)
+            return torch.from_numpy(np.array(pil_image)).permute(2, 0, 1), original
     except Exception as error:
         raise DataSpecError(f"data spec {spec!r}: cannot read image {str(file)!r} ({error})") from error
 
