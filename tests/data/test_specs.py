@@ -46,7 +46,7 @@ def test_npz_without_classes_names_them_by_index(tmp_path):
 def shared_subset() -> Path | None:
     candidates = [
         Path("/work/shared/data/cifar10_mini.npz"),
-        Path(__file__).parents[2] / "shared/data/cifar10_mini.npz",
+        Path(__file__).parents[3] / "shared/data/cifar10_mini.npz",
     ]
     spec = os.environ.get("VICREG_DATA", "")
     if spec.startswith("npz:"):
