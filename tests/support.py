@@ -86,3 +86,70 @@ def read_only(folder: Path):
         yield folder
     finally:
         subprocess.run(["umount", str(folder)], check=True, capture_output=True)
+
+
+# ----------------------------------------------------------------------------- image trees and archives (tests/data)
+
+
+def write_png(path: Path, colour: tuple[int, int, int], size: int = 20) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (size, size), colour).save(path)
+
+
+ARCHIVE_COLOURS = {"cat": (200, 30, 30), "dog": (30, 200, 30), "emu": (30, 30, 200)}
+
+
+def make_image_tree(folder: Path, per_class: dict[str, int] | None = None) -> None:
+    """folder/train/<class>/i.png (2 per class) and folder/test/<class>/i.png (1 per class), one
+    solid colour per class, 32x32 PNG (lossless, so pixels can be checked exactly)."""
+    for split, count in (per_class or {"train": 2, "test": 1}).items():
+        for name, colour in ARCHIVE_COLOURS.items():
+            for index in range(count):
+                write_png(folder / split / name / f"{index}.png", colour, size=32)
+
+
+def make_archive(tmp_path: Path, name: str = "tiny.tar.gz", top: str | None = "tiny_jpeg") -> Path:
+    """An archive of make_image_tree, inside one top folder (as cifar10_jpeg.tar.gz) or at its top."""
+    import shutil
+
+    tree = tmp_path / "tree"
+    shutil.rmtree(tree, ignore_errors=True)
+    make_image_tree(tree / top if top else tree)
+    archive = tmp_path / name
+    if name.endswith(".zip"):
+        import zipfile
+
+        with zipfile.ZipFile(archive, "w") as bundle:
+            for file in sorted(tree.rglob("*.png")):
+                bundle.write(file, file.relative_to(tree).as_posix())
+    else:
+        import tarfile
+
+        with tarfile.open(archive, "w:gz" if name.endswith("gz") else "w") as bundle:
+            for entry in sorted(tree.iterdir()):
+                bundle.add(entry, entry.name)
+    return archive
+
+
+def visible(root: Path) -> list[str]:
+    """The folders a later load could use (hidden ones are scratch space)."""
+    return sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) if root.exists() else []
+
+
+def make_split_tree(folder: Path, train: str, test: str, size: int = 8) -> None:
+    """folder/{train,test}/<class>/0.png, one solid colour per class name (the same in both splits)."""
+    colours = {"a": (250, 0, 0), "b": (0, 250, 0), "c": (0, 0, 250), "d": (250, 250, 0)}
+    for split, names in (("train", train), ("test", test)):
+        for name in names:
+            write_png(folder / split / name / "0.png", colours[name], size=size)
+
+
+def tar_of(folder: Path, archive: Path) -> Path:
+    import tarfile
+
+    with tarfile.open(archive, "w:gz") as bundle:
+        for entry in sorted(folder.iterdir()):
+            bundle.add(entry, entry.name)
+    return archive

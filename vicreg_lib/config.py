@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .augment import RECIPES
-from .data import SPLITS
 from .hardware import DEVICE_CHOICES, check_device_text
 from .loss import CONVENTIONS
 from .model import BACKBONES, parse_projector_spec
@@ -38,6 +37,7 @@ from .optim import LARS_CLIPS, OPTIMIZERS, SCHEDULES, lars_clip_mode
 PIPELINES = ("batched", "dataloader")
 AMP_MODES = ("auto", "bf16", "off")
 SWITCH_MODES = ("auto", "on", "off")
+SPLITS = ("train", "test")
 MAX_SEED = 2**32 - 1
 
 

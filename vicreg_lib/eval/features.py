@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torchvision.transforms.functional import normalize
 from tqdm.auto import tqdm
 
-from ..data import CIFAR10_MEAN, CIFAR10_STD
+from ..data import CIFAR10_MEAN, CIFAR10_STD, check_labels
 from ..hardware import resolve_device
 
 __all__ = ["NonFiniteFeaturesError", "normalize_images", "feature_function", "frozen", "accelerator_autocast",
@@ -121,23 +121,6 @@ def extract_features(model: Callable[[torch.Tensor], torch.Tensor], images: torc
     if features.ndim != 2:
         raise ValueError(f"the model returned features of shape {tuple(features.shape)}; expected (N, D)")
     return features
-
-
-def check_labels(labels: torch.Tensor, num_rows: int, name: str, num_classes: int | None = None) -> None:
-    """One clear ValueError unless labels are (num_rows,) integer class ids in [0, num_classes)."""
-    if labels.ndim != 1 or labels.shape[0] != num_rows:
-        raise ValueError(f"{name}_labels must be 1-D with one label per sample ({num_rows}), "
-                         f"got shape {tuple(labels.shape)}")
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise ValueError(f"{name}_labels must be integer class ids, got dtype {labels.dtype}")
-    if num_rows == 0:
-        raise ValueError(f"the {name} set is empty; pass at least one sample")
-    low, high = int(labels.min()), int(labels.max())
-    if low < 0:
-        raise ValueError(f"{name}_labels must be >= 0, got {low}")
-    if num_classes is not None and high >= num_classes:
-        raise ValueError(f"{name}_labels go up to {high} but there are only {num_classes} classes "
-                         f"(ids 0..{num_classes - 1}); pass num_classes={high + 1} or fix the labels")
 
 
 def count_classes(train_labels: torch.Tensor, test_labels: torch.Tensor, num_classes: int | None) -> int:
