@@ -153,3 +153,31 @@ def tar_of(folder: Path, archive: Path) -> Path:
         for entry in sorted(folder.iterdir()):
             bundle.add(entry, entry.name)
     return archive
+
+
+def bmp_archive(path: Path, colour: tuple[int, int, int]) -> Path:
+    """An uncompressed tar of 32x32 BMPs (fixed-size files): another colour gives another archive
+    of exactly the same size."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    with tarfile.open(path, "w") as bundle:
+        for member in ("train/a/0.bmp", "train/b/0.bmp", "test/a/0.bmp", "test/b/0.bmp"):
+            data = io.BytesIO()
+            Image.new("RGB", (32, 32), colour).save(data, format="BMP")
+            info = tarfile.TarInfo(member)
+            info.size, info.mtime = len(data.getvalue()), 0
+            bundle.addfile(info, io.BytesIO(data.getvalue()))
+    return path
+
+
+# a run's metrics.jsonl records: the random initialisation's kNN, then two epochs
+RECORDS = [
+    {"epoch": 0, "step": 0, "knn_top1": 20.0},
+    {"epoch": 1, "loss": 30.0, "invariance": 0.5, "variance": 0.8, "covariance": 0.1, "std": 0.2,
+     "effective_rank": 5.0, "epoch_time_s": 2.0},
+    {"epoch": 2, "loss": 20.0, "invariance": 0.4, "variance": 0.5, "covariance": 0.2, "std": 0.4,
+     "effective_rank": 9.0, "epoch_time_s": 2.0, "knn_top1": 30.0},
+]

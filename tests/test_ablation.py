@@ -124,22 +124,14 @@ def test_the_cache_key_follows_the_data_content_not_its_path(tmp_path):
 
 def test_the_cache_key_follows_a_replaced_archive_of_the_same_name_size_and_mtime(tmp_path):
     """The archive's unpacked copy is keyed by its bytes, so the ablation's data hash sees the new images."""
-    import io
     import os
-    import tarfile
 
-    from PIL import Image
+    from support import bmp_archive
 
     archive = tmp_path / "images.tar"
 
     def write(colour) -> None:  # BMPs have a fixed size: every colour gives an archive of the same size
-        with tarfile.open(archive, "w") as bundle:
-            for member in ("train/a/0.bmp", "train/b/0.bmp", "test/a/0.bmp", "test/b/0.bmp"):
-                data = io.BytesIO()
-                Image.new("RGB", (32, 32), colour).save(data, format="BMP")
-                info = tarfile.TarInfo(member)
-                info.size, info.mtime = len(data.getvalue()), 0
-                bundle.addfile(info, io.BytesIO(data.getvalue()))
+        bmp_archive(archive, colour)
 
     config = dataclasses.replace(TINY, data=f"archive:{archive}", data_root=str(tmp_path / "root"))
     write((200, 0, 0))

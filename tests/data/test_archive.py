@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from support import ARCHIVE_COLOURS, make_archive, make_image_tree, visible
+from support import ARCHIVE_COLOURS, bmp_archive, make_archive, make_image_tree, visible
 
 from vicreg_lib.data import DataSpecError, load_dataset
 
@@ -58,24 +58,6 @@ def test_archive_is_unpacked_once_decoded_once_and_again_when_replaced(tmp_path,
         bundle.add(extra / "tiny_jpeg", "tiny_jpeg")
     assert load_dataset(f"archive:{archive}", "train", root=root)[0].shape[0] == 12
     assert len(visible(root)) == 2
-
-
-def bmp_archive(path: Path, colour: tuple[int, int, int]) -> Path:
-    """An uncompressed tar of 32x32 BMPs (fixed-size files): another colour gives another archive
-    of exactly the same size."""
-    import io
-    import tarfile
-
-    from PIL import Image
-
-    with tarfile.open(path, "w") as bundle:
-        for member in ("train/a/0.bmp", "train/b/0.bmp", "test/a/0.bmp", "test/b/0.bmp"):
-            data = io.BytesIO()
-            Image.new("RGB", (32, 32), colour).save(data, format="BMP")
-            info = tarfile.TarInfo(member)
-            info.size, info.mtime = len(data.getvalue()), 0
-            bundle.addfile(info, io.BytesIO(data.getvalue()))
-    return path
 
 
 def test_a_replaced_archive_of_the_same_name_size_and_mtime_is_unpacked_afresh(tmp_path):

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pytest
 
+from support import RECORDS
 from vicreg_lib.cli import build_parser, config_from_args
 from vicreg_lib.tutorial.monitor import launch, pretrain_command, watch_run
 from vicreg_lib.config import TrainConfig
@@ -44,13 +45,6 @@ def _write_metrics(path, records):
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
-RECORDS = [
-    {"epoch": 0, "step": 0, "knn_top1": 20.0},
-    {"epoch": 1, "loss": 30.0, "invariance": 0.5, "variance": 0.8, "covariance": 0.1, "std": 0.2,
-     "effective_rank": 5.0, "epoch_time_s": 2.0},
-    {"epoch": 2, "loss": 20.0, "invariance": 0.4, "variance": 0.5, "covariance": 0.2, "std": 0.4,
-     "effective_rank": 9.0, "epoch_time_s": 2.0, "knn_top1": 30.0},
-]
 
 
 def test_watch_run_returns_the_records_once_the_process_ends(tmp_path):

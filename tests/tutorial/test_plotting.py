@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from support import RECORDS
 from vicreg_lib.data import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
 from vicreg_lib.tutorial.plotting import (  # noqa: E402
     METRIC_PANELS,
@@ -153,13 +154,6 @@ def test_thumbnails_and_retrieval_draw_images():
 
 # ---- a run's training curves --------------------------------------------------------------
 
-RECORDS = [
-    {"epoch": 0, "step": 0, "knn_top1": 20.0},
-    {"epoch": 1, "loss": 30.0, "invariance": 0.5, "variance": 0.8, "covariance": 0.1, "std": 0.2,
-     "effective_rank": 5.0, "epoch_time_s": 2.0},
-    {"epoch": 2, "loss": 20.0, "invariance": 0.4, "variance": 0.5, "covariance": 0.2, "std": 0.4,
-     "effective_rank": 9.0, "epoch_time_s": 2.0, "knn_top1": 30.0},
-]
 
 
 def test_plot_metrics_draws_every_series():
