@@ -1,14 +1,11 @@
 """Coefficient sweeps: pretrain once per (lam, mu, nu), diagnose collapse, cache every result.
 
     config = TrainConfig(width=8, projector="512-512-512", batch_size=64, lr=1e-3, epochs=6)
-    table = run_ablation([(1, 0, 0), (25, 25, 1)], config, cache_dir="runs/ablation")
-    print(table.compare_with_paper())
+    print(run_ablation([(1, 0, 0), (25, 25, 1)], config, cache_dir="runs/ablation").compare_with_paper())
 
-Each (lam, mu, nu) is one short `train.pretrain` run, then `measure_model` on the test split; the
-untrained network (`eval.report.random_init_model`) is measured the same way. Each result is one
-JSON file, written atomically when its run ends, in cache_dir/<lamX_muY_nuZ>-<key>/; the key hashes
-the config's `cache_key` fields, the probe and the data's content, so a rerun loads, a change reruns
-and an interrupted sweep keeps what it finished. A run that diverges is a "diverged" row.
+Each result is one JSON file, written atomically when its run ends, in cache_dir/<lamX_muY_nuZ>-<key>/;
+the key hashes the config's `cache_key` fields, the probe and the data, so a rerun loads, a change
+reruns and an interrupted sweep keeps what it finished. A run that diverges is a "diverged" row.
 """
 
 from __future__ import annotations
@@ -65,7 +62,6 @@ ROW_NUMBERS = ("lam", "mu", "nu", "loss", "invariance", "variance", "covariance"
 
 
 def check_coefficients(value: Any) -> Coefficients:
-    """(lam, mu, nu) as three finite floats >= 0, or one ValueError saying what is wrong."""
     values = () if isinstance(value, (str, bytes)) or not isinstance(value, Iterable) else tuple(value)
     if len(values) != 3:
         raise ValueError(f"coefficients must be three numbers (lam, mu, nu), got {value!r}")
@@ -99,8 +95,7 @@ def run_name(coefficients: Coefficients) -> str:
 
 
 def cache_key(config: TrainConfig, probe: dict[str, Any], data_fingerprint: str) -> str:
-    """16 hex digits of everything that decides a result: the resolved config's `cache_key` fields
-    (lam/mu/nu included), the probe and the data's content."""
+    """16 hex digits of the config's `cache_key` fields, the probe and the data's content."""
     resolved = config.resolved().to_dict()
     fields = {name: resolved[name] for name in field_names("cache_key")}
     blob = json.dumps({"config": fields, "probe": probe, "data": data_fingerprint, "format": RESULT_FORMAT},
@@ -109,7 +104,6 @@ def cache_key(config: TrainConfig, probe: dict[str, Any], data_fingerprint: str)
 
 
 def _load_cached(path: Path, key: str) -> dict[str, Any] | None:
-    """The stored row when path holds a complete result with this key, else None."""
     try:
         payload = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -125,9 +119,7 @@ def _load_cached(path: Path, key: str) -> dict[str, Any] | None:
 
 
 def measure_model(model, config: TrainConfig, probe: dict[str, Any]) -> dict[str, Any]:
-    """Diagnostics of a VICReg model's z on the held-out batch of the test split, kNN and fast-probe
-    top-1 of its h (learnt from a seeded subset of probe["train_images"] train images, the same for
-    every run)."""
+    """Collapse diagnostics of z on the test split's held-out batch; kNN and fast-probe top-1 of h."""
     train_images, train_labels, classes = load_dataset(config.data, "train", config.data_root)
     train_images, train_labels = random_subset(train_images, train_labels, probe["train_images"], seed=0)
     test_images, test_labels, _ = load_dataset(config.data, "test", config.data_root)
@@ -148,7 +140,6 @@ def measure_model(model, config: TrainConfig, probe: dict[str, Any]) -> dict[str
 
 def _run_one(coefficients: Coefficients, config: TrainConfig, run_dir: Path, probe: dict[str, Any],
              pretrain: Callable[[TrainConfig], Any]) -> dict[str, Any]:
-    """Pretrain with these coefficients into run_dir, then measure: one table row ("diverged" if it did)."""
     start = time.perf_counter()
     run_config = dataclasses.replace(config, out_dir=str(run_dir), resume=False,
                                      overwrite=True)  # a half-finished run starts afresh
@@ -170,7 +161,6 @@ def _run_one(coefficients: Coefficients, config: TrainConfig, run_dir: Path, pro
 
 
 def _probe(config: TrainConfig, probe_epochs: int, probe_train_images: int | None) -> dict[str, Any]:
-    """How the runs are probed: part of every cache key."""
     check_count(probe_epochs, "probe_epochs")
     check_count(probe_train_images, "probe_train_images", none="all")
     return {"probe_epochs": probe_epochs, "knn_k": config.knn_k, "train_images": probe_train_images,
@@ -181,11 +171,8 @@ def run_ablation(grid: Sequence[Sequence[float]] | str, config: TrainConfig,
                  cache_dir: str | os.PathLike | None = None, probe_epochs: int = 50,
                  probe_train_images: int | None = None, progress: bool = True,
                  pretrain: Callable[[TrainConfig], Any] | None = None) -> AblationTable:
-    """One short pretraining run per (lam, mu, nu) of `grid` ([(lam, mu, nu), ...] or "1,0,0;25,25,1"),
-    measured and cached; rows in grid order. config: what every run shares. cache_dir: default
-    $VICREG_RUNS/ablation. probe_epochs: of the fast probe (the kNN uses config.knn_k).
-    probe_train_images: kNN and probe learn from a seeded subset of this many train images (default
-    all). pretrain: the training function (default `train.pretrain`)."""
+    """One measured, cached run per (lam, mu, nu) of `grid` (or "1,0,0;25,25,1"), in grid order; cache_dir
+    default $VICREG_RUNS/ablation; probe_train_images: a seeded subset for kNN and probe (None: all)."""
     grid = parse_grid(grid) if isinstance(grid, str) else [check_coefficients(c) for c in grid]
     if not grid:
         raise ValueError("grid is empty; pass at least one (lam, mu, nu), e.g. [(25, 25, 1)]")
@@ -220,7 +207,6 @@ def run_ablation(grid: Sequence[Sequence[float]] | str, config: TrainConfig,
 
 
 def _data_fingerprint(config: TrainConfig) -> str:
-    """A hash of the train and test images and labels the runs will see."""
     resolved = config.resolved()
     train_split = load_dataset(resolved.data, "train", resolved.data_root)
     test_split = load_dataset(resolved.data, "test", resolved.data_root)
@@ -229,8 +215,7 @@ def _data_fingerprint(config: TrainConfig) -> str:
 
 def evaluate_random_init(config: TrainConfig, probe_epochs: int = 50,
                          probe_train_images: int | None = None) -> dict[str, Any]:
-    """`measure_model` of the untrained network (`random_init_model`, seeded by config.seed: the
-    initialisation pretrain starts from): the baseline a run has to beat. No loss terms or history."""
+    """`measure_model` of `random_init_model` seeded by config.seed: the baseline a run has to beat."""
     config = config.resolved()
     probe = _probe(config, probe_epochs, probe_train_images)
     train_images = load_dataset(config.data, "train", config.data_root)[0]
@@ -266,10 +251,8 @@ COMPARE_COLUMNS: list[Column] = _COEFFICIENTS + [
 
 
 def _paper_columns(row: dict[str, Any]) -> dict[str, Any]:
-    """The paper's number for this row's coefficients and whether our collapse verdict matches it.
-    The paper writes "collapse" where training failed outright and an accuracy wherever the network
-    learned, so only our "collapsed" is its collapse; a "dimensional collapse" learned along a few
-    directions (the paper gives such runs a lower accuracy) and counts as not collapsed."""
+    """The paper's number and whether our verdict agrees: its "collapse" is only our "collapsed" (a
+    dimensional collapse still learned, which the paper reports as a lower accuracy)."""
     coefficients = (row["lam"], row["mu"], row["nu"])
     if coefficients not in PAPER_ABLATION:
         return {"paper_top1": "n/a", "agrees": None}
@@ -278,8 +261,7 @@ def _paper_columns(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class AblationTable:
-    """The rows of a sweep, one dict per (lam, mu, nu) (`_run_one`'s keys, plus cached and folder),
-    and how to print them. table[i] is row i, table[(25, 25, 1)] that run's."""
+    """A sweep's rows (`_run_one`'s, plus cached and folder): table[i] or table[(25, 25, 1)]."""
 
     def __init__(self, rows: list[dict[str, Any]], columns: list[Column] | None = None,
                  elapsed_s: float | None = None) -> None:
@@ -304,8 +286,7 @@ class AblationTable:
         return [(row["lam"], row["mu"], row["nu"]) for row in self.rows]
 
     def with_paper(self) -> AblationTable:
-        """Our columns plus the paper's top-1 for the same coefficients and whether the collapse
-        verdicts agree ("-" where the paper has no such run)."""
+        """Our columns plus the paper's top-1 and whether the collapse verdicts agree."""
         rows = [{**row, **_paper_columns(row)} for row in self.rows]
         return AblationTable(rows, self.columns + PAPER_COLUMNS, self.elapsed_s)
 

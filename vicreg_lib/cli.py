@@ -1,11 +1,7 @@
-"""Command line: ``python -m vicreg_lib <subcommand> [options]``.
+"""Command line: ``python -m vicreg_lib pretrain --data synthetic --width 16 --epochs 5``.
 
-    python -m vicreg_lib pretrain --data synthetic --width 16 --epochs 5
-    python -m vicreg_lib evaluate runs/vicreg/checkpoint.pt
-
-Each subcommand is a pair, ``add_arguments(parser)`` and ``run(args) -> exit code``, in SUBCOMMANDS.
-The pretrain options are generated from TrainConfig's fields (``--batch-size 256`` sets
-``batch_size``); ``--preset NAME`` starts from one of config.PRESETS. Runtime errors print one line.
+Pretrain options come from TrainConfig's fields (``--batch-size`` sets ``batch_size``), ``--preset``
+from config.PRESETS. Runtime errors print one line.
 """
 
 from __future__ import annotations
@@ -20,13 +16,11 @@ from .hardware import DEVICE_CHOICES, resolve_device
 
 
 def _fail(message: str) -> int:
-    """A runtime error: one clear line (no usage text: the options were fine), exit code 2."""
     print(f"error: {message}", file=sys.stderr)
     return 2
 
 
 def _optional_value(kind: type) -> Callable[[str], object]:
-    """Parse a value of ``kind``; "none" gives None (for settings whose default is None)."""
 
     def parse(text: str):
         if text.lower() == "none":
@@ -41,8 +35,7 @@ def _optional_value(kind: type) -> Callable[[str], object]:
 
 
 def add_pretrain_arguments(parser: argparse.ArgumentParser, per_setting: bool = True) -> None:
-    """``--preset`` and one ``--kebab-case`` option per TrainConfig field, with its default, help and
-    choices; ``per_setting=False`` leaves out the fields the ablation runner sets per setting."""
+    """``--preset`` and one option per TrainConfig field; ``per_setting=False`` leaves out lam, mu, nu."""
     presets = "; ".join(f"{name}: " + ", ".join(f"{key}={value}" for key, value in values.items())
                         for name, values in PRESETS.items())
     parser.add_argument("--preset", choices=tuple(PRESETS), default=None, help="start from a named preset, then "
@@ -63,7 +56,6 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser, per_setting: bool = 
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig the options describe: the preset (if any) with every option given on top."""
     given = {name: getattr(args, name) for name in field_names() if getattr(args, name, None) is not None}
     return TrainConfig.from_preset(args.preset, **given) if args.preset else TrainConfig(**given)
 
@@ -161,7 +153,6 @@ def run_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
-# name -> (one-line help, add_arguments(parser), run(args) -> exit code)
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "pretrain": ("pretrain a VICReg model (options mirror TrainConfig)", add_pretrain_arguments, run_pretrain),
     "evaluate": ("kNN, linear-probe and label-efficiency table of a checkpoint", add_evaluate_arguments,
@@ -172,8 +163,6 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Cal
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default, unless its help text already explains the default."""
-
     def _get_help_string(self, action: argparse.Action) -> str:
         return action.help if "default" in (action.help or "") else super()._get_help_string(action)
 
@@ -189,7 +178,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` (default: sys.argv[1:]) and run the subcommand; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

@@ -1,8 +1,7 @@
 """Image sets as tensors: images uint8 (N, 3, H, W), labels int64 (N,), class names (K,).
 
-`load_dataset(spec, split, root)` reads one split of CIFAR, an npz file, an image folder, an archive
-of one, or a synthetic set (its docstring lists the specs). The package imports numpy and torch;
-torchvision and Pillow only when images are read.
+`load_dataset(spec, split, root)` reads one split (its docstring lists the specs); torchvision and
+Pillow are imported only when images are read.
 """
 
 from .specs import default_data_root, default_data_spec, load_dataset

@@ -1,8 +1,7 @@
 """Image trees: the folder: and archive: specs, class folders, decoding, unpacking archives safely.
-
 An archive unpacks once into root/<stem>-<hash of its bytes>, via a hidden folder renamed when complete
-(a folder that exists is whole; a replaced archive gets a new one). Decoded splits are cached beside
-it, never in it, so nothing an archive ships can pose as a cache.
+(a folder that exists is whole). Decoded splits are cached beside it, never in it, so nothing an
+archive ships can pose as a cache.
 """
 
 import contextlib
@@ -44,15 +43,13 @@ def load_folder(spec: str, path_text: str, size: int, split: str) -> Loaded:
 
 
 def class_names(folder: Path) -> list[str]:
-    """The class folders, sorted; hidden ones (.name) and macOS's __MACOSX are not classes."""
     return sorted(entry.name for entry in os.scandir(folder)
                   if entry.is_dir() and not entry.name.startswith(".") and entry.name != "__MACOSX")
 
 
 def list_images(spec: str, class_root: Path, classes: list[str], split: str,
                 hold_out: bool = False) -> tuple[list[Path], np.ndarray]:
-    """Image files of class_root/<class>/ (sorted; hidden ones like macOS's ._x.jpg skipped) and labels
-    int64 (N,): the index in (train's) ``classes``, so splits agree by name. hold_out: every 5th is test."""
+    """Files of class_root/<class>/ and labels int64 (N,) indexing (train's) classes; hold_out: every 5th."""
     found = class_names(class_root)
     unknown = sorted(set(found) - set(classes))
     if unknown:
@@ -89,8 +86,7 @@ def decode_images(spec: str, files: list[Path], size: int, split: str) -> torch.
 
 
 def _read_image(spec: str, file: Path, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """One file -> (uint8 (3, size, size), its (height, width)); 16 bits scaled to 8. torchvision decodes
-    PNG and JPEG of the right size (6x faster than Pillow on 32x32 JPEGs); Pillow the rest, and resizes."""
+    """One file -> (uint8 (3, size, size), its (height, width)): torchvision (6x faster), else Pillow."""
     from torchvision.io import ImageReadMode, decode_image
 
     with contextlib.suppress(RuntimeError, ValueError, OSError):  # what torchvision cannot read: Pillow's
@@ -117,7 +113,6 @@ def _read_image(spec: str, file: Path, size: int) -> tuple[torch.Tensor, tuple[i
 
 
 def load_archive(spec: str, path_text: str, size: int, split: str, root: Path) -> Loaded:
-    """One split of an archive of train/<class>/ and test/<class>/, at its top or in one folder."""
     archive = Path(path_text).expanduser()
     if not archive.name.lower().endswith(ARCHIVE_SUFFIXES):
         raise DataSpecError(f"data spec {spec!r}: {archive.name!r} is not a {', '.join(ARCHIVE_SUFFIXES)} "
@@ -186,7 +181,6 @@ def unpack_archive(archive: Path, root: str | os.PathLike) -> Path:
 
 
 def _unpacked_name(archive: Path) -> str:
-    """<stem>-<blake2b of the bytes, 20 hex digits>: about 1 GB/s, some 20 ms for CIFAR-10 as JPEG."""
     digest = hashlib.blake2b(digest_size=10)
     with open(archive, "rb") as handle:
         while chunk := handle.read(1 << 20):

@@ -16,12 +16,10 @@ MIN_IMAGE_SIDE = 4  # the blur's padding and the crops need a few pixels
 
 
 def default_data_spec() -> str:
-    """env VICREG_DATA, else "cifar10"."""
     return os.environ.get("VICREG_DATA", "") or "cifar10"
 
 
 def default_data_root() -> str:
-    """Where downloads and unpacked archives go."""
     return os.environ.get("VICREG_DATA_ROOT", "") or "data"
 
 
@@ -78,8 +76,7 @@ def load_dataset(spec: str | None = None, split: str = "train", root: str | os.P
 
 
 def _load_cifar(name: str, split: str, root: Path) -> Loaded:
-    """CIFAR-10/100 by torchvision, downloaded into a scratch folder in root and moved into place
-    once complete and checked (md5): an interrupted download leaves nothing."""
+    """CIFAR-10/100, downloaded into a scratch folder moved into place once checked: Ctrl-C leaves nothing."""
     from torchvision import datasets
 
     dataset_class = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100

@@ -21,12 +21,8 @@ def load_synthetic(spec: str, arg: str, split: str) -> Loaded:
 
 
 def make_synthetic(n: int, seed: int = 0, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """n images uint8 (n, 3, size, size) and labels int64 (n,) of 10 classes.
-
-    Class k: a sine grating of its own orientation (k * 18 degrees) and frequency (2-4 cycles)
-    blending two class colours; random phase, brightness and noise per image. Colour separates the
-    classes on raw pixels; orientation survives colour jitter and grayscale, so views keep the class.
-    """
+    """n images uint8 (n, 3, size, size), labels int64 (n,): class k a grating at k * 18 degrees blending
+    two class colours (orientation survives colour jitter and grayscale, so views keep the class)."""
     generator = torch.Generator().manual_seed(seed)
     num_classes = len(SYNTHETIC_CLASSES)
     labels = (torch.arange(n) % num_classes)[torch.randperm(n, generator=generator)]

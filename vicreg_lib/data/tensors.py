@@ -19,8 +19,7 @@ class LabelError(ValueError):
 
 
 def check_labels(labels, num_rows: int, name: str, num_classes: int | None = None) -> None:
-    """Raise LabelError unless labels (a tensor or array) are (num_rows,) integer class ids in
-    [0, num_classes), ``name`` ("train") naming them. An empty set is refused: nothing to measure."""
+    """LabelError unless labels are (num_rows,) integer ids in [0, num_classes) (an empty set is refused)."""
     labels = torch.as_tensor(labels)
     if labels.ndim != 1 or labels.shape[0] != num_rows:
         raise LabelError(f"{name}_labels must be 1-D with one label per sample ({num_rows}), "
@@ -47,8 +46,7 @@ def random_subset(images: torch.Tensor, labels: torch.Tensor, size: int | None,
 
 
 def fingerprint(*tensors: torch.Tensor | np.ndarray) -> str:
-    """16 hex digits of blake2b (about 1 GB/s) over the dtypes, shapes and contents, in order:
-    cache keys that change with the data."""
+    """16 hex digits of blake2b over the tensors' dtypes, shapes and contents, in order."""
     digest = hashlib.blake2b(digest_size=8)
     for tensor in tensors:
         tensor = torch.as_tensor(tensor).detach()

@@ -1,18 +1,11 @@
-"""Is the embedding collapsed? Numbers computed from a batch of embeddings z: (n, d).
-
-- collapse (the paper's word): every input maps to (nearly) one vector; the variance term prevents it.
-- dimensional collapse (Jing et al., ICLR 2022, arXiv:2110.09348): the embeddings vary along a few
-  directions only; the covariance term works against it.
-
-Collapse is judged on the absolute spread (VICReg's target std is gamma = 1), not a scale-free one:
-without a bias in the last layer a collapse shrinks every embedding towards 0 while their directions
-stay varied. On 512 CIFAR-10 test images after 6 epochs of a width-8 ResNet-18, l2-normalised
-embeddings spread 0.57 and 0.60 for (1, 0, 0) and (25, 0, 1), 0.88 for (25, 25, 1) and 0.18
-untrained: no scale-free line separates them; the rms std (0.005, 0.006 and 0.31) does. An untrained
-network needs BatchNorm statistics of the data (`eval.report.random_init_model`), or it too reads
-as collapsed. The effective rank depends on n: measure every model on the same `heldout_batch`.
-Everything runs without gradients in float64 (float32 loses too much in sums of n products and logs
-of tiny probabilities); tensors come back float64 on z's device.
+"""Is the embedding collapsed? Numbers of a batch of embeddings z: (n, d). Collapse: every input maps
+to (nearly) one vector (the variance term prevents it); dimensional collapse (Jing et al., ICLR 2022):
+they vary along a few directions only (the covariance term works against it). Collapse is judged on
+the absolute spread (target std gamma = 1): without a last-layer bias a collapse shrinks embeddings
+towards 0 with varied directions, so l2-normalised spreads (0.57, 0.60 collapsed vs 0.88 healthy) do
+not separate what the rms std (0.005, 0.006 vs 0.31) does. The effective rank depends on n: use the
+same `heldout_batch`. All in float64 (float32 loses too much in sums of n products), without
+gradients, returned on z's device.
 """
 
 from __future__ import annotations
@@ -39,8 +32,7 @@ def _as_float64(z: torch.Tensor) -> torch.Tensor:
 
 
 def heldout_batch(images: torch.Tensor, n: int = HELDOUT_BATCH_SIZE, seed: int = 0) -> torch.Tensor:
-    """n images (n, 3, H, W) of the held-out split images (N, 3, H, W), seeded and in the split's
-    order: the same batch in every notebook and run, so effective ranks and verdicts compare."""
+    """n seeded images (n, 3, H, W) of images (N, 3, H, W), in order: the same in every run."""
     if not isinstance(images, torch.Tensor) or images.dim() < 2:
         raise ValueError(f"images must be a tensor (N, 3, H, W), got {getattr(images, 'shape', type(images))}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
@@ -93,12 +85,8 @@ def singular_values(z: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def effective_rank(z: torch.Tensor, eps: float = 1e-7) -> float:
-    """RankMe (Garrido et al., ICML 2023) of z: (n, d): exp(-sum_k p_k log p_k), p_k = sigma_k /
-    ||sigma||_1 + eps over the singular values: the number of directions used when all are equal.
-
-    Unlike RankMe, z is centred first: a common offset is not a direction the batch varies along.
-    Singular values at float64 round-off count as 0 (no spread: rank 0). A finite sample
-    under-counts (an isotropic Gaussian scores ~0.8 d at n = d): compare only at the same n >= d."""
+    """RankMe (Garrido et al. 2023) of centred z: (n, d): exp(-sum_k p_k log p_k), p_k = sigma_k /
+    ||sigma||_1 + eps; round-off sigmas count as 0. An isotropic Gaussian scores ~0.8 d at n = d."""
     z64 = _as_float64(z)
     sigma = singular_values(z64)
     noise_floor = max(z64.shape) * _FLOAT64_EPS * torch.linalg.norm(z64).item()  # round-off from centring
@@ -117,14 +105,9 @@ def _check_threshold(value: float, name: str, upper: float) -> None:
 
 @torch.no_grad()
 def collapse_report(z: torch.Tensor, std_threshold: float = 0.05, rank_fraction_threshold: float = 0.1) -> dict:
-    """The verdict on z: (n, d) and the numbers behind it (n, d, the stds, effective_rank, ...).
-
-    - "collapsed": rms_std = sqrt(trace C(Z) / d) < std_threshold. Every dimension together, so one
-      straggler cannot hide a collapse and a few live dimensions are dimensional collapse. 0.05 is
-      5% of gamma = 1, for projector outputs; pass a threshold in your features' units for others.
-    - "dimensional collapse": not collapsed, but rank_fraction = effective_rank / min(n - 1, d) <
-      rank_fraction_threshold (an isotropic Gaussian scores ~0.8 at n = d, ~1 when n >> d).
-    - "healthy": neither."""
+    """The verdict on z: (n, d) with the numbers behind it: "collapsed" when rms_std = sqrt(trace C(Z) / d)
+    < std_threshold (5% of gamma, for projector outputs), else "dimensional collapse" when effective_rank
+    / min(n - 1, d) < rank_fraction_threshold, else "healthy"."""
     _check_threshold(std_threshold, "std_threshold", upper=math.inf)
     _check_threshold(rank_fraction_threshold, "rank_fraction_threshold", upper=1.0)
     z64 = _as_float64(z)

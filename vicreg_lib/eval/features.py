@@ -1,10 +1,6 @@
-"""What a frozen network makes of images, and the weighted kNN on it.
+"""Frozen features and the weighted kNN; the training loop imports it, so it needs nothing else of eval/.
 
     h = extract_features(model.encoder, images)          # uint8 (N, 3, H, W) -> float32 (N, D), CPU
-    knn_accuracy(h_train, y_train, h_test, y_test)     # {"knn_top1@20": ..., "knn_top1@200": ...}
-
-The training loop imports this module for its per-epoch kNN, so it needs nothing of the rest
-of eval/ (nor the training loop).
 """
 
 from __future__ import annotations
@@ -27,18 +23,16 @@ __all__ = ["NonFiniteFeaturesError", "normalize_images", "feature_function", "fr
 
 
 class NonFiniteFeaturesError(ValueError):
-    """Features with NaN or infinite entries: the model that made them is broken (diverged)."""
+    """Features with NaN or infinite entries (a diverged model)."""
 
 
 def check_images(images: torch.Tensor, name: str = "images") -> None:
-    """One ValueError unless images are uint8 (N, 3, H, W)."""
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"{name} must be uint8 (N, 3, H, W) as load_dataset returns them, "
                          f"got {images.dtype} {tuple(images.shape)}")
 
 
 def check_count(value, name: str, none: str | None = None) -> None:
-    """One ValueError unless value is an int >= 1 (or None, when `none` says what None means)."""
     if value is None and none is not None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -52,8 +46,7 @@ def normalize_images(images: torch.Tensor) -> torch.Tensor:
 
 
 def feature_function(model: Callable, which: str = "representation") -> Callable[[torch.Tensor], torch.Tensor]:
-    """Normalised batch (b, 3, H, W) -> features (b, D): a VICReg model's `representation` (h) or
-    `embed` (z), or `model` itself for an encoder (which has only representations)."""
+    """Normalised batch (b, 3, H, W) -> (b, D): a VICReg model's h or z (`which`), or a bare encoder."""
     if which not in ("representation", "embedding"):
         raise ValueError(f"which must be one of ('representation', 'embedding'), got {which!r}")
     if hasattr(model, "encoder") and hasattr(model, "projector"):
@@ -66,8 +59,7 @@ def feature_function(model: Callable, which: str = "representation") -> Callable
 
 @contextlib.contextmanager
 def frozen(model: Callable, device: torch.device):
-    """Run `model` in eval mode on `device`; afterwards every submodule's train/eval flag and the
-    model's device are what they were (a caller's training run goes on unaffected)."""
+    """Run `model` in eval mode on `device`, then restore every submodule's mode and its device."""
     if not isinstance(model, nn.Module):  # a plain function: nothing to switch
         yield
         return
@@ -88,7 +80,6 @@ def accelerator_autocast(device: torch.device):
 
 
 def require_finite(features: torch.Tensor, what: str) -> None:
-    """Refuse NaN/inf features: accuracies computed from them would mean nothing."""
     bad = (~torch.isfinite(features)).sum().item()
     if bad:
         raise NonFiniteFeaturesError(
@@ -100,10 +91,8 @@ def require_finite(features: torch.Tensor, what: str) -> None:
 def extract_features(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int = 512,
                      device: str | torch.device = "auto", which: str = "representation",
                      progress: bool = False) -> torch.Tensor:
-    """Frozen features (N, D), float32 on the CPU, of uint8 images (N, 3, H, W) (normalised here) or float
-    ones (normalised already), by an encoder (any callable (b, 3, H, W) -> (b, D)) or a VICReg model's h
-    or z (`which`). Eval mode (BatchNorm's running statistics: `batch_size` changes nothing), inference
-    mode, bf16 autocast on CUDA; modes and device restored after."""
+    """Features (N, D) float32 CPU of uint8 images (N, 3, H, W) (or float ones, normalised already) by an
+    encoder or a VICReg model's h or z (`which`), in eval mode: `batch_size` changes nothing."""
     fn = feature_function(model, which)
     if images.ndim != 4:
         raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}")
@@ -149,11 +138,8 @@ def check_feature_pair(train_features: torch.Tensor, train_labels: torch.Tensor,
 def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                  test_labels: torch.Tensor, k: int | Sequence[int] = (20, 200), temperature: float = 0.07,
                  num_classes: int | None = None, batch_size: int = 256) -> dict[str, float]:
-    """Weighted k-nearest-neighbour top-1 (%) on cosine similarity: {"knn_top1@{k}": accuracy} per k.
-
-    Neighbour i votes exp(s_i / T) for its class (InstDisc, Wu et al. 2018; DINO): close neighbours
-    outweigh far ones. k=200 is lightly's CIFAR-10 benchmark, k=20 DINO's; a k above the train set's
-    size is clamped (the key keeps the k asked for). Test rows go `batch_size` at a time."""
+    """{"knn_top1@{k}": top-1 (%)} per k; neighbour i votes exp(cos_i / T) for its class (InstDisc, DINO).
+    k=200 is lightly's CIFAR-10 benchmark, k=20 DINO's; a k above n is clamped (the key keeps it)."""
     n_classes = check_feature_pair(train_features, train_labels, test_features, test_labels, num_classes)
     ks = [k] if isinstance(k, int) else list(k)
     if not ks or any(not isinstance(kk, int) or kk < 1 for kk in ks):

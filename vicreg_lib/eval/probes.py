@@ -1,18 +1,12 @@
-"""Linear probes of a frozen encoder under named protocols, and the one routine that trains a
-classifier with cross-entropy (for the probes and the supervised baseline).
+"""Linear probes of a frozen encoder under named protocols (`describe_protocol`; their numbers do not
+compare), and `fit_classifier`, the cross-entropy loop of the probes and the supervised baseline.
 
     linear_eval(model.encoder, train_images, train_labels, test_images, test_labels, protocol="standard")
-    linear_probe(h_train, y_train, h_test, y_test)            # the fast protocol on features
 
-Numbers of different protocols do not compare (`describe_protocol(name)`). All report the final
-epoch; the official script reports the best test epoch, peeking at the test set.
-- ``blog``: the blog post's eval.py (augustwester/vicreg 89eab04) exactly, with its quirk of test
-  images only scaled to [0, 1] (`normalize_test=True` shows what that costs).
-- ``standard``: the official evaluate.py's frozen-weights recipe at CIFAR size (no Resize/CenterCrop);
-  its lr 0.3 is the official --lr-head default (docs/design.md: how it was checked on CIFAR).
-- ``fast``: ours, on features computed once, standardised, Adam: seconds instead of an encoder pass
-  per image per epoch; it agrees with scikit-learn's LogisticRegression (tests).
-Crops are drawn a batch at a time on the device; the frozen encoder runs under bf16 autocast on CUDA.
+All report the final epoch (the official script reports the best test epoch, peeking at the test set).
+blog: augustwester/vicreg 89eab04's eval.py exactly, test images only scaled to [0, 1]; standard: the
+official evaluate.py at CIFAR size, lr 0.3 its --lr-head default (docs/design.md); fast: ours, on
+standardised features computed once, Adam, agreeing with scikit-learn's LogisticRegression (tests).
 """
 
 from __future__ import annotations
@@ -46,9 +40,8 @@ FAST_MIN_STEPS = 1000  # the fast probe's floor of optimizer steps on small trai
 
 @dataclass(frozen=True)
 class Optimization:
-    """How a classifier is optimised. schedule: one of optim.SCHEDULES, moved every optimizer step
-    (schedule_unit "step") or held for an epoch ("epoch": a CosineAnnealingLR stepped per epoch,
-    as the eval scripts do); warmup in schedule units; the cosine ends at final_ratio * lr."""
+    """How a classifier is optimised. schedule (optim.SCHEDULES) moves per schedule_unit: "step", or
+    "epoch" as the eval scripts' CosineAnnealingLR; warmup in those units; ends at final_ratio * lr."""
 
     optimizer: str = "sgd"  # or "adam"
     lr: float = 0.1
@@ -89,8 +82,6 @@ class Optimization:
 
 @dataclass
 class FitResult:
-    """What `fit_classifier` returns; the model itself is trained in place (left in eval mode)."""
-
     history: list[dict] = field(default_factory=list)  # per epoch: epoch, loss, train_top1, lr, seconds
     steps: int = 0
     seconds: float = 0.0
@@ -140,12 +131,8 @@ def fit_classifier(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
                    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
                    generator: torch.Generator | None = None, amp: bool = False, progress: bool = False,
                    desc: str = "classifier") -> FitResult:
-    """Train every parameter of `model` (a head, or nn.Sequential(network, head)) in place with
-    cross-entropy on inputs (n, ...) (on the model's device) and labels (n,) in [0, C).
-
-    prepare: batch (b, ...) -> model input under no_grad (augmentation, a frozen encoder). Exactly one
-    of epochs / time_budget_s; a budget runs the schedule on the clock, so it ends with the budget on
-    any machine. amp: bf16 autocast. A lone-sample batch is skipped when `model` has BatchNorm."""
+    """Train `model` in place (then eval mode) with cross-entropy on inputs (n, ...) on its device, labels
+    (n,); prepare: batch -> input under no_grad; a time_budget_s runs the schedule on the clock."""
     _check_fit_args(model, inputs, labels, optimization, epochs, time_budget_s)
     device, n, batch = inputs.device, inputs.shape[0], optimization.batch_size
     labels = labels.to(device).long()
@@ -197,8 +184,6 @@ def fit_classifier(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
 
 @dataclass(frozen=True)
 class LinearProtocol:
-    """One linear-evaluation protocol (see the module docstring)."""
-
     name: str
     source: str  # where the protocol comes from, in one line
     epochs: int
@@ -268,7 +253,7 @@ def _scores(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor) -> di
 
 
 def fast_probe_epochs(num_train: int, epochs: int = 100, batch_size: int = 256) -> int:
-    """`epochs`, or more when that many over `num_train` samples are under FAST_MIN_STEPS steps."""
+    """`epochs`, or more to reach FAST_MIN_STEPS steps over `num_train` samples."""
     return max(epochs, math.ceil(FAST_MIN_STEPS / math.ceil(num_train / batch_size)))
 
 
@@ -277,13 +262,8 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
                  weight_decay: float = _FAST.optimization.weight_decay,
                  batch_size: int = _FAST.optimization.batch_size, num_classes: int | None = None,
                  device: str | torch.device = "auto", seed: int = 0) -> dict:
-    """The ``fast`` protocol on features (n, d) / (m, d): a zero-initialised nn.Linear on features
-    standardised with the train set's mean/std, Adam with a cosine to 0 per step, shuffled by a CPU
-    generator seeded by `seed`. Returns {"top1", "top5" (test, %), "train_top1", "num_train",
-    "history" (mean loss per epoch), "test_predictions" (m,) int64 on the CPU}.
-
-    On a few hundred samples 100 epochs underfit (600 samples of 10 overlapping Gaussian classes:
-    72% against LogisticRegression's 80%); label_efficiency asks `fast_probe_epochs` for more."""
+    """The ``fast`` protocol on features (n, d) / (m, d): {"top1", "top5", "train_top1", "num_train",
+    "history", "test_predictions" (m,)}; 100 epochs underfit a few hundred samples (`fast_probe_epochs`)."""
     n_classes = check_feature_pair(train_features, train_labels, test_features, test_labels, num_classes)
     optimization = dataclasses.replace(_FAST.optimization, lr=lr, weight_decay=weight_decay, batch_size=batch_size)
     device = resolve_device(device)
@@ -303,8 +283,7 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
 
 def _augmented_probe(encoder, train_images, train_labels, test_features, test_labels, p: LinearProtocol,
                      epochs: int, num_classes: int, device: torch.device, seed: int, progress: bool) -> dict:
-    """The protocol's head trained on frozen features of a fresh RandomResizedCrop + flip of every
-    image every epoch, as the eval scripts' torchvision transforms do; tested on test_features."""
+    """The protocol's head on frozen features of a fresh crop + flip of every image every epoch."""
     generator = torch.Generator().manual_seed(seed)  # the order and the crops
     head = _new_head(test_features.shape[1], num_classes, p.head_init, seed, device)
     features_of = feature_function(encoder, "representation")
@@ -334,10 +313,7 @@ def linear_eval(encoder: Callable[[torch.Tensor], torch.Tensor], train_images: t
                 seed: int = 0, progress: bool = False, *, lr: float | None = None, batch_size: int | None = None,
                 normalize_test: bool | None = None, num_classes: int | None = None,
                 feature_batch_size: int = 512) -> dict:
-    """Linear top-1/top-5 (%) of the frozen `encoder` (or a VICReg model's h) under `protocol` on
-    images uint8 (N, 3, H, W) and labels (N,). epochs, lr, batch_size, normalize_test: None keeps the
-    protocol's. Returns {"top1", "top5", "train_top1" (the final epoch's), "protocol", "epochs",
-    "lr", "batch_size", "normalize_test", "reported", "num_train", "history", "seconds"}."""
+    """Linear top-1/top-5 (%) of frozen `encoder` on uint8 images (N, 3, H, W); None keeps the protocol's."""
     p = _protocol(protocol)
     for name, images, labels in (("train", train_images, train_labels), ("test", test_images, test_labels)):
         check_images(images, f"{name}_images")
@@ -394,9 +370,7 @@ def check_fractions(fractions: Sequence[float]) -> None:
 def label_efficiency(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                      test_labels: torch.Tensor, fractions: Sequence[float] = (0.01, 0.1), seed: int = 0,
                      **probe_kwargs) -> dict[float, float]:
-    """{fraction: test top-1 (%)} of `linear_probe(**probe_kwargs)` trained on a class-balanced
-    `fraction` of the train labels (seeded by `seed`), tested on the whole test set, with at least
-    FAST_MIN_STEPS steps however few the labels."""
+    """{fraction: test top-1 (%)} of `linear_probe` on a seeded class-balanced `fraction` of the train set."""
     probe_kwargs["num_classes"] = check_feature_pair(train_features, train_labels, test_features, test_labels,
                                                      probe_kwargs.get("num_classes"))
     check_fractions(fractions)

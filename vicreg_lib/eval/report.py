@@ -1,12 +1,8 @@
-"""A pretrained encoder's report: kNN, linear protocols and label efficiency, beside the same
-architecture at random initialisation. All accuracies are % on the test split.
+"""A pretrained encoder's kNN, linear and label-efficiency report (% on the test split), beside the
+same architecture at random initialisation. Functions take an EvalConfig and/or its fields as keywords.
+Metric keys: "knn_top1@{k}", "linear_{protocol}_top1/top5", "label_{percent}%_top1".
 
-    results = evaluate_checkpoint("runs/vicreg/checkpoint.pt", EvalConfig(protocols=("fast", "standard")))
-    print(format_table(results))
-
-One `EvalConfig` carries every choice of an evaluation; the functions also take its fields as
-keywords (`evaluate_checkpoint(path, device="cpu")`). The metric keys are "knn_top1@{k}",
-"linear_{protocol}_top1/top5" and "label_{percent}%_top1".
+    print(format_table(evaluate_checkpoint("runs/vicreg/checkpoint.pt", protocols=("fast", "standard"))))
 """
 
 from __future__ import annotations
@@ -34,9 +30,7 @@ CALIBRATION_IMAGES = 4096  # training images whose statistics an untrained netwo
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Every choice of an evaluation. probe_epochs=None runs each protocol for its own epochs
-    (blog 50, standard 100, fast 100); an int runs every probe, few-label ones included, that long.
-    "blog" and "standard" pass every training image through the encoder every epoch: slow on a CPU."""
+    """Every choice of an evaluation. probe_epochs=None: each protocol's own; an int: every probe's."""
 
     protocols: tuple[str, ...] = ("fast",)
     probe_epochs: int | None = None
@@ -70,8 +64,7 @@ class EvalConfig:
 def frozen_feature_report(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                           test_labels: torch.Tensor, config: EvalConfig | None = None, *,
                           num_classes: int | None = None, linear: bool = True, **overrides) -> dict[str, float]:
-    """What needs only features (n, d) / (m, d): kNN at each of config.knn_k, the fast probe
-    ("linear_fast_top1/top5", when `linear`) and the few-label fast probes."""
+    """kNN at config.knn_k, fast probe (if `linear`) and few-label probes of features (n, d) / (m, d)."""
     config = dataclasses.replace(config or EvalConfig(), **overrides)
     num_classes = check_feature_pair(train_features, train_labels, test_features, test_labels, num_classes)
     pair = (train_features, train_labels, test_features, test_labels)
@@ -89,9 +82,7 @@ def frozen_feature_report(train_features: torch.Tensor, train_labels: torch.Tens
 def encoder_report(encoder: nn.Module, train_images: torch.Tensor, train_labels: torch.Tensor,
                    test_images: torch.Tensor, test_labels: torch.Tensor, config: EvalConfig | None = None, *,
                    num_classes: int | None = None, **overrides) -> dict:
-    """`frozen_feature_report` of a frozen encoder on uint8 images (N, 3, H, W), plus the augmented
-    protocols of config.protocols and "feature_dim". Features are computed once and refused when
-    not finite (NonFiniteFeaturesError, a ValueError)."""
+    """`frozen_feature_report` on uint8 images (N, 3, H, W), plus config.protocols and "feature_dim"."""
     config = dataclasses.replace(config or EvalConfig(), **overrides)
     for name, images, labels in (("train", train_images, train_labels), ("test", test_images, test_labels)):
         check_labels(labels, images.shape[0], name, num_classes)
@@ -113,12 +104,8 @@ def encoder_report(encoder: nn.Module, train_images: torch.Tensor, train_labels:
 
 
 def random_init_model(arch: dict, train_images: torch.Tensor, seed: int = 0) -> VICReg:
-    """The baseline every trained model is compared with: `build_model(**arch)` at a seeded
-    initialisation, as pretraining starts, in eval mode, its BatchNorm statistics (encoder and
-    projector) taken from a seeded random CALIBRATION_IMAGES of train_images (N, 3, H, W).
-
-    At BatchNorm's initial statistics an untrained network's embeddings come out ~75x too small and
-    read as collapsed. A random subset: a split stored class by class would calibrate on a few classes."""
+    """`build_model(**arch)` seeded as pretraining starts, its BatchNorms calibrated on a random
+    CALIBRATION_IMAGES of train_images (N, 3, H, W): uncalibrated, its embeddings read as collapsed."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(**arch)
@@ -131,10 +118,7 @@ def random_init_model(arch: dict, train_images: torch.Tensor, seed: int = 0) -> 
 
 
 def evaluate_checkpoint(path: str, config: EvalConfig | None = None, **overrides) -> dict:
-    """`encoder_report` of a checkpoint's frozen encoder (`load_pretrained` refuses non-finite weights)
-    on config.data (default: the spec it was trained on), with "checkpoint", "data", "num_train",
-    "num_test", "protocols", "probe_epochs" and, with config.random_init_baseline, "random_init":
-    the same metrics of `random_init_model` (seeded by config.seed)."""
+    """`encoder_report` of a checkpoint's encoder on config.data (default: its own), random init optional."""
     config = dataclasses.replace(config or EvalConfig(), **overrides)
     model, stored = load_pretrained(path, map_location="cpu")
     stored_spec = stored.get("data") if isinstance(stored, dict) else getattr(stored, "data", None)
@@ -158,8 +142,7 @@ def evaluate_checkpoint(path: str, config: EvalConfig | None = None, **overrides
 
 
 def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 0) -> str:
-    """Aligned plain text: the header, a rule of dashes, the rows; the first `left` columns are
-    left-aligned, the others right-aligned (numbers)."""
+    """Header, a rule of dashes, rows; the first `left` columns left-aligned, the rest right-aligned."""
     widths = [max(len(cells[i]) for cells in [header, *rows]) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
@@ -186,8 +169,7 @@ def _info_text(value) -> str:
 
 
 def format_table(results: dict) -> str:
-    """`evaluate_checkpoint`'s results as text: the non-metric entries, then one row per metric (%),
-    with a "random init" column when the baseline is there."""
+    """`evaluate_checkpoint`'s results as text: the facts, then one row per metric (and random init)."""
     baseline = results.get("random_init")
     metrics = {k: v for k, v in results.items() if isinstance(v, float)}
     info = [f"{k}: {_info_text(v)}" for k, v in results.items() if k != "random_init" and k not in metrics]

@@ -1,13 +1,8 @@
-"""The supervised baseline: the same ResNet-18 trained end to end on the labels.
+"""The supervised baseline: the same ResNet-18 trained end to end on the labels, the standard CIFAR
+way: linear head, cross-entropy, SGD (Nesterov 0.9, weight decay 5e-4), a cosine to zero, reflect-pad 4
++ random crop + flip on the device.
 
     result = train_supervised(images, labels, width=64, time_budget_s=600)   # or epochs=30
-    features = extract_features(result.encoder, test_images)                # then probe as usual
-
-A self-supervised representation means something next to the network at random initialisation
-(what you get for free) and the network trained with the labels for the same time (what the labels
-buy). This trains the second the standard CIFAR way: a linear head, cross-entropy, SGD (Nesterov
-0.9, weight decay 5e-4), a cosine to zero (on the clock with a time budget), reflect-pad 4 + random
-crop + flip on whole batches on the device.
 """
 from __future__ import annotations
 
@@ -27,15 +22,12 @@ __all__ = ["SupervisedResult", "random_crop_flip", "train_supervised"]
 
 @dataclass(kw_only=True)
 class SupervisedResult(FitResult):
-    """`fit_classifier`'s history, steps and seconds, and the trained encoder (eval mode) and head."""
-
     encoder: nn.Module
     classifier: nn.Linear
 
 
 def random_crop_flip(x: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
-    """x (n, c, h, w) float -> (n, c, h, w): reflect-pad by `padding`, a random h x w window per image,
-    half of them mirrored. Parameters are drawn on the generator's device (x's without one)."""
+    """x (n, c, h, w) float -> (n, c, h, w): a random window of x reflect-padded, half of them mirrored."""
     if x.ndim != 4 or not x.is_floating_point():
         raise ValueError(f"random_crop_flip expects a float batch (n, c, h, w), got {x.dtype} {tuple(x.shape)}")
     n, c, h, w = x.shape
@@ -56,9 +48,7 @@ def train_supervised(images: torch.Tensor, labels: torch.Tensor, width: int = 64
                      weight_decay: float = 5e-4, momentum: float = 0.9, num_classes: int | None = None,
                      device: str | torch.device = "auto", seed: int = 0,
                      progress: bool = False) -> SupervisedResult:
-    """Train resnet18_cifar(width) + a linear head on uint8 images (N, 3, H, W) and labels (N,)
-    with `probes.fit_classifier`, for `epochs` (deterministic for a seed) or `time_budget_s`.
-    Data sit on the device as one tensor; bf16 autocast on CUDA."""
+    """resnet18_cifar(width) + a linear head on uint8 images (N, 3, H, W), labels (N,): `fit_classifier`."""
     check_images(images)
     check_labels(labels, images.shape[0], "train", num_classes)
     num_classes = int(labels.max()) + 1 if num_classes is None else num_classes

@@ -1,10 +1,5 @@
 """Where features put the images: a 2-D UMAP map of them, and each query's nearest neighbours.
-
-    coords = umap_2d(features, seed=0)                                   # (n, d) -> (n, 2)
-    similarities, indices = nearest_neighbors(query_feats, bank_feats, k=5)  # (q, k), (q, k)
-
-The figures of these are in ``plotting``. umap-learn is imported inside ``umap_2d``, so the package
-imports without it (umap's first import also compiles numba code, ~15 s).
+umap-learn is imported inside ``umap_2d`` (its first import compiles numba code, ~15 s).
 """
 from __future__ import annotations
 
@@ -19,9 +14,7 @@ __all__ = ["umap_2d", "nearest_neighbors"]
 
 def umap_2d(features: torch.Tensor | np.ndarray, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1,
             metric: str = "cosine") -> np.ndarray:
-    """UMAP of features (n, d) into the plane -> coords (n, 2) float32. Cosine distance, as kNN and
-    retrieval compare representations by angle; a fixed `seed` makes the map reproducible (UMAP then
-    runs single-threaded)."""
+    """UMAP of features (n, d) -> coords (n, 2) float32, cosine distance; seeded: single-threaded."""
     array = features.detach().cpu().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
     if array.ndim != 2:
         raise ValueError(f"features must be 2-D (n, d), got shape {array.shape}; flatten images with .flatten(1)")
@@ -42,8 +35,7 @@ def umap_2d(features: torch.Tensor | np.ndarray, seed: int = 0, n_neighbors: int
 
 def nearest_neighbors(query_feats: torch.Tensor, bank_feats: torch.Tensor,
                       k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k most cosine-similar bank rows of every query row: query_feats (q, d), bank_feats (n, d)
-    -> similarities (q, k), indices (q, k) into the bank, most similar first."""
+    """The k most cosine-similar rows of bank_feats (n, d) per row of query_feats (q, d): (q, k), (q, k)."""
     if query_feats.ndim != 2 or bank_feats.ndim != 2 or query_feats.shape[1] != bank_feats.shape[1]:
         raise ValueError(f"expected query (q, d) and bank (n, d) features, got shapes "
                          f"{tuple(query_feats.shape)} and {tuple(bank_feats.shape)}; extract both with one model")

@@ -2,10 +2,7 @@
 
     command = pretrain_command(config)                  # ["python", "-m", "vicreg_lib", "pretrain", ...]
     process = launch(command, log_path)                 # detached: survives a kernel restart
-    records = watch_run(out_dir, process, total_epochs)  # live plots until the process ends
-
-The run writes one JSON line per epoch to out_dir/metrics.jsonl; everything here only reads that
-file, so watching, interrupting the notebook and watching again are safe.
+    records = watch_run(out_dir, process, total_epochs)  # live plots; only reads out_dir/metrics.jsonl
 """
 from __future__ import annotations
 
@@ -25,8 +22,7 @@ __all__ = ["pretrain_command", "launch", "watch_run"]
 
 
 def pretrain_command(config: TrainConfig, python: str | None = None, **changes: Any) -> list[str]:
-    """The command line that runs `config` with `changes` (e.g. resume=True): one --flag per
-    field that differs from its default."""
+    """The command line of `config` with `changes` (e.g. resume=True): a --flag per non-default field."""
     config = dataclasses.replace(config, **changes)
     command = [python or sys.executable, "-m", "vicreg_lib", "pretrain"]
     for config_field in dataclasses.fields(TrainConfig):
@@ -42,8 +38,7 @@ def pretrain_command(config: TrainConfig, python: str | None = None, **changes: 
 
 
 def launch(command: Sequence[str], log_path: str | Path, cwd: str | Path | None = None) -> subprocess.Popen:
-    """Start `command` in its own session (a kernel restart or Ctrl-C in the notebook does not
-    stop it), stdout and stderr appended to `log_path`."""
+    """Start `command` in its own session (a kernel restart does not stop it), output appended to log_path."""
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
@@ -64,10 +59,7 @@ def _status(records: Sequence[dict], total_epochs: int | None, elapsed_s: float)
 def watch_run(out_dir: str | Path, process: subprocess.Popen | None = None, total_epochs: int | None = None,
               every_s: float = 10.0, timeout_s: float | None = None,
               log_path: str | Path | None = None) -> list[dict]:
-    """Re-read out_dir/metrics.jsonl every `every_s` seconds and redraw it in place
-    (``plotting.LiveMetricsFigure``) with a progress bar, until `process` exits (or `timeout_s`
-    passes; without a process: one look). Returns the records read last; a process that fails
-    raises RuntimeError with the end of `log_path`. Interrupting stops the watching, not the run."""
+    """Redraw out_dir/metrics.jsonl every `every_s` s until `process` exits (RuntimeError if it failed)."""
     from .plotting import LiveMetricsFigure
 
     out_dir = Path(out_dir)

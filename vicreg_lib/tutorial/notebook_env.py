@@ -2,16 +2,11 @@
 
     settings = notebook_settings("05_linear_eval"); print(settings.describe())
 
-Environment variables (each optional):
-
-    VICREG_DATA       the data spec (see ``data.load_dataset``); default "cifar10"
-    VICREG_DATA_ROOT  where downloads and unpacked archives go; default "data"
-    VICREG_FAST       1 for quick settings for a first look, 0 (default) for the full settings
-    VICREG_RUNS       where runs, checkpoints and caches are saved; default "runs"
-    VICREG_RUN        a run folder or weights file to use instead of the notebook's default
-
-Relative paths are taken from the checkout's root (`find_checkout`) when the notebook sits in one,
-otherwise from the current folder, so a notebook opened on its own (a hosted Jupyter) works too.
+Environment variables, each optional: VICREG_DATA (a data spec, default "cifar10"), VICREG_DATA_ROOT
+(downloads and unpacked archives, default "data"), VICREG_FAST (1: quick settings for a first look),
+VICREG_RUNS (runs, checkpoints and caches, default "runs"), VICREG_RUN (a run folder or weights file
+instead of the notebook's default). Relative paths start at the checkout's root (`find_checkout`), or
+outside one (a hosted Jupyter) at the current folder.
 """
 from __future__ import annotations
 
@@ -35,8 +30,6 @@ _NOTEBOOK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 @dataclass(frozen=True)
 class NotebookSettings:
-    """What a notebook needs to know about where it runs (the module docstring's variables)."""
-
     notebook: str  # e.g. "05_linear_eval"
     data: str
     data_root: Path
@@ -51,13 +44,11 @@ class NotebookSettings:
         return self.output_dir_of(self.notebook)
 
     def output_dir_of(self, notebook: str) -> Path:
-        """runs/<notebook>, or runs/<notebook>_fast with quick settings: a quick try never
-        overwrites the result of a long one."""
+        """runs/<notebook>, or runs/<notebook>_fast: a quick try never overwrites a long one."""
         _check_notebook_name(notebook)
         return self.runs / (f"{notebook}_fast" if self.fast else notebook)
 
     def describe(self) -> str:
-        """One paragraph for the learner: what the settings are and how to change them."""
         base = self.checkout or Path.cwd()
         mode = ("Quick settings for a first look: smaller models, fewer images and epochs, so every "
                 "cell finishes in minutes and the numbers are rough (VICREG_FAST=0 gives the full "
@@ -82,8 +73,7 @@ class NotebookSettings:
 
 
 def find_checkout(start: str | os.PathLike | None = None) -> Path | None:
-    """The first folder at or above `start` (default: the current one) whose pyproject.toml names
-    the vicreg-lib project; None outside a checkout."""
+    """The first folder at or above `start` (default: cwd) whose pyproject.toml names vicreg-lib, or None."""
     here = (Path.cwd() if start is None else Path(start)).resolve()
     for folder in [here, *here.parents]:
         pyproject = folder / "pyproject.toml"
@@ -98,11 +88,7 @@ def find_checkout(start: str | os.PathLike | None = None) -> Path | None:
 def notebook_settings(notebook: str, fast: bool | None = None, device: str = "auto",
                       environ: Mapping[str, str] | None = None,
                       start: str | os.PathLike | None = None) -> NotebookSettings:
-    """The settings of `notebook` (e.g. "05_linear_eval") from `environ` (default ``os.environ``).
-
-    fast: overrides VICREG_FAST unless None; device: as ``hardware.resolve_device`` takes it;
-    start: where to look for the checkout from. Raises ValueError for a bad value (naming the
-    variable and what it accepts) and FileNotFoundError when VICREG_RUN names nothing."""
+    """The settings of `notebook` from `environ` (default ``os.environ``); fast overrides VICREG_FAST."""
     _check_notebook_name(notebook)
     if fast is not None and not isinstance(fast, bool):
         raise ValueError(f"fast must be True, False or None (read VICREG_FAST), got {fast!r}")
@@ -150,7 +136,6 @@ def _path_setting(environ: Mapping[str, str], name: str, default: str, base: Pat
 
 
 def _shown(path: Path, base: Path, folder: bool = False) -> str:
-    """`path` relative to `base` when inside it (no machine-specific prefix); a folder ends in "/"."""
     try:
         shown = path.relative_to(base).as_posix()
     except ValueError:

@@ -1,10 +1,7 @@
-"""Every figure of the tutorial. Functions that draw into axes take ``ax=None`` (a new figure) and
-return the Axes; those that lay out their own grid return the Figure. matplotlib is imported inside
-the functions, so importing the package does not need it.
+"""Every figure of the tutorial: ``ax=None`` functions return the Axes, grid layouts the Figure.
+matplotlib is imported inside the functions, so importing the package does not need it.
 
     show_image_grid([images, views], ncols=8)          # uint8 images and/or normalised views
-    plot_embedding_scatter(coords, labels, classes)     # a map (embedding_maps.umap_2d), by class
-    plot_metrics(records)                               # a run's metrics.jsonl, four panels by epoch
     plot_ablation_spectra(table)                        # one curve per row of an ablation.AblationTable
 """
 from __future__ import annotations
@@ -38,7 +35,6 @@ def _new_axes_if_none(ax, size: tuple[float, float] = (6, 4)):
 
 
 def _finish(ax, title: str | None = None):
-    """Title (if any), no ticks: a picture or a map has no meaningful axes."""
     if title:
         ax.set_title(title)
     ax.set_xticks([])
@@ -46,15 +42,9 @@ def _finish(ax, title: str | None = None):
     return ax
 
 
-# ----------------------------------------------------------------------------- images and views
-
-
 def to_display(images: torch.Tensor, mean: Sequence[float] = CIFAR10_MEAN,
                std: Sequence[float] = CIFAR10_STD) -> np.ndarray:
-    """Images ready for imshow: (n, 3, h, w) or (3, h, w) -> float32 (n, h, w, 3) in [0, 1].
-
-    uint8 images are scaled; float images are taken to be views normalised with `mean`/`std`
-    (what the augmentations return), un-normalised and clipped."""
+    """uint8, or float views normalised with mean/std, (n, 3, h, w) or (3, h, w) -> (n, h, w, 3) in [0, 1]."""
     if not isinstance(images, torch.Tensor):
         raise ValueError(f"images must be a torch.Tensor (n, 3, h, w), got {type(images).__name__}")
     images = (images[None] if images.ndim == 3 else images).detach().cpu()
@@ -74,9 +64,7 @@ def to_display(images: torch.Tensor, mean: Sequence[float] = CIFAR10_MEAN,
 def show_image_grid(images: torch.Tensor | Sequence[torch.Tensor], titles: Sequence[str] | None = None,
                     ncols: int | None = None, row_labels: Sequence[str] | None = None, cell_size: float = 1.4,
                     suptitle: str | None = None, title_size: float = 8.0):
-    """Draw images (n, 3, h, w), or a list of such batches one after the other, in a grid of
-    `ncols` (default: one row); one title per image and one label per row (left of it), each
-    optional. Returns the Figure."""
+    """Images (n, 3, h, w), or a list of batches, in a grid of `ncols` (default: one row)."""
     import matplotlib.pyplot as plt
 
     batches = [images] if isinstance(images, torch.Tensor) else list(images)
@@ -109,9 +97,6 @@ def show_image_grid(images: torch.Tensor | Sequence[torch.Tensor], titles: Seque
     return fig
 
 
-# ----------------------------------------------------------------------------- embedding maps and retrieval
-
-
 def _coords_array(coords: torch.Tensor | np.ndarray) -> np.ndarray:
     array = _numpy(coords)
     if array.ndim != 2 or array.shape[1] != 2:
@@ -120,7 +105,6 @@ def _coords_array(coords: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def _to_hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:
-    """One uint8 image (3, H, W) -> (H, W, 3)."""
     array = _numpy(image)
     if array.ndim != 3 or array.shape[0] != 3:
         raise ValueError(f"images must be (N, 3, H, W), got an image of shape {array.shape}")
@@ -148,8 +132,7 @@ def plot_embedding_scatter(coords: torch.Tensor | np.ndarray, labels: torch.Tens
 
 
 def _spread_points(coords: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Indices of up to n points chosen greedily far apart (farthest-point sampling), so
-    thumbnails do not hide each other."""
+    """Indices of up to n points by farthest-point sampling, so thumbnails do not hide each other."""
     rng = np.random.default_rng(seed)
     chosen = [int(rng.integers(coords.shape[0]))]
     nearest = np.linalg.norm(coords - coords[chosen[0]], axis=1)  # distance to the closest chosen point
@@ -179,9 +162,8 @@ def plot_retrieval(query_images: torch.Tensor, bank_images: torch.Tensor, indice
                    query_labels: torch.Tensor | None = None, bank_labels: torch.Tensor | None = None,
                    classes: Sequence[str] | None = None, similarities: torch.Tensor | None = None,
                    cell_size: float = 1.2):
-    """One row per query: the query image (3, H, W) uint8, then its bank images at ``indices``
-    (q, k) (``embedding_maps.nearest_neighbors``), titled with ``similarities`` (q, k). With labels,
-    a neighbour's frame is green when its class is the query's, red when not. Returns the Figure."""
+    """One row per query image: it, then bank_images at indices (q, k) (``nearest_neighbors``), titled
+    with similarities (q, k), framed green/red by class agreement when labelled; returns the Figure."""
     import matplotlib.pyplot as plt
 
     q, k = indices.shape
@@ -208,8 +190,6 @@ def plot_retrieval(query_images: torch.Tensor, bank_images: torch.Tensor, indice
     return fig
 
 
-# ----------------------------------------------------------------------------- a run's training curves
-
 # (panel title, metrics.jsonl keys drawn in it, y scale)
 METRIC_PANELS = (
     ("loss terms", ("invariance", "variance", "covariance"), "log"),
@@ -220,9 +200,7 @@ METRIC_PANELS = (
 
 
 def plot_metrics(records: Sequence[dict], fig=None, total_epochs: int | None = None, title: str | None = None):
-    """A run's per-epoch records (``read_metrics``) in the METRIC_PANELS against the epoch; a record
-    without a key leaves a gap (kNN runs only every few epochs). Draws into ``fig`` (cleared) or a
-    new Figure; returns it."""
+    """A run's records (``read_metrics``) by epoch in METRIC_PANELS, into ``fig`` (cleared) or a new one"""
     import matplotlib.pyplot as plt
 
     fig = fig if fig is not None else plt.figure(figsize=(13, 3.2))
@@ -248,8 +226,7 @@ def plot_metrics(records: Sequence[dict], fig=None, total_epochs: int | None = N
 
 
 class LiveMetricsFigure:
-    """One ``plot_metrics`` figure shown once in a notebook and redrawn in place (an IPython display
-    handle) at every ``update``; ``close`` keeps the last drawing. Without IPython it is not shown."""
+    """A ``plot_metrics`` figure redrawn in place at every ``update`` (shown only under IPython)."""
 
     def __init__(self, total_epochs: int | None = None) -> None:
         import matplotlib.pyplot as plt
@@ -273,9 +250,7 @@ class LiveMetricsFigure:
         plt.close(self.figure)  # shown through the handle already: do not let the notebook draw it again
 
 
-# ----------------------------------------------------------------------------- the collapse ablation
-# Each takes the rows of an ``ablation.AblationTable`` (or the table): dicts with lam, mu, nu,
-# verdict and the entries named in each docstring.
+# The plot_ablation_* take an ``ablation.AblationTable`` or its rows (dicts with lam, mu, nu, verdict, ...).
 
 
 def _setting_lines(table: Iterable[dict[str, Any]], ax, curve, gamma: bool, marker: str | None = None, **labels):
@@ -312,10 +287,7 @@ def plot_ablation_std_per_dim(table: Iterable[dict[str, Any]], ax=None):
 
 
 def plot_ablation_spectra(table: Iterable[dict[str, Any]], ax=None):
-    """Singular values of the centred held-out z (row["singular_values"], descending) over the largest.
-
-    Dimensional collapse shows as a few large values, then a sudden drop. Dividing by sigma_1 hides
-    the overall scale, so a collapse to (nearly) one point is seen in the std plots, not here."""
+    """row["singular_values"] over the largest: dimensional collapse is a sudden drop."""
     def curve(row):
         sigma = row["singular_values"]
         top = sigma[0] if sigma and sigma[0] > 0 else 1.0
@@ -326,9 +298,7 @@ def plot_ablation_spectra(table: Iterable[dict[str, Any]], ax=None):
 
 
 def plot_ablation_accuracy(table: Iterable[dict[str, Any]], ax=None, baseline: dict[str, Any] | None = None):
-    """kNN and linear-probe top-1 (%) (row["knn_top1"], row["linear_top1"]), a pair of bars per row;
-    ``baseline`` (``ablation.evaluate_random_init``'s row) adds the untrained network's linear
-    top-1 as a dashed line."""
+    """kNN and linear top-1 (%) bars per row; ``baseline`` (``evaluate_random_init``'s) a dashed line."""
     ax, rows = _new_axes_if_none(ax), list(table)
     if baseline is not None:
         ax.axhline(baseline["linear_top1"], color="gray", linestyle="--", linewidth=1,

@@ -14,8 +14,7 @@ from ..hardware import synchronize
 
 def per_image_throughput(images: torch.Tensor, recipe: str | tuple[ViewRecipe, ViewRecipe], batch_size: int,
                          workers: int) -> float:
-    """Images/s of two_views_transform(recipe) on uint8 images (n, 3, h, w) through a DataLoader
-    with ``workers`` worker processes, timed from the first batch (worker start-up excluded)."""
+    """Images/s of two_views_transform(recipe) of uint8 (n, 3, h, w) in a DataLoader, after batch 1."""
     loader = DataLoader(TransformedImages(images, two_views_transform(recipe)), batch_size=batch_size,
                         num_workers=workers, shuffle=False)
     iterator = iter(loader)
@@ -29,8 +28,7 @@ def per_image_throughput(images: torch.Tensor, recipe: str | tuple[ViewRecipe, V
 
 def batched_throughput(images: torch.Tensor, recipe: str | tuple[ViewRecipe, ViewRecipe], batch_size: int,
                        device: torch.device | str) -> float:
-    """Images/s of BatchAugment(recipe) over uint8 images (n, 3, h, w) moved to ``device`` first,
-    after one warm-up batch."""
+    """Images/s of BatchAugment(recipe) over uint8 images (n, 3, h, w) on ``device``, after a warm-up."""
     augment = BatchAugment(recipe).to(device)
     images = images.to(device)
     generator = torch.Generator(device=device).manual_seed(0)
