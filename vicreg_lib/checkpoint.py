@@ -1,22 +1,8 @@
 """Checkpoints: one file, written atomically, refused with a clear error when it cannot be used.
 
-A checkpoint is one dict saved with ``torch.save``:
-
-    format, format_version   identify the file as ours
-    arch                     model.build_model's keyword arguments (build_model(**arch))
-    config                   the full TrainConfig as a plain dict
-    model                    the VICReg state dict (no DDP / torch.compile prefixes)
-    optimizer                the optimizer's state dict
-    epoch, step              epochs begun, optimizer steps taken; epoch_step: steps done in that
-                             epoch (0 when it is complete); epoch_sums: its loss sums so far
-    rng                      torch CPU (+ CUDA), numpy, python random, and the training
-                             generators' states, so a resumed run continues bit for bit
-
-Only tensors, numbers, strings, lists and dicts are stored, so the file loads with
-``torch.load(weights_only=True)``: opening a checkpoint never runs pickled code. A file that had
-to travel in pieces (``benchmarks/gpu_run.py --split-weights-mib``) is a folder of
-``PREFIX.partIofN.pt`` files, the file's bytes in order; ``load_checkpoint`` and ``load_pretrained``
-take the folder and join them.
+A checkpoint is one dict of plain data and tensors (its entries: docs/design.md, "checkpoint.pt"), so it
+loads with ``torch.load(weights_only=True)`` and opening one never runs pickled code. A folder of
+``PREFIX.partIofN.pt`` files (``benchmarks/gpu_run.py --split-weights-mib``) holds one file's bytes in order.
 """
 
 from __future__ import annotations
@@ -37,8 +23,7 @@ from .runstate import CHECKPOINT_FORMAT as FORMAT
 from .runstate import CHECKPOINT_NAME, atomic_write
 
 FORMAT_VERSION = 2  # 2: arch is build_model's keyword arguments
-# weights only, in bf16, as the first GPU runs stored them: {"format", "arch", "dtype", "state_dict"}
-WEIGHTS_FORMAT = "vicreg-weight-parts/1"
+WEIGHTS_FORMAT = "vicreg-weight-parts/1"  # the first GPU runs' bf16 weights: format, arch, dtype, state_dict
 PART_PATTERN = re.compile(r"^(.+)\.part(\d+)of(\d+)\.pt$")
 
 
@@ -46,17 +31,15 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message says why and what to do."""
 
 
-# ----------------------------------------------------------------------------- random states
-
-
 def capture_rng_state() -> dict[str, Any]:
     """The global random states (torch CPU and CUDA, numpy, python) as plain data."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "python": _python_state_to_plain(random.getstate()),
+        "python": [version, list(internal), gauss_next],
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -69,20 +52,9 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     np_state = state["numpy"]
     np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
                          np_state["has_gauss"], np_state["cached_gaussian"]))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    if "cuda" in state and torch.cuda.is_available():
-        cuda_states = state["cuda"]
-        if len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
-
-
-def _python_state_to_plain(state: tuple) -> list:
-    version, internal, gauss_next = state
-    return [version, list(internal), gauss_next]
-
-
-# ----------------------------------------------------------------------------- save
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def cpu_copy(obj: Any) -> Any:
@@ -100,12 +72,7 @@ def nonfinite_tensors(tree: Any, prefix: str = "") -> list[str]:
     """Names (dotted paths) of the floating-point tensors in nested dicts / lists that hold NaN or inf."""
     if isinstance(tree, torch.Tensor):
         return [prefix] if tree.is_floating_point() and not bool(torch.isfinite(tree).all()) else []
-    if isinstance(tree, dict):
-        items = tree.items()
-    elif isinstance(tree, (list, tuple)):
-        items = enumerate(tree)
-    else:
-        return []
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
     return [name for key, value in items for name in nonfinite_tensors(value, f"{prefix}.{key}" if prefix else str(key))]
 
 
@@ -115,13 +82,8 @@ def _describe(names: list[str], limit: int = 5) -> str:
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically (``runstate.atomic_write``), with ``format`` and
-    ``format_version`` added; tensors are moved to the CPU. Returns ``path``.
-
-    Refuses (CheckpointError) a state whose model or optimizer holds NaN or inf: a
-    checkpoint on disk is always one a run can continue from. A failed write (a full disk)
-    leaves the previous file at ``path`` as it was and raises OSError.
-    """
+    """Write ``state`` (moved to the CPU, ``format`` added) to ``path`` atomically; returns ``path``. A model or
+    optimizer with NaN or inf is refused (CheckpointError): a checkpoint on disk is one a run can continue from."""
     bad = nonfinite_tensors({"model": state.get("model"), "optimizer": state.get("optimizer")})
     if bad:
         raise CheckpointError(f"not saving {str(path)!r}: {_describe(bad)}")
@@ -133,23 +95,15 @@ def _torch_save(state: dict[str, Any], handle) -> None:
     try:
         torch.save(state, handle)
     except RuntimeError as error:
-        # torch's zip writer reports a short write (a full disk, a file-size limit) as a RuntimeError
-        # ("enforce fail ... unexpected pos"), not as the OSError every caller expects of a failed write
+        # torch's zip writer reports a short write (a full disk) as a RuntimeError, not the OSError callers expect
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise OSError(f"the write stopped short ({detail}); is the disk full?") from error
 
 
-# ----------------------------------------------------------------------------- load
-
-
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
                     sha256: str | None = None) -> dict[str, Any]:
-    """Read a checkpoint written by ``save_checkpoint``: its file, or a folder of its parts.
-
-    Raises CheckpointError for a missing, corrupt, truncated or foreign file, one of a newer format
-    version or with entries of the wrong type, and (``sha256`` given) bytes of another checksum.
-    Weights-only parts (``WEIGHTS_FORMAT``) load too, with an empty ``config``.
-    """
+    """Read a checkpoint written by ``save_checkpoint`` (its file, or a folder of its parts); weights-only parts
+    load with an empty ``config``. CheckpointError for any file that cannot be used, or another ``sha256``."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {str(path)!r}; pass the checkpoint.pt inside a run's out_dir "
@@ -237,11 +191,8 @@ def _check_entries(state: dict[str, Any], path: Path) -> None:
 
 
 def check_weights(arch: dict[str, Any], weights: dict[str, torch.Tensor], where: str) -> None:
-    """Raise CheckpointError unless ``weights`` are finite and fit ``build_model(**arch)`` exactly.
-
-    The network is first built on the meta device, which allocates nothing, so a small file whose
-    ``arch`` names a huge network is refused at once, before gigabytes of weights are initialised.
-    """
+    """Raise CheckpointError unless ``weights`` are finite and fit ``build_model(**arch)`` exactly (built on the
+    meta device first: a small file naming a huge network is refused before gigabytes are initialised)."""
     from .model import build_model
 
     odd = [str(key) for key, value in weights.items() if not isinstance(value, torch.Tensor)]
@@ -272,11 +223,8 @@ def check_weights(arch: dict[str, Any], weights: dict[str, torch.Tensor], where:
 
 def check_resumable(state: dict[str, Any], path: str | os.PathLike, config, data_fingerprint: str,
                     device_type: str) -> None:
-    """Raise CheckpointError unless a run of ``config`` (a TrainConfig) on ``device_type``, training on data
-    of ``data_fingerprint``, can continue from ``state``: optimizer and random states present; weights that
-    fit and, like the optimizer state, are finite (a run continued from NaN trains NaN); only settings that
-    may change changed; the same data unless allow_data_change (a spec may name a file whose contents were
-    replaced; a checkpoint without a fingerprint passes); the same kind of device."""
+    """Raise CheckpointError unless a run of ``config`` on ``device_type`` and ``data_fingerprint`` can resume
+    ``state``: complete, finite (NaN trains NaN), only settings that may change changed, same data and device."""
     needed = ["optimizer", "rng"] + (["epoch_sums"] if state.get("epoch_step") else [])
     missing = [key for key in needed if not isinstance(state.get(key), (dict, torch.Tensor))]
     missing += [key for key in ("epoch", "step") if key not in state]
@@ -313,12 +261,8 @@ def _arch(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_pretrained(path: str | os.PathLike, map_location: str | torch.device = "cpu", sha256: str | None = None):
-    """Rebuild the pretrained VICReg model (eval mode) from a checkpoint file or a folder of its parts:
-    returns ``(model, config)``, config being the run's settings as a plain dict ({} for weights-only parts).
-
-    The architecture comes from the stored ``arch``; weights that do not fit it exactly or hold NaN
-    or inf are refused (CheckpointError, naming the tensors). bf16 weights load into float32.
-    """
+    """``model, config = load_pretrained(path)``: the VICReg model (eval mode, float32) of a checkpoint or a folder
+    of its parts, and the run's settings ({} for weights-only parts). Unfit or NaN weights: CheckpointError."""
     from .model import build_model
 
     state = load_checkpoint(path, map_location=map_location, sha256=sha256)

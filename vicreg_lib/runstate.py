@@ -1,18 +1,13 @@
-"""A run's state on disk and its stopping: atomic files, the run folder, its lock, stop requests.
+"""A run's state on disk and its stopping: atomic files, the run folder (config.json, metrics.jsonl,
+checkpoint.pt, .lock, STOP: docs/design.md), its lock, stop requests.
 
-    out_dir/config.json     the full TrainConfig of the run
-    out_dir/metrics.jsonl   one JSON object per epoch, appended as the run goes
-    out_dir/checkpoint.pt   the latest checkpoint (checkpoint.py), replaced atomically
-    out_dir/.lock           flock'ed while a run writes here: a second run into the folder is refused
-    out_dir/STOP            written by ``request_stop``: the run saves and stops, as on Ctrl-C
-
-The folder is checked before any data is loaded or a model is built, so a bad out_dir costs
-no time. A file of one of these names that vicreg_lib did not write (another tool's
-config.json, say) is never replaced or deleted: the run is refused, naming it.
+The folder is checked before any data is loaded; a file of these names that vicreg_lib did not write
+(another tool's config.json) is never replaced or deleted: the run is refused, naming it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -37,28 +32,15 @@ class RunFolderError(ValueError):
     """An out_dir that cannot take this run; the message says why and what to do."""
 
 
-# ----------------------------------------------------------------------------- atomic files
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str = "wb") -> Path:
-    """Call ``write(file)`` on a temporary file ``.<name>.<random>.tmp`` in ``path``'s folder, fsync,
-    then os.replace it onto ``path``: a reader sees the old file or the new one, never half of one.
-
-    A failed write (a full disk, Ctrl-C) removes the temporary file and leaves ``path`` as it was;
-    ``remove_stale_tmp`` clears what a kill -9 left. Permissions are 0666 less the umask (not
-    mkstemp's 0600). Returns ``path``.
-    """
+    """Call ``write(file)`` on a temporary ``.<name>.<random>.tmp`` beside ``path``, fsync, os.replace it onto
+    ``path`` (a reader never sees half a file; a failed write leaves ``path`` as it was); returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.umask(mask := os.umask(0))  # read the umask
+        os.fchmod(fd, 0o666 & ~mask)  # not mkstemp's 0600
         with os.fdopen(fd, mode) as handle:
             write(handle)
             handle.flush()
@@ -67,14 +49,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    try:  # make the rename itself durable (not possible on every platform)
+    with contextlib.suppress(OSError):  # make the rename itself durable (not possible on every platform)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except OSError:
-        pass
     return path
 
 
@@ -87,17 +67,9 @@ def remove_stale_tmp(folder: str | os.PathLike, name: str) -> list[Path]:
     return stale
 
 
-# ----------------------------------------------------------------------------- the run folder
-
-
 def check_out_dir(out_dir: str | os.PathLike, resume: bool, overwrite: bool) -> Path:
-    """Check that ``out_dir`` can hold this run, before anything expensive happens; returns it.
-
-    Refused: a path that is or lies under a file, a folder that cannot be written, resume without
-    a checkpoint, a new run (without overwrite) into a folder holding an earlier run's checkpoint or
-    metrics, and files the run would replace that vicreg_lib did not write (``foreign_files``).
-    Nothing is removed here: temporary files of a killed save are cleared once the lock is held.
-    """
+    """Check that ``out_dir`` can hold this run (writable, a checkpoint to resume, no earlier run unless
+    overwrite, no foreign files), before anything expensive happens; returns it. Nothing is removed here."""
     out_dir = Path(out_dir)
     for parent in [out_dir, *out_dir.parents]:
         if parent.exists() and not parent.is_dir():
@@ -165,8 +137,7 @@ def _checkpoint_is_ours(path: Path) -> bool:
 
 
 def _marked_file_is_ours(path: Path, mark: str) -> bool:
-    """A .lock or STOP this package writes: empty (a crash right after creating it), a bare process id
-    (earlier versions' .lock) or starting with its mark."""
+    """A .lock or STOP of ours: empty (a crash right after creating it), a bare pid (old .lock) or marked."""
     if not path.exists():
         return True  # removed meanwhile by a run that ended: nothing of anyone else's is there
     text = _read_text(path, 200)
@@ -178,12 +149,8 @@ def _marked_file_is_ours(path: Path, mark: str) -> bool:
 
 
 def foreign_files(out_dir: Path, resume: bool, overwrite: bool) -> list[str]:
-    """The files in out_dir that this run would replace or delete but vicreg_lib did not write.
-
-    config.json, .lock and STOP are rewritten or removed by every run; metrics.jsonl is rewritten on
-    resume and deleted with overwrite; checkpoint.pt is deleted with overwrite (on resume it is read,
-    and refused there when it is not a vicreg_lib checkpoint).
-    """
+    """The files in out_dir that this run would replace or delete but vicreg_lib did not write (a checkpoint.pt
+    is checked only with overwrite: on resume it is read, and refused there when it is not ours)."""
     checks = [(CONFIG_NAME, _config_is_ours), (LOCK_NAME, lambda path: _marked_file_is_ours(path, LOCK_MARK)),
               (STOP_NAME, lambda path: _marked_file_is_ours(path, STOP_MARK))]
     if resume or overwrite:
@@ -200,34 +167,17 @@ def clear_run(out_dir: Path) -> None:
     (out_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
 
 
-# ----------------------------------------------------------------------------- the lock
-
 _HELD: set[Path] = set()  # lock files this process holds: flock alone would not say it is us
 
 
-def _owner_text(path: Path) -> str:
-    pid = (_read_text(path, 200) or "").split("pid", 1)[-1].split()
-    return f"another run (process {pid[0]})" if pid and pid[0].isdigit() else "another run"
-
-
 class RunLock:
-    """An OS lock (``fcntl.flock``) on ``out_dir/.lock``, held for the whole run.
-
-    A second run into the folder, from another process or this one, is refused. A lock is stale
-    exactly when it can be taken: the OS drops it when its process ends, kill -9 included, so no
-    process ids are guessed at (the file holds the owner's id for messages only). A .lock this
-    package did not write is refused, never overwritten. Temporary files of interrupted saves are
-    removed once the lock is held (earlier, they might be a live run's).
-    """
+    """``with RunLock(out_dir):`` a ``fcntl.flock`` on out_dir/.lock (the OS drops it when its process ends,
+    kill -9 included: no pids are guessed); once held, stale temporary files are removed (before, a live run's)."""
 
     def __init__(self, out_dir: str | os.PathLike) -> None:
         self.path = Path(out_dir) / LOCK_NAME
         self._fd: int | None = None
         self._key: Path | None = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
 
     def acquire(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -263,7 +213,9 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise RunFolderError(f"{_owner_text(self.path)} is writing into {str(self.path.parent)!r}; wait for it "
+            pid = (_read_text(self.path, 200) or "").split("pid", 1)[-1].split()
+            owner = f"another run (process {pid[0]})" if pid and pid[0].isdigit() else "another run"
+            raise RunFolderError(f"{owner} is writing into {str(self.path.parent)!r}; wait for it "
                                  f"to end, or choose another out_dir") from None
         except BaseException:
             os.close(fd)
@@ -294,9 +246,6 @@ class RunLock:
         self.release()
 
 
-# ----------------------------------------------------------------------------- config.json, metrics.jsonl
-
-
 def write_config(out_dir: Path, config: dict[str, Any]) -> None:
     text = json.dumps({**config, CONFIG_MARK_KEY: CONFIG_MARK}, indent=2) + "\n"
     atomic_write(out_dir / CONFIG_NAME, lambda handle: handle.write(text), mode="w")
@@ -314,8 +263,7 @@ def read_config(out_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def read_metrics(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The per-epoch records of a run, oldest first ([] before the first). Safe while the run is
-    going (live plots): a half-written last line is skipped."""
+    """The per-epoch records of a run, oldest first; safe while it runs (a half-written last line is skipped)."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise FileNotFoundError(f"no run folder {str(out_dir)!r}; pass the out_dir of a pretraining run")
@@ -345,15 +293,9 @@ def rewrite_metrics(out_dir: Path, records: list[dict[str, Any]]) -> None:
     atomic_write(out_dir / METRICS_NAME, lambda handle: handle.write(text), mode="w")
 
 
-# ----------------------------------------------------------------------------- stopping
-
-
 def request_stop(out_dir: str | os.PathLike) -> Path:
-    """Ask the run writing into ``out_dir`` to save and stop, as Ctrl-C does; returns the STOP file.
-
-    Works where signals do not (Windows, a run started from a notebook): the loop looks for
-    out_dir/STOP every ``log_every`` steps, and the file is removed when a run starts or stops.
-    """
+    """Ask the run writing into ``out_dir`` to save and stop, as Ctrl-C does, where signals cannot (Windows, a
+    notebook): the loop looks for out_dir/STOP every ``log_every`` steps. Returns the STOP file."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise FileNotFoundError(f"no run folder {str(out_dir)!r}; pass the out_dir of a running pretraining")
@@ -361,8 +303,7 @@ def request_stop(out_dir: str | os.PathLike) -> Path:
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C, SIGTERM or ``request_stop`` stopped the run after its state was saved; ``signum`` says
-    which signal (SIGINT for a stop request, which is treated as Ctrl-C)."""
+    """Ctrl-C, SIGTERM or ``request_stop`` (signum SIGINT) stopped the run after its state was saved."""
 
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
@@ -370,20 +311,12 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 class StopSignals:
-    """While active, Ctrl-C (SIGINT), SIGTERM and ``request_stop`` ask the loop to stop after the
-    current step, instead of killing it mid-write; a second Ctrl-C stops at once.
-
-    Until ``armed`` (while the data loads and the model is built) the signals stop at once: there
-    is nothing to save, and finishing the setup only to train a step and save would keep a run the
-    user aborted. ``stop_file``: out_dir/STOP in the process that writes the run folder (None in
-    the others); a leftover one is removed on entering and on leaving.
-    """
+    """While active, SIGINT, SIGTERM and ``stop_file`` (out_dir/STOP in the main process, removed on entry and
+    exit) stop the loop after the step; a 2nd Ctrl-C, or a signal before ``armed`` (nothing to save), at once."""
 
     def __init__(self, stop_file: Path | None = None) -> None:
         self.signum: int | None = None
-        self.reason = ""
-        self.armed = False
-        self.stop_file = stop_file
+        self.reason, self.armed, self.stop_file = "", False, stop_file
         self._previous: dict[int, Any] = {}
 
     @property
@@ -391,7 +324,6 @@ class StopSignals:
         return self.signum is not None
 
     def file_requested(self) -> bool:
-        """Whether out_dir/STOP is there (a stat: the loop asks every log_every steps only)."""
         return self.stop_file is not None and self.stop_file.exists()
 
     def request(self, signum: int, reason: str) -> None:

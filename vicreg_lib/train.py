@@ -1,15 +1,10 @@
-"""VICReg pretraining: the loop, as a short story of named steps.
+"""VICReg pretraining: the loop, as a short story of named steps (stopping, resuming, divergence: docs/design.md).
 
     result = pretrain(TrainConfig.from_preset("fast", data="synthetic", width=8, epochs=5))
-    result.history[-1]["knn_top1"]
 
-One step (``training_step``): two augmented views of a batch -> encoder + projector -> z1, z2: (n, d)
--> loss = lam * s(Z, Z') + mu * v + nu * c (loss.py) -> one optimizer step. One run (``pretrain``):
-check the run folder and take its lock -> ``prepare_run`` -> ``restore`` or start afresh -> per epoch
-``train_one_epoch``, ``epoch_record``, ``save_state``, ``evaluate_knn``. The views come from the
-``batched`` pipeline (images on the device, ``BatchAugment``; no DataLoader, no host copies) or the
-blog's ``dataloader`` (per-image ``two_views_transform`` in worker processes). Stopping, resuming and
-divergence: docs/design.md.
+One step: two augmented views -> encoder + projector -> z1, z2: (n, d) -> loss = lam * s(Z, Z') + mu * v + nu * c
+(loss.py) -> one optimizer step. Views come from the ``batched`` pipeline (images on the device, no host copies)
+or the blog's ``dataloader`` (per-image ``two_views_transform`` in worker processes).
 """
 
 from __future__ import annotations
@@ -46,9 +41,6 @@ from .runstate import (CHECKPOINT_NAME, STOP_NAME, RunInterrupted, RunLock, Stop
 HUGE_LOSS = 1e6  # a mean loss above this is almost surely a bad setting: warn
 
 
-# ----------------------------------------------------------------------------- one step
-
-
 def training_step(model: nn.Module, loss_fn: VICRegLoss, optimizer: torch.optim.Optimizer, view1: torch.Tensor,
                   view2: torch.Tensor, lr: float, use_amp: bool = False) -> LossTerms:
     """One VICReg step on view pairs view1, view2: (b, 3, H, W); returns the loss terms. Under DDP the
@@ -65,16 +57,9 @@ def training_step(model: nn.Module, loss_fn: VICRegLoss, optimizer: torch.optim.
 
 
 class GraphedStep:
-    """``training_step`` captured once in a CUDA graph and replayed: no Python and no launches per step.
-
-        step = GraphedStep(model, loss_fn, optimizer, use_amp)
-        terms = step(view1, view2, lr)   # the first WARMUP_STEPS calls run eagerly, then one capture
-
-    Each call copies the views into the graph's buffers and the lr into a 0-d tensor that LARS reads,
-    so the schedule still applies; the returned terms live in the graph's buffers until the next call.
-    Warm-up steps are real steps (on a side stream, as capture asks). If capture fails, every later
-    call runs ``training_step`` and ``why_eager`` says why.
-    """
+    """``terms = GraphedStep(model, loss_fn, optimizer, use_amp)(view1, view2, lr)``: the step in a CUDA graph
+    after WARMUP_STEPS eager ones; lr goes into a 0-d tensor LARS reads; terms live in the graph's buffers until
+    the next call. If capture fails, ``why_eager`` says why."""
 
     WARMUP_STEPS = 3
 
@@ -148,9 +133,6 @@ def graph_refusal(config: TrainConfig, device: torch.device, distributed: bool) 
     return None
 
 
-# ----------------------------------------------------------------------------- the run's state
-
-
 class TrainingDiverged(RuntimeError):
     """The loss or the weights became NaN or infinite; nothing non-finite was saved."""
 
@@ -211,8 +193,7 @@ class Run:
 
 
 def plan_last_epoch(run: Run) -> int:
-    """The epoch this invocation ends with: config.epochs, or earlier under max_steps. Worked out once,
-    before training, so that it cannot move while steps advance run.step (it decides the last save)."""
+    """The last epoch of this call (max_steps may end it early); fixed before training: it sets the last save."""
     if run.config.max_steps is None:
         return run.config.epochs
     completed = run.epoch - (run.epoch_step > 0)  # epochs finished before the one in progress
@@ -220,11 +201,7 @@ def plan_last_epoch(run: Run) -> int:
     return min(run.config.epochs, completed + math.ceil(remaining / run.steps_per_epoch))
 
 
-# ----------------------------------------------------------------------------- preparing and restoring a run
-
-
 def _load_data(config: TrainConfig, device: torch.device):
-    """Training images (a fixed subset under max_train_images) and, when evaluating, the eval split."""
     train_images, train_labels, classes = load_dataset(config.data, "train", config.data_root)
     train_images, train_labels = random_subset(train_images, train_labels, config.max_train_images, config.seed)
     if train_images.shape[0] < config.batch_size:
@@ -254,8 +231,7 @@ def prepare_run(config: TrainConfig, dist: DistInfo, out_dir: Path) -> Run:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if dist.enabled and device.type == "cuda":
-        # As the official code: BatchNorm statistics over the global batch (SyncBatchNorm is
-        # CUDA-only; CPU processes keep per-process statistics). State dict keys stay the same.
+        # as officially: BatchNorm statistics over the global batch (CUDA-only: CPU processes keep their own)
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = build_optimizer(model, config.optimizer, config.lr, config.weight_decay,
                                 eta=config.lars_eta, clip=config.lars_clip)
@@ -294,17 +270,13 @@ def restore(run: Run) -> None:
     run.saved_step = run.step
     if run.epoch_step:
         run.epoch_sums = state["epoch_sums"].to(run.device)
-    rng = state["rng"]
-    restore_rng_state(rng)
+    restore_rng_state(rng := state["rng"])
     run.perm_generator.set_state(rng["permutation"])
     if len(rng["augment"]) == run.dist.world_size:
         run.augment_generator.set_state(rng["augment"][run.dist.rank])
     if run.dist.is_main:
         run.history = [r for r in read_metrics(run.out_dir) if r.get("epoch", 0) <= run.epoch - (run.epoch_step > 0)]
         rewrite_metrics(run.out_dir, run.history)  # drop records after the checkpoint: no duplicates
-
-
-# ----------------------------------------------------------------------------- one epoch
 
 
 def _rank_batches(perm: torch.Tensor, batch_size: int, dist_info: DistInfo) -> list[torch.Tensor]:
@@ -315,10 +287,8 @@ def _rank_batches(perm: torch.Tensor, batch_size: int, dist_info: DistInfo) -> l
 
 
 def _views(run: Run, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The two views of each batch, from the batched pipeline or a DataLoader (the blog post's way)."""
     if run.config.pipeline == "batched":
-        for index in batches:
-            yield run.augment(run.train_images[index], generator=run.augment_generator)
+        yield from (run.augment(run.train_images[index], generator=run.augment_generator) for index in batches)
         return
     if not batches:
         return
@@ -332,7 +302,6 @@ def _views(run: Run, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor
 
 
 def _diverged(run: Run, what: str) -> TrainingDiverged:
-    """what: "the loss became nan", "the weights became non-finite", ..."""
     saved = (f"the last checkpoint ({str(run.checkpoint_path)!r}) holds finite weights" if run.checkpoint_path.exists()
              else "no checkpoint was saved")
     return TrainingDiverged(
@@ -341,8 +310,9 @@ def _diverged(run: Run, what: str) -> TrainingDiverged:
         f"(now {run.config.lam}/{run.config.mu}/{run.config.nu}); {saved}")
 
 
-def _check_loss(run: Run, bar) -> None:
-    """Every log_every steps: stop on a non-finite loss, warn on a huge one, refresh the bar."""
+def _check_in(run: Run, stop: StopSignals, bar) -> None:
+    """Every log_every steps: stop on a non-finite loss, warn on a huge one, look for a STOP file (as Ctrl-C;
+    under DDP every process must stop after the same step: one all-reduce)."""
     means = (run.epoch_sums / run.epoch_step).tolist()  # waits for the device: only every log_every steps
     if not all(math.isfinite(v) for v in means):
         raise _diverged(run, f"the loss became {means[0]}")
@@ -352,11 +322,6 @@ def _check_loss(run: Run, bar) -> None:
                       f"check lam/mu/nu and the learning rate", RuntimeWarning, stacklevel=2)
     bar.set_postfix(epoch=run.epoch, loss=f"{means[0]:.3f}", inv=f"{means[1]:.4f}", var=f"{means[2]:.4f}",
                     cov=f"{means[3]:.4f}")
-
-
-def _poll_stop_file(run: Run, stop: StopSignals) -> None:
-    """A stop request (runstate.request_stop) counts as Ctrl-C. Under DDP every process must stop after
-    the same step, so the main process's answer is shared (one all-reduce every log_every steps)."""
     found = stop.file_requested()
     if run.dist.enabled:
         flag = torch.tensor([float(found)], device=run.device)
@@ -367,8 +332,7 @@ def _poll_stop_file(run: Run, stop: StopSignals) -> None:
 
 
 def train_one_epoch(run: Run, stop: StopSignals, bar) -> bool:
-    """Train through the epoch in progress (from run.epoch_step on). Returns early, after the step, when
-    a stop is requested: True when that left steps of the epoch untrained."""
+    """Train the epoch in progress from run.epoch_step; on a stop, True when steps were left untrained."""
     config = run.config
     run.epoch_step_start = run.epoch_step
     run.perm_generator.set_state(run.epoch_perm_state)
@@ -384,8 +348,7 @@ def train_one_epoch(run: Run, stop: StopSignals, bar) -> bool:
                     warmup_steps=config.warmup_epochs * run.steps_per_epoch, final_ratio=config.final_lr_ratio)
     for index, (view1, view2) in enumerate(_views(run, batches)):
         if run.channels_last:
-            view1 = view1.contiguous(memory_format=torch.channels_last)
-            view2 = view2.contiguous(memory_format=torch.channels_last)
+            view1, view2 = (v.contiguous(memory_format=torch.channels_last) for v in (view1, view2))
         lr = lr_at_step(run.step, **schedule)
         loss = (run.graphed_step(view1, view2, lr) if run.graphed_step is not None else
                 training_step(run.train_model, run.loss_fn, run.optimizer, view1, view2, lr, run.use_amp))
@@ -394,8 +357,7 @@ def train_one_epoch(run: Run, stop: StopSignals, bar) -> bool:
         run.epoch_sums += torch.stack([loss.total, loss.invariance, loss.variance, loss.covariance]).detach()
         bar.update(1)
         if run.epoch_step % config.log_every == 0 or index == len(batches) - 1:
-            _check_loss(run, bar)
-            _poll_stop_file(run, stop)
+            _check_in(run, stop, bar)
         if stop.requested:
             return index < len(batches) - 1
     return False
@@ -403,7 +365,6 @@ def train_one_epoch(run: Run, stop: StopSignals, bar) -> bool:
 
 @torch.no_grad()
 def _heldout_spread(run: Run) -> dict[str, float]:
-    """Mean per-dimension std and effective rank of z on diagnostics.heldout_batch, the same in every run."""
     images = run.eval_images if run.eval_images is not None else run.train_images
     batch = heldout_batch(images, n=min(HELDOUT_BATCH_SIZE, images.shape[0]))
     z = extract_features(run.model, batch, device=run.device, which="embedding")  # (512, d), eval mode
@@ -436,12 +397,8 @@ def evaluate_knn(run: Run) -> dict[str, float]:
     return {"knn_top1": result[f"knn_top1@{k}"], "knn_k": k, "knn_top1@20": result["knn_top1@20"]}
 
 
-# ----------------------------------------------------------------------------- saving
-
-
 def save_state(run: Run) -> None:
-    """Write everything a resumed run needs to out_dir/checkpoint.pt (main process; atomic). Non-finite
-    weights raise TrainingDiverged; a failed write (a full disk) keeps the previous checkpoint and says so."""
+    """Write what a resume needs to out_dir/checkpoint.pt (main process; atomic). Non-finite: TrainingDiverged."""
     augment_states: list[Any] = [run.augment_generator.get_state()]  # every rank's, in rank order
     if run.dist.enabled:  # a collective: every rank takes part
         augment_states = [None] * run.dist.world_size
@@ -449,10 +406,9 @@ def save_state(run: Run) -> None:
     if not run.dist.is_main:
         run.saved_step = run.step  # every rank must agree on whether a final save is due
         return
-    rng = capture_rng_state()
     mid_epoch = run.epoch_step > 0
-    rng["permutation"] = run.epoch_perm_state if mid_epoch else run.perm_generator.get_state()
-    rng["augment"] = augment_states
+    rng = {**capture_rng_state(), "augment": augment_states,
+           "permutation": run.epoch_perm_state if mid_epoch else run.perm_generator.get_state()}
     state = {"arch": run.config.arch(), "config": run.config.to_dict(), "model": run.model.state_dict(),
              "optimizer": plain_state_dict(run.optimizer), "epoch": run.epoch, "step": run.step,
              "epoch_step": run.epoch_step, "device_type": run.device.type, "rng": rng,
@@ -471,9 +427,6 @@ def save_state(run: Run) -> None:
         raise (OSError(error.errno, message) if error.errno else OSError(message)) from error
 
 
-# ----------------------------------------------------------------------------- the run
-
-
 def _stopped(run: Run, stop: StopSignals) -> RunInterrupted:
     where = f"after step {run.epoch_step} of epoch {run.epoch}" if run.epoch_step else f"after epoch {run.epoch}"
     return RunInterrupted(f"{stop.reason}: saved the run {where} to {str(run.checkpoint_path)!r}; continue it with "
@@ -481,7 +434,6 @@ def _stopped(run: Run, stop: StopSignals) -> RunInterrupted:
 
 
 def _start(config: TrainConfig) -> tuple[TrainConfig, DistInfo, Path]:
-    """Resolve the config, join the process group, check the run folder (before any data is loaded)."""
     config = config.resolved()
     dist = init_distributed(config.device)
     if config.batch_size % dist.world_size:
@@ -492,7 +444,6 @@ def _start(config: TrainConfig) -> tuple[TrainConfig, DistInfo, Path]:
 
 
 def _begin(run: Run) -> None:
-    """Restore or start afresh; write config.json and the random initialisation's kNN record."""
     if run.config.resume:
         restore(run)
     elif run.dist.is_main:
@@ -503,17 +454,12 @@ def _begin(run: Run) -> None:
         return
     write_config(run.out_dir, run.config.to_dict())
     if run.config.eval_every and run.config.eval_at_start and run.epoch == 0 and not run.history:
-        _log(run, {"epoch": 0, "step": 0, **evaluate_knn(run)})
-
-
-def _log(run: Run, record: dict[str, Any]) -> None:
-    run.history.append(record)
-    append_metrics(run.out_dir, record)
+        run.history.append({"epoch": 0, "step": 0, **evaluate_knn(run)})
+        append_metrics(run.out_dir, run.history[-1])
 
 
 def _finish_epoch(run: Run, train_time: float, wall_start: float) -> None:
-    """Check the weights are finite, record, save (before evaluating, so an error there loses nothing),
-    evaluate, log."""
+    """Check the weights, record, save (before evaluating, so an error there loses nothing), evaluate, log."""
     config, is_last = run.config, run.epoch == run.last_epoch
     tensors = [t for t in run.model.state_dict().values() if t.is_floating_point()]
     if not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):  # one device sync
@@ -535,15 +481,13 @@ def _finish_epoch(run: Run, train_time: float, wall_start: float) -> None:
     record["epoch_time_s"] = time.perf_counter() - wall_start
     record["wall_images_per_s"] = steps * config.batch_size / record["epoch_time_s"]
     if run.dist.is_main:
-        _log(run, record)
+        run.history.append(record)
+        append_metrics(run.out_dir, record)
 
 
 def pretrain(config: TrainConfig) -> PretrainResult:
-    """Pretrain a VICReg model as ``config`` says; returns the model and the per-epoch history.
-
-    Ctrl-C, SIGTERM or ``request_stop(out_dir)`` saves the state after the current step and raises
-    RunInterrupted (a KeyboardInterrupt): continue with ``resume=True``. A NaN/inf loss or weight
-    raises TrainingDiverged, leaving the last checkpoint as it was."""
+    """``result = pretrain(config)``: the model and per-epoch history. Ctrl-C, SIGTERM or ``request_stop`` save and
+    raise RunInterrupted (continue with ``resume=True``); a NaN/inf loss or weight raises TrainingDiverged."""
     config, dist, out_dir = _start(config)
     lock = RunLock(out_dir) if dist.is_main else contextlib.nullcontext()
     with lock, StopSignals(out_dir / STOP_NAME if dist.is_main else None) as stop:
