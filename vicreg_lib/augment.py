@@ -1,15 +1,12 @@
 """The two-view augmentations of VICReg, per image (torchvision) and batched (tensor ops).
 
-A recipe is two `ViewRecipe`s, one per branch; `RECIPES` names three: "blog" (the blog post's code),
-"paper" (the official code's, adapted to 32x32 images) and "fast" (solo-learn's CIFAR recipe, the
-`fast` preset's). Both implementations apply, in this order:
+A recipe is two `ViewRecipe`s, one per branch (`RECIPES`: "blog", "paper", "fast"). Both apply
 
     random resized crop -> horizontal flip -> colour jitter (random op order) -> grayscale
     -> Gaussian blur -> solarize -> normalise with the CIFAR-10 mean/std
 
-`two_views_transform(recipe)` is the classic per-image torchvision pipeline for a DataLoader.
-`BatchAugment(recipe)` does the same on a whole batch (N, 3, H, W) with a few batched tensor ops,
-drawing independent random parameters for every image, on any device.
+`two_views_transform(recipe)` per image (torchvision, for a DataLoader); `BatchAugment(recipe)` on a
+whole batch (N, 3, H, W) with a few tensor ops, independent random parameters per image, any device.
 """
 
 from __future__ import annotations
@@ -34,8 +31,6 @@ CROP_TRIES = 10  # RandomResizedCrop's rejection-sampling attempts before its ce
 
 @dataclass(frozen=True)
 class ViewRecipe:
-    """The augmentation of one branch: probabilities and ranges of each random op."""
-
     crop_scale: tuple[float, float] = (0.2, 1.0)  # crop area as a fraction of the image
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop aspect ratio w/h, sampled log-uniformly
     flip_p: float = 0.0
@@ -70,17 +65,13 @@ _BLOG_VIEW = ViewRecipe(
     crop_scale=(0.2, 1.0), flip_p=0.5, jitter_p=0.8, gray_p=0.2, blur_p=0.5, solarize_p=0.2
 )
 
-# The official VICReg augmentations (facebookresearch/vicreg, augmentations.py, after BYOL), adapted to
-# 32x32 images. It departs from the official code in three ways:
-# - crop scale 0.2-1, not torchvision's default 0.08-1: a crop of 8% of a 32x32 image is a 9x9 patch
-#   with little left to recognise, so CIFAR setups (the blog's code, solo-learn) use 0.2-1;
-# - bilinear, not bicubic, interpolation of the crop: BatchAugment's one grid_sample reproduces
-#   torchvision's bilinear resized crop to float precision, so the per-image and batched pipelines
-#   give the same views (the tests hold them to it);
-# - a 3x3 Gaussian kernel (about 10% of 32 pixels, as SimCLR sizes it) with sigma 0.1-2, where the
-#   official code blurs with PIL (sigma 0.1-2, no kernel size).
-# View 1 always blurs and never solarizes; view 2 blurs with p 0.1 and solarizes with p 0.2: the
-# official code's asymmetry.
+# The official VICReg augmentations (facebookresearch/vicreg, augmentations.py, after BYOL) at 32x32:
+# - crop scale 0.2-1, not 0.08-1: 8% of a 32x32 image is a 9x9 patch with little left to recognise,
+#   so CIFAR setups (the blog's code, solo-learn) use 0.2-1;
+# - bilinear, not bicubic, crops: BatchAugment's one grid_sample then reproduces torchvision's resized
+#   crop to float precision, so both pipelines give the same views (the tests hold them to it);
+# - a 3x3 Gaussian kernel (~10% of 32 pixels, as SimCLR sizes it), sigma 0.1-2 (PIL's: no kernel size).
+# View 1 always blurs, never solarizes; view 2 blurs with p 0.1, solarizes with p 0.2 (the official code).
 _PAPER_VIEW = ViewRecipe(crop_scale=(0.2, 1.0), flip_p=0.5, jitter_p=0.8, gray_p=0.2)
 
 # The augmentation of our `fast` preset: solo-learn's CIFAR recipe for VICReg
@@ -110,11 +101,8 @@ def get_recipe(recipe: str | tuple[ViewRecipe, ViewRecipe],
         if recipe not in RECIPES:
             raise ValueError(f"unknown augmentation recipe {recipe!r}: use one of {sorted(RECIPES)}")
         return RECIPES[recipe]
-    if (
-        isinstance(recipe, (tuple, list))
-        and len(recipe) == 2
-        and all(isinstance(v, ViewRecipe) for v in recipe)
-    ):
+    if isinstance(recipe, (tuple, list)) and len(recipe) == 2 and all(
+            isinstance(v, ViewRecipe) for v in recipe):
         return recipe[0], recipe[1]
     raise ValueError(
         f"augmentation recipe must be a name in {sorted(RECIPES)} or a pair of ViewRecipe, got {recipe!r}"
@@ -159,7 +147,7 @@ class TransformedImages(torch.utils.data.Dataset):
 
 
 class TwoViews:
-    """Apply two view transforms to one image: image -> (view1, view2)."""
+    """image -> (transform1(image), transform2(image))."""
 
     def __init__(self, transform1, transform2) -> None:
         self.transform1, self.transform2 = transform1, transform2
@@ -182,7 +170,6 @@ def two_views_transform(recipe: str | tuple[ViewRecipe, ViewRecipe] = "paper", s
 
 @functools.lru_cache(maxsize=None)
 def _luma(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """LUMA_WEIGHTS as a (1, 3, 1, 1) tensor, made once per device and dtype."""
     return torch.tensor(LUMA_WEIGHTS, dtype=dtype).view(1, 3, 1, 1).to(device)
 
 
@@ -302,12 +289,9 @@ def _crop_constants(view_scale: tuple[float, float], view_ratio: tuple[float, fl
 
 
 def _crop_boxes(u: torch.Tensor, height: int, width: int, constants: torch.Tensor) -> torch.Tensor:
-    """RandomResizedCrop's box sampling from uniform draws u (n, 2 CROP_TRIES + 2) in [0, 1), with each
-    image's _crop_constants (n, 6) -> (n, 4) int (top, left, height, width).
-
-    CROP_TRIES candidates per image (area uniform in scale, log aspect ratio uniform), the first that fits
-    is kept; images with none fall back to the centre crop clamped to the ratio range.
-    """
+    """RandomResizedCrop's boxes from uniform draws u (n, 2 CROP_TRIES + 2) and _crop_constants (n, 6)
+    -> (n, 4) int (top, left, height, width): the first of CROP_TRIES candidates (area uniform in scale,
+    log aspect ratio uniform) that fits, else the centre crop clamped to the ratio range."""
     scale_low, scale_span, log_low, log_span = constants[:, :4, None].unbind(1)  # (n, 1) each
     area = torch.addcmul(scale_low, scale_span, u[:, :CROP_TRIES]).mul_(height * width)  # (n, tries)
     aspect = torch.addcmul(log_low, log_span, u[:, CROP_TRIES:2 * CROP_TRIES]).exp_()
@@ -324,15 +308,9 @@ def _crop_boxes(u: torch.Tensor, height: int, width: int, constants: torch.Tenso
     return torch.cat((offsets, sizes), 1).long()
 
 
-def sample_crop_boxes(
-    n: int,
-    height: int,
-    width: int,
-    scale: tuple[float, float],
-    ratio: tuple[float, float],
-    generator: torch.Generator | None = None,
-    device: torch.device | str = "cpu",
-) -> torch.Tensor:
+def sample_crop_boxes(n: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+                      generator: torch.Generator | None = None,
+                      device: torch.device | str = "cpu") -> torch.Tensor:
     """RandomResizedCrop's box sampling for n images at once -> (n, 4) int (top, left, height, width)."""
     u = torch.rand(n, 2 * CROP_TRIES + 2, device=device, generator=generator)
     constants = torch.tensor([_crop_constants(scale, ratio, height, width)], device=device)
@@ -341,7 +319,7 @@ def sample_crop_boxes(
 
 # ----------------------------------------------------------------------------- batched augmentation
 
-# The columns of one image's uniform draws (BatchAugment.draw_params draws them all in one torch.rand call).
+# The columns of one image's uniform draws (BatchAugment.sample_params draws them in one torch.rand call).
 _CROP = slice(0, 2 * CROP_TRIES + 2)  # candidate areas, candidate aspect ratios, position
 _COINS = slice(2 * CROP_TRIES + 2, 2 * CROP_TRIES + 7)  # flip, jitter, gray, blur, solarize
 _FACTORS = slice(2 * CROP_TRIES + 7, 2 * CROP_TRIES + 11)  # brightness, contrast, saturation, hue
@@ -365,19 +343,14 @@ def _view_constants(view: ViewRecipe, height: int, width: int) -> list[float]:
 
 
 class BatchAugment(nn.Module):
-    """Two augmented views of a whole batch, independent random parameters for every image.
+    """Two augmented views of a batch, ``v1, v2[, (p1, p2)] = BatchAugment("paper")(images, generator=g,
+    return_params=...)``. images: (n, 3, h, w) uint8 in 0..255 or float in [0, 1]; views: float32
+    (n, 3, h, w), normalised. The parameters are drawn on the generator's device (else the images'),
+    so a CPU generator gives the same views on CPU and GPU.
 
-        v1, v2 = BatchAugment("paper")(images, generator=g)            # images: (n, 3, h, w)
-        v1, v2, (p1, p2) = BatchAugment("paper")(images, return_params=True)
-
-    images: uint8 in 0..255 or float in [0, 1], on any device. Views: float32 (n, 3, h, w), normalised
-    with the CIFAR-10 mean/std. The parameters are drawn on the generator's device (the images'
-    device when no generator is given), so a CPU generator gives the same views on CPU and GPU.
-
-    Both views are made as one batch of 2n images, and every op runs on all of it: an image that an
-    op skips gets parameters that make the op the identity (factor 1, shift 0, sigma ~0) or is kept
-    by torch.where. So a call is a fixed, small number of tensor ops whatever the recipe, the batch
-    size or the coin flips: on a GPU, a few hundred kernel launches and no wait for the device.
+    Both views are one batch of 2n images and every op runs on all of it: an image that an op skips
+    gets identity parameters (factor 1, shift 0, sigma ~0) or is kept by torch.where. So a call is a
+    fixed, small number of tensor ops whatever the recipe, batch size or coin flips: no device wait.
     """
 
     def __init__(
@@ -397,33 +370,13 @@ class BatchAugment(nn.Module):
     def extra_repr(self) -> str:
         return f"view1={self.views[0]},\nview2={self.views[1]}"
 
-    def sample_params(
-        self,
-        n: int,
-        height: int,
-        width: int,
-        generator: torch.Generator | None = None,
-        device: torch.device | str = "cpu",
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Draw the per-image parameters of both views: two dicts of (n,) or (n, k) tensors (see
-        ``draw_params``; view 1's are the first n rows of one draw, view 2's the last n)."""
-        params = self.draw_params(n, height, width, generator, device)
-        return tuple({key: value[i * n:(i + 1) * n] for key, value in params.items()} for i in range(2))
-
-    def draw_params(
-        self,
-        n: int,
-        height: int,
-        width: int,
-        generator: torch.Generator | None = None,
-        device: torch.device | str = "cpu",
-    ) -> dict[str, torch.Tensor]:
-        """The parameters of 2n images (view 1's n, then view 2's n), from one torch.rand call.
-
-        crop_box (2n, 4) (top, left, h, w), crop_area and crop_aspect (2n,), flipped, jittered, gray,
-        blurred, solarized (2n,) bool, jitter_factors (2n, 4) (brightness, contrast, saturation, hue),
-        jitter_order (2n, 4) (a permutation of 0..3 per image), blur_sigma (2n,).
-        """
+    def sample_params(self, n: int, height: int, width: int, generator: torch.Generator | None = None,
+                      device: torch.device | str = "cpu", per_view: bool = True):
+        """The parameters of 2n images (view 1's n, then view 2's n), from one torch.rand call: one dict,
+        or with ``per_view`` two dicts of n rows each. crop_box (2n, 4) (top, left, h, w), crop_area and
+        crop_aspect (2n,), flipped, jittered, gray, blurred, solarized (2n,) bool, jitter_factors (2n, 4)
+        (brightness, contrast, saturation, hue), jitter_order (2n, 4) (a permutation of 0..3 per image),
+        blur_sigma (2n,)."""
         u = torch.rand(2 * n, _DRAWS, device=device, generator=generator)
         key = (height, width, str(device))
         if key not in self._constants:
@@ -434,7 +387,7 @@ class BatchAugment(nn.Module):
         coins = u[:, _COINS] < constants[:, 6:11]  # (2n, 5)
         factor_low, factor_span, sigma = constants[:, 11:15], constants[:, 15:19], constants[:, 19:21]
         crop_h, crop_w = box[:, 2:].float().unbind(1)
-        return {
+        params = {
             "crop_box": box,
             "crop_area": crop_h * crop_w / (height * width),
             "crop_aspect": crop_w / crop_h,
@@ -443,10 +396,10 @@ class BatchAugment(nn.Module):
             "jitter_order": u[:, _ORDER].argsort(1),  # a random permutation per image
             "blur_sigma": torch.addcmul(sigma[:, 0], sigma[:, 1], u[:, _SIGMA]),
         }
+        return _halves(params, n) if per_view else params
 
-    def forward(
-        self, images: torch.Tensor, generator: torch.Generator | None = None, return_params: bool = False
-    ):
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None,
+                return_params: bool = False):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(
                 f"BatchAugment expects a batch of RGB images (n, 3, h, w), got shape "
@@ -457,24 +410,20 @@ class BatchAugment(nn.Module):
         elif images.is_floating_point():
             x = images.float()
         else:
-            raise ValueError(
-                f"BatchAugment expects uint8 (0..255) or float (0..1) images, got {images.dtype}"
-            )
+            raise ValueError(f"BatchAugment expects uint8 (0..255) or float (0..1) images, "
+                             f"got {images.dtype}")
         n, _, height, width = x.shape
         param_device = generator.device if generator is not None else x.device
-        params = self.draw_params(n, height, width, generator, param_device)
+        params = self.sample_params(n, height, width, generator, param_device, per_view=False)
         if param_device != x.device:
             params = {key: value.to(x.device) for key, value in params.items()}
         views = self.apply(x.repeat(2, 1, 1, 1), params)  # (2n, 3, h, w): view 1's rows, then view 2's
         mean, std = self.mean.to(x.device), self.std.to(x.device)  # works without .to(device) on the module
         view1, view2 = views.sub_(mean).div_(std).split(n)
-        if return_params:
-            per_view = tuple({key: value[i * n:(i + 1) * n] for key, value in params.items()} for i in range(2))
-            return view1, view2, per_view
-        return view1, view2
+        return (view1, view2, _halves(params, n)) if return_params else (view1, view2)
 
     def apply(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Augment x (2n, 3, h, w) float in [0, 1] with draw_params' parameters -> (2n, 3, h, w) in [0, 1]."""
+        """Augment x (2n, 3, h, w) float in [0, 1] with sample_params(per_view=False)'s -> (2n, 3, h, w)."""
         n = x.shape[0] // 2
         if len(self.interpolations) == 1:
             x = resized_crop_flip(x, params["crop_box"], params["flipped"], self.views[0].crop_interpolation)
@@ -498,6 +447,11 @@ class BatchAugment(nn.Module):
         n = x.shape[0] // 2
         return torch.cat([gaussian_blur(half, s, view.blur_kernel)
                           for half, s, view in zip(x.split(n), sigma.split(n), self.views)])
+
+
+def _halves(params: dict[str, torch.Tensor], n: int) -> tuple[dict[str, torch.Tensor], ...]:
+    """One dict of 2n rows -> view 1's first n rows and view 2's last n."""
+    return tuple({key: value[i * n:(i + 1) * n] for key, value in params.items()} for i in range(2))
 
 
 def color_jitter(x: torch.Tensor, jittered: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:

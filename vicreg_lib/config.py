@@ -2,21 +2,11 @@
 
     config = TrainConfig.from_preset("fast", width=16, epochs=20)
 
-Each field carries metadata that the rest of the package derives its lists from, so
-nothing is kept by hand in two places:
-
-- ``help`` and ``choices``: what the command line shows and accepts;
-- ``minimum`` / ``nullable``: what ``validate`` checks;
-- ``resume_safe``: may differ when a run is resumed (it does not change what is trained);
-- ``cache_key``: part of an ablation result's cache key (it changes the result);
-- ``per_setting``: set by the ablation runner for each of its settings, not by its caller.
-
-The presets say what they are (see ``PRESETS`` and docs/design.md):
-
-- ``blog``: the blog post's code (augustwester/vicreg at 89eab04).
-- ``paper``: the official code's conventions (facebookresearch/vicreg) adapted to CIFAR-10.
-- ``fast``: our recipe for the most accuracy per GPU-minute: solo-learn's CIFAR-10 settings where
-  they measured better (each difference and its measurement beside the preset).
+Each field's metadata is what the rest of the package derives its lists from: ``help`` and
+``choices`` (the command line), ``minimum`` (``validate``), ``resume_safe`` (may differ on resume:
+it does not change what is trained), ``cache_key`` (part of an ablation result's cache key) and
+``per_setting`` (set by the ablation runner for each setting, not by its caller). The presets
+(``PRESETS``, docs/design.md): blog, paper and fast, each with its provenance beside it.
 """
 
 from __future__ import annotations
@@ -56,8 +46,6 @@ def _bookkeeping(default: Any, help: str, **kwargs: Any) -> Any:
 
 @dataclass
 class TrainConfig:
-    """Every setting of a pretraining run; each has a default and a help text (shown by the CLI)."""
-
     preset: str | None = _bookkeeping(None, "the preset these settings started from (a label only)")
     # data
     data: str | None = _option(None, "data spec: cifar10, cifar100, npz:PATH, folder:PATH, archive:PATH or "
@@ -284,25 +272,21 @@ def resume_differences(stored: dict[str, Any], current: TrainConfig) -> list[str
 # ----------------------------------------------------------------------------- presets
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The blog post's code exactly (reference-recipes.md): torchvision resnet18(num_classes=512) with a
-    # 3x3 stem (padding 0, bias) and its fc kept, a 1024-wide projector ending in a biased Linear, one
-    # forward pass over both views, the same augmentation for both views, summed variance terms with
-    # no eps, Adam 2e-4 at a constant lr, weight decay 1e-6, batch 256, 500 epochs.
+    # The blog post's code exactly (reference-recipes.md): resnet18(num_classes=512), 3x3 stem (padding
+    # 0, bias), fc kept; a 1024-wide projector ending in a biased Linear; one pass over both views; one
+    # augmentation for both; summed variance terms, no eps; Adam 2e-4 constant, wd 1e-6; 500 epochs.
     "blog": dict(
         backbone="blog", width=64, projector="1024-1024-1024-1024", projector_bias=True, concat_views=True,
         recipe="blog", loss_convention="blog", optimizer="adam", lr=2e-4, weight_decay=1e-6, schedule="constant",
         warmup_epochs=0, batch_size=256, epochs=500,
     ),
     # The official code's conventions (main_vicreg.py) adapted to CIFAR-10 on one GPU:
-    # - ResNet-18 with a 3x3 stem and no max-pool instead of ResNet-50 (32x32 images would shrink
-    #   to 1x1 in ResNet-50's ImageNet stem);
-    # - projector 2048-2048-2048: four times the 512-d representation, as 8192 is four times
-    #   ResNet-50's 2048;
-    # - batch 256 instead of 2048, with the official lr rule base_lr 0.2 * batch / 256;
-    # - the augmentations at 32 px: crop scale 0.2-1 (not 0.08-1), bilinear, blur kernel 3;
-    # - kept: LARS (eta 0.001, weight decay 1e-6, biases and norms excluded), 10 warmup epochs, cosine
-    #   to 0.001 of the peak, variance terms averaged with eps 1e-4, 25/25/1, 100 epochs (the official
-    #   script's default).
+    # - ResNet-18 with a 3x3 stem, no max-pool, for ResNet-50 (its stem would shrink 32x32 to 1x1);
+    # - projector 2048-2048-2048: 4x the 512-d representation, as 8192 is 4x ResNet-50's 2048;
+    # - batch 256 for 2048, with the official rule lr = 0.2 * batch / 256;
+    # - augmentations at 32 px: crop scale 0.2-1 (not 0.08-1), bilinear, blur kernel 3;
+    # - kept: LARS (eta 0.001, wd 1e-6, biases and norms excluded), 10 warmup epochs, cosine to 0.001
+    #   of the peak, averaged variance terms with eps 1e-4, 25/25/1, 100 epochs (the script's default).
     "paper": dict(
         backbone="cifar", width=64, projector="2048-2048-2048", projector_bias=False, concat_views=False,
         recipe="paper", loss_convention="official", optimizer="lars", lr=0.2, weight_decay=1e-6, lars_eta=0.001,
@@ -318,9 +302,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 10,000 test images; docs/benchmarks.md):
     # - lars_clip "trust" (the trust ratio capped at 1), not solo-learn's rate capped at the lr:
     #   solo-learn's rule scored 2.6 points lower, beyond the seeds' spread;
-    # - stem padding 1, zero-initialised residuals, bilinear crops: solo-learn's padding 2, no
-    #   zero-init and bicubic crops were within the seeds' spread (-0.8, +1.0, +0.4 points), so the
-    #   official code's choices stay;
+    # - stem padding 1, zero-init residuals, bilinear crops: solo-learn's padding 2, no zero-init and
+    #   bicubic were within the seeds' spread (-0.8, +1.0, +0.4 points): the official choices stay;
     # - 2 warmup epochs (solo-learn: 10 of 1,000; runs here are short);
     # - bf16, channels-last and the CUDA-graphed step on a GPU; torch.compile off: inside the graph
     #   it gained 5% a step (H200) for about 40 s of compiling, a loss for runs under ~15 minutes.

@@ -34,8 +34,7 @@ def mps_available() -> bool:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" -> cuda, else mps (Apple silicon), else cpu; "cpu", "mps", "cuda", "cuda:N" as given,
-    checked to exist."""
+    """"auto" -> cuda, else mps, else cpu; any other spec as given, checked to exist."""
     text = check_device_text(device)
     if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu")
@@ -74,8 +73,6 @@ def synchronize(device: torch.device | str) -> None:
 
 @dataclass(frozen=True)
 class DistInfo:
-    """Where this process sits: ``rank`` of ``world_size``, on ``device``."""
-
     rank: int
     world_size: int
     local_rank: int
@@ -91,12 +88,8 @@ class DistInfo:
 
 
 def init_distributed(device: str = "auto") -> DistInfo:
-    """Join the process group described by torchrun's RANK / WORLD_SIZE / LOCAL_RANK.
-
-    NCCL on CUDA (each process on GPU ``LOCAL_RANK``), gloo on the CPU. Without those variables
-    (or with WORLD_SIZE=1) this is a single process on ``device``. Calling it again after the
-    group exists returns the same info.
-    """
+    """Join torchrun's process group (RANK / WORLD_SIZE / LOCAL_RANK): NCCL on CUDA (GPU LOCAL_RANK),
+    gloo on the CPU; without them, one process on ``device``. Calling it again returns the same info."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo(rank=0, world_size=1, local_rank=0, device=resolve_device(device))
@@ -122,13 +115,11 @@ def is_main_process() -> bool:
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x: (b, ...)`` from all ranks along dim 0 -> ``(W * b, ...)``, differentiably.
+    """``x: (b, ...)`` of all W ranks -> ``(W * b, ...)``, differentiably (identity for one process).
 
-    torch's differentiable all_gather hands each rank the gradient of its own slice summed over
-    ranks. Every rank computes the same loss L on the gathered batch, so rank r's ``x`` gets
-    ``W * dL/dx_r``; DistributedDataParallel then averages the parameter gradients over the W
-    ranks, which cancels the W (as the official FullGatherLayer). Identity for one process.
-    """
+    The all_gather's backward sums each slice's gradient over ranks, all of which compute the same
+    loss L: rank r's ``x`` gets ``W * dL/dx_r``, and DDP's average over the W ranks cancels the W
+    (as the official FullGatherLayer)."""
     if get_world_size() == 1:
         return x
     from torch.distributed.nn.functional import all_gather

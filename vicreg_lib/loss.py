@@ -53,16 +53,12 @@ def check_embeddings(z: torch.Tensor, name: str = "z") -> None:
     if not isinstance(z, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of shape (n, d), got {type(z).__name__}")
     if z.dim() != 2:
-        raise ValueError(
-            f"{name} must be 2-D (n, d) embeddings, got shape {tuple(z.shape)}; "
-            "flatten the features first, e.g. z.flatten(1)"
-        )
+        raise ValueError(f"{name} must be 2-D (n, d) embeddings, got shape {tuple(z.shape)}; "
+                         "flatten the features first, e.g. z.flatten(1)")
     n, d = z.shape
     if n < 2:
-        raise ValueError(
-            f"{name} has batch size n={n}; the variance and covariance terms need n >= 2 "
-            "samples per batch -- use a larger batch"
-        )
+        raise ValueError(f"{name} has batch size n={n}; the variance and covariance terms need n >= 2 "
+                         "samples per batch -- use a larger batch")
     if d < 1:
         raise ValueError(f"{name} has d={d} embedding dimensions; need d >= 1")
 
@@ -82,15 +78,7 @@ def _check_convention(convention: str) -> None:
 
 
 def variance_loss(z: torch.Tensor, gamma: float = 1.0, eps: float | None = 1e-4) -> torch.Tensor:
-    """Hinge on the per-dimension standard deviation, eq. (1)-(2).
-
-    v(Z) = 1/d sum_j max(0, gamma - sqrt(Var(z^j) + eps))
-
-    z: (n, d). Returns a float32 scalar. ``Var`` is unbiased (divides by n-1).
-    ``eps`` keeps the gradient finite when a dimension has collapsed: the
-    derivative of sqrt(v) is 1/(2 sqrt(v)), infinite at v = 0. ``eps=None`` is the
-    blog code's ``z.std(0)``.
-    """
+    """v(Z), eq. (1)-(2), unbiased Var; z: (n, d) -> float32 scalar. ``eps=None``: the blog's ``z.std(0)``."""
     check_embeddings(z)
     _check_coefficient(gamma, "gamma")
     if eps is not None:
@@ -102,32 +90,19 @@ def variance_loss(z: torch.Tensor, gamma: float = 1.0, eps: float | None = 1e-4)
 
 
 def invariance_loss(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-    """Mean squared distance between the two views' embeddings.
-
-    Official code: mean over all n*d entries = s(Z, Z') / d, with the paper's
-    eq. (5) s(Z, Z') = 1/n sum_i ||z_i - z'_i||^2.
-
-    z1, z2: (n, d). Returns a float32 scalar.
-    """
+    """The official code's MSE over all n*d entries, s(Z, Z') / d; z1, z2: (n, d) -> float32 scalar."""
     check_embeddings(z1, "z1")
     check_embeddings(z2, "z2")
     if z1.shape != z2.shape:
-        raise ValueError(
-            f"z1 and z2 must have the same shape (n, d), got {tuple(z1.shape)} and "
-            f"{tuple(z2.shape)}; row i of each must embed two views of the same image"
-        )
+        raise ValueError(f"z1 and z2 must have the same shape (n, d), got {tuple(z1.shape)} and "
+                         f"{tuple(z2.shape)}; row i of each must embed two views of the same image")
     with torch.autocast(device_type=z1.device.type, enabled=False):
         return F.mse_loss(z1.float(), z2.float())  # s(Z, Z') / d, eq. (5)
 
 
 def covariance_loss(z: torch.Tensor) -> torch.Tensor:
-    """Sum of squared off-diagonal covariances divided by d, eq. (3)-(4).
-
-    C(Z) = 1/(n-1) sum_i (z_i - zbar)(z_i - zbar)^T,  c(Z) = 1/d sum_{i != j} C(Z)_ij^2
-
-    z: (n, d). Returns a float32 scalar. Dividing by d (not d*(d-1)) is the
-    paper's and the official code's choice; it makes the term grow with d.
-    """
+    """c(Z), eq. (3)-(4); z: (n, d) -> float32 scalar. Dividing by d, not d(d-1), as the paper and the
+    official code do, makes the term grow with d."""
     check_embeddings(z)
     with torch.autocast(device_type=z.device.type, enabled=False):
         z = z.float()
@@ -148,15 +123,9 @@ def vicreg_loss(
     eps: float = 1e-4,
     convention: str = "official",
 ) -> LossTerms:
-    """The VICReg objective: ``LossTerms(total, invariance, variance, covariance)``, float32 scalars.
-
-    z1, z2: (n, d) embeddings of two views (row i of each from the same image). The three terms
-    are unweighted, so ``total`` can be rebuilt from them. ``VICRegLoss`` is the same with its
-    coefficients checked once; this function does not check them.
-    convention "official": total = lam * MSE(Z, Z') + mu * (v(Z) + v(Z')) / 2 + nu * (c(Z) + c(Z'));
-    "blog": the variance terms use ``z.std(0)`` (no eps) and are summed, not averaged.
-    Compare the paper's eq. (6): lam s(Z,Z') + mu [v(Z) + v(Z')] + nu [c(Z) + c(Z')].
-    """
+    """z1, z2: (n, d), row i of each from the same image -> ``LossTerms``; the coefficients are not
+    checked (``VICRegLoss`` checks them once). "official": total = lam MSE(Z, Z') + mu (v(Z) + v(Z')) / 2
+    + nu (c(Z) + c(Z')); "blog": the variance terms without eps, summed."""
     _check_convention(convention)
     invariance = invariance_loss(z1, z2)
     if convention == "blog":
@@ -169,10 +138,7 @@ def vicreg_loss(
 
 
 class VICRegLoss(nn.Module):
-    """``vicreg_loss`` as a module (as lightly and solo-learn name it), its coefficients checked once.
-
-    ``VICRegLoss(25, 25, 1)(z1, z2)`` -> ``LossTerms(total, invariance, variance, covariance)``.
-    """
+    """``vicreg_loss`` as a module (as lightly and solo-learn name it), its coefficients checked once."""
 
     def __init__(self, lam: float = 25.0, mu: float = 25.0, nu: float = 1.0, gamma: float = 1.0,
                  eps: float = 1e-4, convention: str = "official") -> None:
@@ -186,5 +152,4 @@ class VICRegLoss(nn.Module):
         return f"lam={self.lam}, mu={self.mu}, nu={self.nu}, convention={self.convention!r}"
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> LossTerms:
-        """z1, z2: (n, d) embeddings of two views (row i of each from the same image)."""
         return vicreg_loss(z1, z2, self.lam, self.mu, self.nu, self.gamma, self.eps, self.convention)

@@ -2,23 +2,12 @@
 
     image x ─ encoder f ─> representation h: (n, 8*width) ─ projector g ─> embedding z: (n, d)
 
-The loss is applied to z; h is what evaluation (linear probe, k-NN) uses.
-
-The encoder is torchvision's ResNet-18 adapted to 32x32 CIFAR images the usual
-way: a 3x3 stride-1 first convolution instead of 7x7 stride 2, and no max-pool,
-so layer4 still sees a 4x4 map instead of 1x1. ``width`` scales every stage
-(width, 2w, 4w, 8w) so that tiny versions train on a CPU.
-
-The projector follows the official ``main_vicreg.py``: (layers-1) x [Linear,
-BatchNorm1d, ReLU] then a final Linear without bias; the official ImageNet
-setting is ``--mlp 8192-8192-8192``.
-
-``backbone="blog"`` builds the network of the blog post's code (augustwester/vicreg):
-``torchvision.models.resnet18(num_classes=512)`` with a 3x3 stride-1 ``conv1`` with
-padding 0 and a bias (30x30 maps), no max-pool, the fc layer kept (h is a 512 -> 512
-Linear output), no zero-init of the residual BatchNorms; its projector ends in a biased Linear.
-
-``build_model(**arch)`` rebuilds any model from the ``arch`` dict a checkpoint stores.
+The loss sees z; evaluation (linear probe, k-NN) uses h. The encoder is torchvision's ResNet-18
+for 32x32 images: a 3x3 stride-1 stem and no max-pool, so layer4 still sees a 4x4 map, not 1x1;
+``width`` scales every stage so that tiny versions train on a CPU. The projector is the official
+``main_vicreg.py``'s (ImageNet: ``--mlp 8192-8192-8192``). ``backbone="blog"`` is the blog code's
+network: ``resnet18(num_classes=512)`` with a 3x3 ``conv1`` of padding 0 with a bias (30x30 maps),
+the fc kept, no zero-init residuals, a biased last projector Linear.
 """
 
 from __future__ import annotations
@@ -29,26 +18,19 @@ from torchvision.models.resnet import BasicBlock, ResNet
 
 
 class CifarResNet18(ResNet):
-    """torchvision ResNet-18 with a 3x3 stride-1 stem, no max-pool and no fc.
-
-    x: (n, 3, H, W) -> h: (n, 8*width). At width 64 this is exactly
-    ``torchvision.models.resnet18()`` with ``conv1`` swapped for a 3x3 conv
-    and ``fc`` removed (same parameter names and shapes).
-    """
+    """x: (n, 3, H, W) -> h: (n, 8*width). At width 64, ``torchvision.models.resnet18()`` with a 3x3
+    ``conv1`` and no fc (same parameter names and shapes)."""
 
     def __init__(self, width: int = 64, zero_init_residual: bool = True, blog_stem: bool = False,
                  stem_padding: int | None = None) -> None:
-        # ResNet.__init__ hard-codes 64/128/256/512 channels, so set up the
-        # attributes its _make_layer and forward rely on ourselves.
+        # ResNet.__init__ hard-codes 64/128/256/512 channels: set what _make_layer and forward use
         nn.Module.__init__(self)
         self._norm_layer = nn.BatchNorm2d
         self.dilation = 1
         self.groups = 1
         self.base_width = 64  # BasicBlock only accepts the default
         self.inplanes = width
-
-        # 32x32 images: keep full resolution in the stem (no 7x7/2 conv, no max-pool). The blog's
-        # stem has padding 0 and a bias (30x30 maps after it); solo-learn pads by 2 (34x34).
+        # full resolution in the stem; the blog's pads by 0 (30x30 maps), solo-learn's by 2 (34x34)
         padding = stem_padding if stem_padding is not None else (0 if blog_stem else 1)
         self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=padding, bias=blog_stem)
         self.bn1 = nn.BatchNorm2d(width)
@@ -59,11 +41,10 @@ class CifarResNet18(ResNet):
         self.layer3 = self._make_layer(BasicBlock, 4 * width, 2, stride=2)  # 8x8
         self.layer4 = self._make_layer(BasicBlock, 8 * width, 2, stride=2)  # 4x4
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        # forward() returns the pooled representation; the blog keeps torchvision's fc (8w -> 8w)
+        # the blog keeps torchvision's fc (8w -> 8w)
         self.fc = nn.Linear(8 * width, 8 * width) if blog_stem else nn.Identity()
         self.width = width
         self.out_dim = 8 * width
-
         # torchvision's initialisation
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
@@ -71,8 +52,7 @@ class CifarResNet18(ResNet):
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-        # Each residual block starts as the identity; the official VICReg code
-        # builds its ResNets with zero_init_residual=True too.
+        # each residual block starts as the identity, as in the official code
         if zero_init_residual:
             for module in self.modules():
                 if isinstance(module, BasicBlock):
@@ -81,22 +61,14 @@ class CifarResNet18(ResNet):
 
 def resnet18_cifar(width: int = 64, zero_init_residual: bool = True, blog_stem: bool = False,
                    stem_padding: int | None = None) -> CifarResNet18:
-    """ResNet-18 for 32x32 images; x: (n, 3, 32, 32) -> h: (n, 8*width).
-
-    ``width=64`` is the standard 512-d ResNet-18 (11.2M parameters);
-    16 or 32 are small enough to train on a CPU. The size of h is ``model.out_dim``.
-    """
+    """x: (n, 3, 32, 32) -> h: (n, 8*width); width 64 is the standard ResNet-18 (11.2M parameters)."""
     if isinstance(width, bool) or not isinstance(width, int) or width < 1:
         raise ValueError(f"width must be an integer >= 1 (64 is the standard ResNet-18), got {width!r}")
     return CifarResNet18(width, zero_init_residual=zero_init_residual, blog_stem=blog_stem, stem_padding=stem_padding)
 
 
 def parse_projector_spec(spec: str) -> list[int]:
-    """``"2048-2048-2048"`` -> ``[2048, 2048, 2048]``: the widths of the projector's Linear layers.
-
-    Same format as the official code's ``--mlp`` flag; the last number is the
-    embedding size d.
-    """
+    """``"2048-2048-2048"`` -> ``[2048, 2048, 2048]``, the official ``--mlp`` format; the last is d."""
     if not isinstance(spec, str):
         raise ValueError(f"projector spec must be a string like '2048-2048-2048', got {spec!r}")
     parts = spec.strip().split("-")
@@ -108,25 +80,15 @@ def parse_projector_spec(spec: str) -> list[int]:
     return [int(part) for part in parts]
 
 
-def _check_dim(value: int, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-
 class Projector(nn.Sequential):
-    """MLP from representation h: (n, in_dim) to embedding z: (n, out_dim).
-
-    (layers-1) x [Linear, BatchNorm1d, ReLU], then Linear(bias=False) to out_dim
-    (the official code drops that bias, the blog's code keeps it: ``final_bias``; BatchNorm
-    makes the hidden biases redundant too, but they are kept as the official code keeps them).
-    ``layers=1`` is a single Linear.
-    """
+    """h: (n, in_dim) -> z: (n, out_dim): (layers-1) x [Linear, BatchNorm1d, ReLU], then a Linear whose
+    bias the official code drops and the blog's keeps (``final_bias``); the hidden biases stay, as
+    the official code keeps them."""
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, layers: int = 3, final_bias: bool = False) -> None:
-        _check_dim(in_dim, "in_dim")
-        _check_dim(hidden_dim, "hidden_dim")
-        _check_dim(out_dim, "out_dim")
-        _check_dim(layers, "layers")
+        for name, value in dict(in_dim=in_dim, hidden_dim=hidden_dim, out_dim=out_dim, layers=layers).items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         blocks: list[nn.Module] = []
         width = in_dim
         for _ in range(layers - 1):
@@ -134,17 +96,11 @@ class Projector(nn.Sequential):
             width = hidden_dim
         blocks.append(nn.Linear(width, out_dim, bias=final_bias))
         super().__init__(*blocks)
-        self.in_dim = in_dim
-        self.hidden_dim = hidden_dim
-        self.out_dim = out_dim
-        self.layers = layers
+        self.in_dim, self.hidden_dim, self.out_dim, self.layers = in_dim, hidden_dim, out_dim, layers
 
     @classmethod
     def from_spec(cls, in_dim: int, spec: str, final_bias: bool = False) -> Projector:
-        """Build from an official-style spec: ``Projector.from_spec(512, "2048-2048-2048")``.
-
-        All hidden widths must be equal (as in every setting of the paper).
-        """
+        """``Projector.from_spec(512, "2048-2048-2048")``; one hidden width, as in all the paper's settings."""
         widths = parse_projector_spec(spec)
         hidden, out_dim = widths[:-1], widths[-1]
         if len(set(hidden)) > 1:
@@ -157,15 +113,9 @@ class Projector(nn.Sequential):
 
 
 class VICReg(nn.Module):
-    """Encoder + projector, shared by both branches (a siamese joint-embedding net).
-
-    ``forward(x1, x2)`` runs the two views through the network in two separate
-    passes, as the official code does. With BatchNorm this matters: a joint
-    pass over ``cat([x1, x2])`` would normalise each view with statistics
-    pooled over both views, a different (and in train mode, slightly
-    information-sharing) computation from the one the paper's results come
-    from. ``concat_views=True`` does the single, faster pass anyway.
-    """
+    """Encoder + projector, shared by both branches. ``forward(x1, x2)`` makes one pass per view, as the
+    official code: with BatchNorm, one pass over ``cat([x1, x2])`` would normalise each view with
+    statistics pooled over both (in train mode, sharing information). ``concat_views=True`` does it."""
 
     def __init__(self, encoder: nn.Module, projector: Projector, concat_views: bool = False) -> None:
         super().__init__()
@@ -175,9 +125,7 @@ class VICReg(nn.Module):
                 f"encoder outputs {encoder_dim} features but the projector expects {projector.in_dim}; "
                 f"build the projector with in_dim={encoder_dim}"
             )
-        self.encoder = encoder
-        self.projector = projector
-        self.concat_views = concat_views
+        self.encoder, self.projector, self.concat_views = encoder, projector, concat_views
         self.out_dim = projector.out_dim
 
     def representation(self, x: torch.Tensor) -> torch.Tensor:
@@ -213,13 +161,7 @@ def build_model(
     zero_init_residual: bool | None = None,
 ) -> VICReg:
     """A freshly initialised VICReg network; ``build_model(**checkpoint["arch"])`` rebuilds a stored one.
-
-    backbone "cifar": ``resnet18_cifar(width)`` (3x3 stem, zero-init residuals, no fc);
-    "blog": the blog code's ResNet-18 (stem padding 0 with bias, fc kept, no zero-init).
-    projector: the official ``--mlp`` spec; projector_bias keeps the final Linear's bias (blog).
-    concat_views: one forward pass over both views (blog) instead of two (official).
-    stem_padding, zero_init_residual: None keeps the backbone's (cifar: 1 and True; blog: 0 and False).
-    """
+    stem_padding, zero_init_residual: None keeps the backbone's (cifar: 1 and True; blog: 0 and False)."""
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}: use one of {', '.join(BACKBONES)}")
     blog = backbone == "blog"
@@ -238,13 +180,9 @@ def build_model(
 
 @torch.no_grad()
 def calibrate_batchnorm(model: nn.Module, batches) -> nn.Module:
-    """Set every BatchNorm's running statistics to their average over ``batches`` (inputs the model
-    takes, e.g. normalised images (b, 3, H, W)); returns the model in eval mode.
-
-    An untrained network in eval mode still holds BatchNorm's initial statistics (mean 0,
-    variance 1), which pass its activations through unnormalised: its embeddings come out
-    tiny and look collapsed. Measured with statistics of the data, it is what it is: random.
-    """
+    """Set every BatchNorm's running statistics to their average over ``batches`` (e.g. normalised
+    images (b, 3, H, W)); returns the model in eval mode. An untrained network's initial statistics
+    (mean 0, variance 1) leave its embeddings tiny, looking collapsed; with the data's, it is random."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
     for norm in norms:

@@ -1,12 +1,5 @@
-"""Optimizers and the one learning-rate schedule of the package.
-
-- ``adam``: the blog post's optimizer (with a constant learning rate there).
-- ``lars``: the official code's (LARS, base lr 0.2 scaled by batch/256, eta 0.001);
-  solo-learn's CIFAR setting uses eta 0.02 with its rate clipping (``clip="solo-learn"``).
-
-The schedule is a setting of its own (``SCHEDULES``), used by pretraining, the linear
-probes and the supervised baseline alike: ``lr_at_step``.
-"""
+"""Optimizers (``adam``: the blog's; ``lars``: the official code's) and the learning-rate schedule
+(``lr_at_step``) shared by pretraining, the linear probes and the supervised baseline."""
 
 from __future__ import annotations
 
@@ -51,21 +44,13 @@ class LARS(torch.optim.Optimizer):
     - ``"solo-learn"``: solo-learn's ``clip_lr``: trust = eta ||w|| / (||g|| + wd ||w|| + 1e-8), and
       d = (g + wd w) * min(trust / lr, 1), a step of min(trust, lr): the rate is capped at lr.
 
-    ``lr`` may be a 0-d tensor (then ``set_lr`` writes into it): a CUDA graph of the step then reads
-    each step's rate from it. The step makes a fixed, small number of tensor ops, whatever the number
-    of parameter tensors, and never waits for the device.
+    ``lr`` may be a 0-d tensor (``set_lr`` writes into it) for a CUDA graph of the step to read. The step
+    is a fixed, small number of tensor ops, whatever the number of tensors, and never waits for the device.
     """
 
-    def __init__(
-        self,
-        params: Iterable[torch.Tensor] | Iterable[dict],
-        lr: float | torch.Tensor = 0.0,
-        weight_decay: float = 0.0,
-        momentum: float = 0.9,
-        eta: float = 0.001,
-        clip: str | bool = "none",
-        exclude=exclude_bias_and_norm,
-    ) -> None:
+    def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict], lr: float | torch.Tensor = 0.0,
+                 weight_decay: float = 0.0, momentum: float = 0.9, eta: float = 0.001,
+                 clip: str | bool = "none", exclude=exclude_bias_and_norm) -> None:
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta, clip=lars_clip_mode(clip))
         super().__init__(params, defaults)
         self.exclude = exclude
@@ -125,8 +110,7 @@ class LARS(torch.optim.Optimizer):
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, eta: float = 0.001,
                     clip: str | bool = "none") -> torch.optim.Optimizer:
-    """The optimizer called ``name`` ("adam" | "lars") over all parameters of ``model``;
-    eta and clip are LARS's (see ``LARS``)."""
+    """The optimizer ``name`` over all of ``model``'s parameters; eta and clip are LARS's."""
     if name == "adam":
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     if name == "lars":
@@ -134,15 +118,8 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
     raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
 
 
-def lr_at_step(
-    step: int,
-    *,
-    schedule: str,
-    peak_lr: float,
-    total_steps: int,
-    warmup_steps: int = 0,
-    final_ratio: float = 0.0,
-) -> float:
+def lr_at_step(step: int, *, schedule: str, peak_lr: float, total_steps: int, warmup_steps: int = 0,
+               final_ratio: float = 0.0) -> float:
     """Learning rate for optimizer step ``step`` (0-based) of ``total_steps``.
 
     constant:      peak_lr.
