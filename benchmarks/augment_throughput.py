@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import common  # noqa: E402
 from common import check, run_info, write_json  # noqa: E402  (the script folder is on sys.path)
 from vicreg_lib.augment import BatchAugment, ViewRecipe, get_recipe, view_transform  # noqa: E402
 from vicreg_lib.data import CIFAR10_MEAN, CIFAR10_STD, load_dataset  # noqa: E402
@@ -75,15 +76,6 @@ def fire_rates(images: torch.Tensor, recipe: str) -> list[dict]:
     return rows
 
 
-def ks_statistic(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs."""
-    a, b = a.double().sort().values, b.double().sort().values
-    points = torch.cat((a, b)).unique()
-    cdf_a = torch.searchsorted(a, points, right=True) / len(a)
-    cdf_b = torch.searchsorted(b, points, right=True) / len(b)
-    return (cdf_a - cdf_b).abs().max().item()
-
-
 def crop_areas(recipe: str, n: int, seed: int = 0) -> dict:
     """Crop areas (fraction of a 32x32 image) of view 1: n boxes from torchvision's RandomResizedCrop
     and n from BatchAugment; their quantiles, a 10-bin histogram and the KS statistic."""
@@ -106,7 +98,7 @@ def crop_areas(recipe: str, n: int, seed: int = 0) -> dict:
         "histogram_edges": torch.linspace(0, 1, 11).tolist(),
         "per_image_histogram": (torch.histc(per_image, bins=10, min=0, max=1) / n).tolist(),
         "batched_histogram": (torch.histc(batched, bins=10, min=0, max=1) / n).tolist(),
-        "ks_statistic": ks_statistic(per_image, batched),
+        "ks_statistic": common.ks_statistic(per_image, batched),
         "ks_critical": math.sqrt(-math.log(KS_ALPHA / 2) / 2) * math.sqrt(2 / n),
     }
 

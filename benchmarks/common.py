@@ -32,6 +32,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`: import this vicreg_lib
     sys.path.insert(1, str(REPO))
+from vicreg_lib import hardware  # noqa: E402  (after the path above)
+from vicreg_lib.hardware import synchronize  # noqa: E402, F401  (the scripts time with it)
+
 RESULTS_DIR = REPO / "benchmarks" / "results"  # git-ignored
 EPOCH_IMAGES = 50_000  # images in one CIFAR-10 training epoch
 
@@ -40,18 +43,11 @@ EPOCH_IMAGES = 50_000  # images in one CIFAR-10 training epoch
 
 
 def resolve_device(name: str) -> torch.device:
-    """argparse type: "auto" -> cuda when available, else cpu; else "cpu", "cuda" or "cuda:N"."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """argparse type over the library's one device parser (auto, cpu, mps, cuda, cuda:N)."""
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise argparse.ArgumentTypeError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{name!r}: no CUDA device is visible here; use --device cpu or auto")
-    return device
+        return hardware.resolve_device(name)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def cpu_model() -> str:
@@ -78,12 +74,6 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{cpu_model()} ({cpu_count()} cores, torch threads {torch.get_num_threads()})"
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work, so wall-clock time covers it (no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ----------------------------------------------------------------------------- timing
@@ -207,3 +197,12 @@ def base_parser(description: str, default_json: str) -> argparse.ArgumentParser:
         "--smoke", action="store_true", help="tiny sizes, a few seconds: checks the script runs"
     )
     return parser
+
+
+def ks_statistic(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs."""
+    a, b = a.double().sort().values, b.double().sort().values
+    points = torch.cat((a, b)).unique()
+    cdf_a = torch.searchsorted(a, points, right=True) / len(a)
+    cdf_b = torch.searchsorted(b, points, right=True) / len(b)
+    return (cdf_a - cdf_b).abs().max().item()

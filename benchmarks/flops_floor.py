@@ -29,6 +29,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import common
+from vicreg_lib.model import build_model
 
 
 def matmul_rate(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 5) -> float:
@@ -46,9 +47,9 @@ def count_step_flops(config, batch_size: int, device: torch.device) -> dict[str,
     shapes only, not on device or dtype). Returns totals for the batch: "model" (encoder +
     projector, forward + backward) and "step" (model + the VICReg loss, forward + backward).
     """
-    import train_throughput  # builds the model the same way the training benchmark does
+    import train_throughput  # the loss the training benchmark backpropagates
 
-    model = train_throughput.build_model(config, device)
+    model = build_model(**config.arch()).to(device)
     loss_fn = train_throughput.loss_function(config)
     x1 = torch.randn(batch_size, 3, 32, 32, device=device)
     x2 = torch.randn(batch_size, 3, 32, 32, device=device)

@@ -48,7 +48,7 @@ import torch
 import common  # first: it puts this checkout on sys.path for vicreg_lib
 from vicreg_lib.config import PRESETS, TrainConfig
 from vicreg_lib.loss import VICRegLoss
-from vicreg_lib.model import VICReg, build_model as build_vicreg
+from vicreg_lib.model import build_model
 from vicreg_lib.runstate import read_metrics
 from vicreg_lib.train import pretrain
 
@@ -146,11 +146,6 @@ def bench_config(preset: str, width: int, batch_size: int, projector: str | None
     """The preset's settings at this width and batch size (and projector, when given)."""
     extra = {"projector": projector} if projector else {}
     return TrainConfig.from_preset(preset, width=width, batch_size=batch_size, **extra, **overrides)
-
-
-def build_model(config: TrainConfig, device: torch.device) -> VICReg:
-    """The VICReg model (encoder + projector) exactly as pretrain builds it for `config`."""
-    return build_vicreg(**config.arch()).to(device)
 
 
 def loss_function(config: TrainConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

@@ -280,12 +280,14 @@ def test_crop_sampling_matches_random_resized_crop():
 
 
 def ks_statistic(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs."""
-    a, b = a.double().sort().values, b.double().sort().values
-    points = torch.cat((a, b)).unique()
-    cdf_a = torch.searchsorted(a, points, right=True) / len(a)
-    cdf_b = torch.searchsorted(b, points, right=True) / len(b)
-    return (cdf_a - cdf_b).abs().max().item()
+    """The two-sample Kolmogorov-Smirnov statistic of benchmarks/common.py (one copy for both)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from common import ks_statistic as statistic
+
+    return statistic(a, b)
 
 
 def test_crop_area_and_aspect_distributions_match_random_resized_crop():

@@ -266,7 +266,7 @@ def test_step_profile_smoke(tmp_path: Path) -> None:
     [
         (["--steps", "0"], "'0' is not a positive integer; give a whole number >= 1"),
         (["--width", "wide"], "'wide' is not a positive integer"),
-        (["--device", "tpu"], "unknown device 'tpu': use auto, cpu, cuda or cuda:N"),
+        (["--device", "tpu"], "unknown device 'tpu': use auto, cpu, mps, cuda or cuda:N"),
     ],
 )
 def test_bad_options_give_one_clear_error(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
