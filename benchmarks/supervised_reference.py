@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--few-label-s", type=float, default=45.0, help="seconds of each few-label run")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1])
     parser.add_argument("--probe-seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seed", type=int, default=0, help="weight init, shuffling and the labelled subsets")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="runs/supervised_reference")
     parser.add_argument("--smoke", action="store_true", help="tiny budgets: check that every step runs")
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     plan += [(1.0, args.short_s)] if args.short_s else []
     for fraction, budget in plan:
         try:
-            row = supervised_run(data, fraction, budget, seed=0, device=device)
+            row = supervised_run(data, fraction, budget, seed=args.seed, device=device)
             results["supervised"].append(row)
             say(f"supervised {fraction:.0%} labels, {budget:.0f} s: {row['steps']} steps ({row['epochs']} epochs), "
                 f"test top-1 {row['test_top1']:.2f}%")
