@@ -17,6 +17,7 @@ from vicreg_lib.tutorial.plotting import (  # noqa: E402
     METRIC_PANELS,
     LiveMetricsFigure,
     _spread_points,
+    draw_joint_embedding,
     plot_ablation_accuracy,
     plot_ablation_spectra,
     plot_ablation_std_history,
@@ -229,3 +230,15 @@ def test_ablation_plots_make_their_own_axes():
     ax = plot_ablation_spectra(ABLATION_ROWS)
     assert len(ax.lines) == 2 and ax.get_yscale() == "log"
     plt.close("all")
+
+
+def test_the_joint_embedding_diagram_shows_the_image_and_both_views():
+    image = torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8)
+    view_a, view_b = torch.zeros(1, 3, 8, 8), torch.ones(1, 3, 8, 8)  # normalised views
+    fig = draw_joint_embedding(image, view_a, view_b)
+    insets = [ax for ax in fig.axes[0].child_axes]
+    assert [ax.get_title() for ax in insets] == ["image", "view x", "view x'"]
+    shown = [ax.images[0].get_array() for ax in insets]
+    assert np.allclose(shown[0], to_display(image[None])[0])
+    assert np.allclose(shown[1], to_display(view_a)[0]) and np.allclose(shown[2], to_display(view_b)[0])
+    plt.close(fig)

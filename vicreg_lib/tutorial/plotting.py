@@ -15,7 +15,7 @@ import torch
 from ..data import CIFAR10_MEAN, CIFAR10_STD
 
 __all__ = [
-    "to_display", "show_image_grid",
+    "to_display", "show_image_grid", "draw_joint_embedding",
     "plot_embedding_scatter", "plot_thumbnails", "plot_retrieval",
     "METRIC_PANELS", "plot_metrics", "LiveMetricsFigure",
     "plot_ablation_std_history", "plot_ablation_std_per_dim", "plot_ablation_spectra", "plot_ablation_accuracy",
@@ -94,6 +94,49 @@ def show_image_grid(images: torch.Tensor | Sequence[torch.Tensor], titles: Seque
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
+    return fig
+
+
+def draw_joint_embedding(image: torch.Tensor, view_a: torch.Tensor, view_b: torch.Tensor):
+    """The joint-embedding diagram: an image (3, h, w), its two views through one encoder and projector, a loss."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyBboxPatch
+
+    fig, ax = plt.subplots(figsize=(12, 3.6))
+    ax.set(xlim=(0, 12), ylim=(0, 4))
+    ax.axis("off")
+
+    def picture(tensor, x, y, title):
+        inset = ax.inset_axes([x, y, 1.0, 1.0], transform=ax.transData)
+        inset.imshow(to_display(tensor)[0], interpolation="nearest")
+        _finish(inset).set_title(title, fontsize=9)
+
+    def box(x, y, text, colour):
+        ax.add_patch(FancyBboxPatch((x, y), 1.5, 0.8, boxstyle="round,pad=0.05", fc=colour, ec="k"))
+        ax.text(x + 0.75, y + 0.4, text, ha="center", va="center", fontsize=10)
+
+    def arrow(x0, y0, x1, y1, text=""):
+        ax.annotate("", (x1, y1), (x0, y0), arrowprops={"arrowstyle": "->", "lw": 1.5})
+        if text:
+            ax.text((x0 + x1) / 2, (y0 + y1) / 2 + 0.12, text, ha="center", fontsize=9)
+
+    picture(image, 0.2, 1.5, "image")
+    for y, view, t, name in ((2.7, view_a, "t ~ T", "x"), (0.3, view_b, "t' ~ T", "x'")):
+        arrow(1.25, 2.0, 2.45, y + 0.5)
+        ax.text(1.45, y + 0.55 if y > 2 else y + 1.0, t, ha="right", fontsize=10)
+        picture(view, 2.5, y, f"view {name}")
+        arrow(3.55, y + 0.5, 4.2, y + 0.5)
+        box(4.25, y + 0.1, "encoder $f_\\theta$", "#cfe2f3")
+        arrow(5.85, y + 0.5, 6.8, y + 0.5, "repr.")
+        box(6.85, y + 0.1, "projector $h_\\phi$", "#d9ead3")
+        arrow(8.45, y + 0.5, 9.2, y + 0.5)
+        ax.text(9.35, y + 0.5, "z" if name == "x" else "z'", fontsize=13, va="center")
+        arrow(9.7, y + 0.5, 10.3, 2.0)
+    ax.text(6.55, 1.9, "shared weights", ha="center", fontsize=9, style="italic")
+    for x in (5.0, 7.6):  # the two branches are one network: dashed links between their boxes
+        ax.annotate("", (x, 1.2), (x, 2.7), arrowprops={"arrowstyle": "<->", "ls": "--", "color": "grey"})
+    box(10.35, 1.6, "loss\nV + I + C", "#fce5cd")
+    ax.set_title("Joint-embedding architecture: two views, one network, a loss on the pair of embeddings")
     return fig
 
 
