@@ -28,10 +28,12 @@ class Spy:
 
     def __init__(self, fail_on: int | None = None) -> None:
         self.calls: list[tuple[float, float, float]] = []
+        self.seeds: list[int] = []
         self.fail_on = fail_on
 
     def __call__(self, config: TrainConfig):
         self.calls.append((config.lam, config.mu, config.nu))
+        self.seeds.append(config.seed)
         if self.fail_on == len(self.calls):
             raise KeyboardInterrupt("simulated interruption")
         return train.pretrain(config)
@@ -98,7 +100,7 @@ def test_changed_config_or_probe_reruns(sweep):
     run_ablation([(1, 0, 0)], TINY, cache_dir=cache, probe_epochs=2, probe_train_images=48, progress=False,
                  pretrain=spy)
     assert spy.calls == [(1.0, 0.0, 0.0)]
-    assert len(list(cache.glob("lam1_mu0_nu0-*/result.json"))) == 2  # the first result is kept
+    assert len(list(cache.glob("lam1_mu0_nu0_seed0-*/result.json"))) == 2  # the first result is kept
     # out_dir and the progress bar do not change what a run computes: same key
     assert ablation.cache_key(TINY, {}, "data") == ablation.cache_key(
         dataclasses.replace(TINY, out_dir="elsewhere", progress=True), {}, "data")
@@ -144,7 +146,7 @@ def test_the_cache_key_follows_a_replaced_archive_of_the_same_name_size_and_mtim
 
 def test_a_cached_result_of_the_wrong_shape_is_recomputed(sweep, tmp_path):
     cache, _, _ = sweep
-    path = next(cache.glob("lam1_mu0_nu0-*/result.json"))
+    path = next(cache.glob("lam1_mu0_nu0_seed0-*/result.json"))
     key = path.parent.name.split("-")[1]
     payload = json.loads(path.read_text())
     wrong_types = [{**payload, "row": {**payload["row"], name: value}}
@@ -160,7 +162,7 @@ def test_interrupted_sweep_keeps_finished_settings(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_ablation(grid, TINY, cache_dir=tmp_path, probe_epochs=2, progress=False, pretrain=Spy(fail_on=2))
     results = sorted(tmp_path.glob("*/result.json"))
-    assert [p.parent.name.split("-")[0] for p in results] == ["lam5_mu5_nu1"]
+    assert [p.parent.name.split("-")[0] for p in results] == ["lam5_mu5_nu1_seed0"]
     assert json.loads(results[0].read_text())["row"]["lam"] == 5.0
     assert not list(tmp_path.glob("*/.result.json.*"))  # no temporary file left behind
     spy = Spy()
@@ -171,7 +173,7 @@ def test_interrupted_sweep_keeps_finished_settings(tmp_path):
 
 def test_damaged_result_file_is_recomputed(sweep, tmp_path):
     cache, _, table = sweep
-    path = next(cache.glob("lam1_mu0_nu0-*/result.json"))
+    path = next(cache.glob("lam1_mu0_nu0_seed0-*/result.json"))
     copy = tmp_path / path.parent.name / path.name
     copy.parent.mkdir()
     copy.write_text(path.read_text()[:50])  # truncated, as after a crash mid-write without os.replace
@@ -273,7 +275,7 @@ def test_cli_ablate_tiny_run_prints_the_table_beside_the_papers(tmp_path, capsys
     assert "verdict" in header and "paper top-1 %" in header
     assert row.split()[:3] == ["25", "0", "1"] and "collapse" in row
     assert "1 settings" in out and "0 from the cache" in out
-    assert len(list(tmp_path.glob("lam25_mu0_nu1-*/result.json"))) == 1
+    assert len(list(tmp_path.glob("lam25_mu0_nu1_seed0-*/result.json"))) == 1
     assert main(argv) == 0  # the second time it comes from the cache
     assert "1 from the cache" in capsys.readouterr().out
 
@@ -323,3 +325,79 @@ def test_the_untrained_baseline_is_measured_with_batchnorm_statistics_of_the_dat
     raw = ablation.evaluate_random_init(TINY, probe_epochs=2)
     assert calibrated["report"]["rms_std"] > 5 * raw["report"]["rms_std"]
     assert calibrated["verdict"] != COLLAPSED
+
+
+# ---- seeds ----------------------------------------------------------------------------------
+
+
+def test_each_seed_is_its_own_run_and_its_own_cached_result(one_thread, tmp_path):
+    spy = Spy()
+    table = run_ablation([(25, 25, 1)], TINY, cache_dir=tmp_path, probe_epochs=2, progress=False, pretrain=spy,
+                         seeds=[3, 4])
+    assert spy.seeds == [3, 4] and [row["seed"] for row in table] == [3, 4]
+    first, second = table.runs((25, 25, 1))
+    # the seed reaches the training: other weights, other batches, other embeddings
+    assert first["loss"] != second["loss"] and first["std_per_dim"] != second["std_per_dim"]
+    assert sorted(p.parent.name.split("-")[0] for p in tmp_path.glob("*/result.json")) == [
+        "lam25_mu25_nu1_seed3", "lam25_mu25_nu1_seed4"]
+    spy = Spy()  # the same seed again: loaded, not trained, and the very same numbers
+    again = run_ablation([(25, 25, 1)], TINY, cache_dir=tmp_path, probe_epochs=2, progress=False, pretrain=spy,
+                         seeds=[4])
+    assert spy.calls == [] and again[0]["cached"]
+    assert {k: v for k, v in again[0].items() if k != "cached"} == {k: v for k, v in second.items() if k != "cached"}
+    with pytest.raises(KeyError, match="2 runs"):
+        table[(25, 25, 1)]  # ambiguous with two seeds: the error names runs() and summary()
+    assert table.settings() == [(25.0, 25.0, 1.0)] and len(table.summary()) == 1
+
+
+def test_without_seeds_the_config_seed_is_the_one_run(one_thread, tmp_path):
+    spy = Spy()
+    table = run_ablation([(1, 0, 0)], dataclasses.replace(TINY, seed=7), cache_dir=tmp_path, probe_epochs=2,
+                         progress=False, pretrain=spy)
+    assert spy.seeds == [7] and table[(1, 0, 0)]["seed"] == 7
+
+
+@pytest.mark.parametrize("seeds, message", [([], "non-empty"), ([0, 0], "repeat"), ([-1], ">= 0"),
+                                            (["0"], "integers"), (1, "list of integers")])
+def test_bad_seeds_fail_before_any_training(seeds, message, tmp_path):
+    spy = Spy()
+    with pytest.raises(ValueError, match=message):
+        run_ablation([(1, 0, 0)], TINY, cache_dir=tmp_path, progress=False, pretrain=spy, seeds=seeds)
+    assert spy.calls == []
+
+
+def _seed_row(setting, seed, verdict, rms_std, linear, rank=50.0):
+    lam, mu, nu = setting
+    return {"lam": lam, "mu": mu, "nu": nu, "seed": seed, "verdict": verdict, "linear_top1": linear,
+            "knn_top1": linear - 1, "effective_rank": rank,
+            "report": {"rms_std": rms_std, "thresholds": {"std_threshold": 0.05}}}
+
+
+def test_summary_gives_each_setting_its_mean_range_and_verdict_over_the_seeds():
+    rows = [_seed_row((25, 25, 1), 0, HEALTHY, 0.30, 34.0), _seed_row((25, 25, 1), 1, HEALTHY, 0.34, 36.0),
+            _seed_row((25, 5, 1), 0, HEALTHY, 0.10, 30.0), _seed_row((25, 5, 1), 1, COLLAPSED, 0.04, 28.0)]
+    summary = AblationTable(rows).summary()
+    default, weak = summary[(25, 25, 1)], summary[(25, 5, 1)]
+    assert default["seeds"] == [0, 1] and default["verdict"] == HEALTHY and not default["near_collapse"]
+    assert default["linear_top1"]["mean"] == pytest.approx(35.0)
+    assert (default["linear_top1"]["min"], default["linear_top1"]["max"]) == (34.0, 36.0)
+    assert default["rms_std"]["values"] == [0.30, 0.34]
+    assert weak["verdict"] == f"mixed: {HEALTHY} 1, {COLLAPSED} 1" and weak["near_collapse"]
+    near = AblationTable([_seed_row((25, 5, 1), 0, HEALTHY, 0.10, 30.0)]).summary()[(25, 5, 1)]
+    assert near["verdict"] == HEALTHY and near["near_collapse"]  # 0.10 < 3 x 0.05
+    assert "34.0 to 36.0" in str(summary) and "mixed" in summary.to_markdown()
+
+
+def test_compare_settings_claims_a_ranking_only_beyond_the_seed_spread():
+    a = [_seed_row((5, 5, 1), s, HEALTHY, 0.3, v) for s, v in ((0, 35.0), (1, 37.0))]
+    b = [_seed_row((25, 25, 1), s, HEALTHY, 0.3, v) for s, v in ((0, 34.0), (1, 36.0))]
+    c = [_seed_row((1, 1, 0), s, DIMENSIONAL_COLLAPSE, 0.8, v) for s, v in ((0, 31.0), (1, 32.5))]
+    summary = AblationTable(a + b + c).summary()
+    overlapping = ablation.compare_settings(summary[(25, 25, 1)], summary[(5, 5, 1)])
+    assert overlapping["separated"] is False and overlapping["gap"] == pytest.approx(1.0)
+    assert overlapping["sentence"].startswith("(5, 5, 1) and (25, 25, 1) differ by less than their seed spread")
+    apart = ablation.compare_settings(summary[(1, 1, 0)], summary[(25, 25, 1)])
+    assert apart["separated"] is True and apart["higher"]["lam"] == 25.0
+    assert "(25, 25, 1) is ahead by 3.2" in apart["sentence"] and "seeds 31.0 to 32.5" in apart["sentence"]
+    single = AblationTable([a[0], b[0]]).summary()
+    assert ablation.compare_settings(single[(5, 5, 1)], single[(25, 25, 1)])["separated"] is None

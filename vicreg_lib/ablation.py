@@ -1,11 +1,12 @@
-"""Coefficient sweeps: pretrain once per (lam, mu, nu), diagnose collapse, cache every result.
+"""Coefficient sweeps: pretrain once per (lam, mu, nu) and seed, diagnose collapse, cache every result.
 
     config = TrainConfig(width=8, projector="512-512-512", batch_size=64, lr=1e-3, epochs=6)
-    print(run_ablation([(1, 0, 0), (25, 25, 1)], config, cache_dir="runs/ablation").compare_with_paper())
+    table = run_ablation([(1, 0, 0), (25, 25, 1)], config, cache_dir="runs/ablation", seeds=[0, 1])
+    print(table.compare_with_paper()); print(table.summary())  # per run; per setting over the seeds
 
-Each result is one JSON file, written atomically when its run ends, in cache_dir/<lamX_muY_nuZ>-<key>/;
-the key hashes the config's `cache_key` fields, the probe and the data, so a rerun loads, a change
-reruns and an interrupted sweep keeps what it finished. A run that diverges is a "diverged" row.
+Each result is one JSON file, written atomically when its run ends, in cache_dir/<lamX_muY_nuZ>_seedS-<key>/;
+the key hashes the config's `cache_key` fields (the seed among them), the probe and the data, so a rerun
+loads, a change reruns and an interrupted sweep keeps what it finished. A run that diverges is a "diverged" row.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from .eval.report import EvalConfig, encoder_report, random_init_model, text_tab
 from .runstate import atomic_write, read_metrics
 
 __all__ = ["Coefficients", "PAPER_ABLATION", "PAPER_SOURCE", "PAPER_CONFIRMED", "PAPER_PROVENANCE", "AblationTable",
-           "run_ablation", "evaluate_random_init", "measure_model", "parse_grid"]
+           "run_ablation", "evaluate_random_init", "measure_model", "parse_grid", "summarise_seeds",
+           "compare_settings"]
 
 Coefficients = tuple[float, float, float]  # (lam, mu, nu)
 
@@ -55,9 +57,9 @@ PAPER_PROVENANCE = ("Only (25, 25, 1) = 68.6 is confirmed by a source at hand (t
 
 RESULT_NAME = "result.json"
 RUN_NAME = "run"
-RESULT_FORMAT = 3  # bump when the stored row changes, so old caches are recomputed
-ROW_KEYS = ("lam", "mu", "nu", "verdict", "knn_top1", "linear_top1", "history")  # a usable cached row has these
-ROW_NUMBERS = ("lam", "mu", "nu", "loss", "invariance", "variance", "covariance", "std_mean", "effective_rank",
+RESULT_FORMAT = 4  # bump when the stored row changes, so old caches are recomputed
+ROW_KEYS = ("lam", "mu", "nu", "seed", "verdict", "knn_top1", "linear_top1", "history")  # a usable cached row has these
+ROW_NUMBERS = ("lam", "mu", "nu", "seed", "loss", "invariance", "variance", "covariance", "std_mean", "effective_rank",
                "knn_top1", "linear_top1")  # numbers where present: the table formats them as numbers
 
 
@@ -89,9 +91,22 @@ def parse_grid(text: str) -> list[Coefficients]:
     return grid
 
 
-def run_name(coefficients: Coefficients) -> str:
-    """(25.0, 25.0, 1.0) -> 'lam25_mu25_nu1' (folder names)."""
-    return "lam{:g}_mu{:g}_nu{:g}".format(*coefficients)
+def run_name(coefficients: Coefficients, seed: int | None = None) -> str:
+    """(25.0, 25.0, 1.0) -> 'lam25_mu25_nu1'; with seed 2 -> 'lam25_mu25_nu1_seed2' (folder names)."""
+    name = "lam{:g}_mu{:g}_nu{:g}".format(*coefficients)
+    return name if seed is None else f"{name}_seed{seed}"
+
+
+def check_seeds(seeds: Any, default: int) -> list[int]:
+    """None -> [default]; otherwise distinct ints >= 0, e.g. (0, 1, 2)."""
+    if seeds is None:
+        return [default]
+    values = [] if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Iterable) else list(seeds)
+    if not values or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0 for s in values):
+        raise ValueError(f"seeds must be a non-empty list of integers >= 0, e.g. [0, 1, 2], got {seeds!r}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"seeds {seeds!r} repeat a seed: the same seed gives the same run; pass distinct seeds")
+    return [int(s) for s in values]
 
 
 def cache_key(config: TrainConfig, probe: dict[str, Any], data_fingerprint: str) -> str:
@@ -149,13 +164,14 @@ def _run_one(coefficients: Coefficients, config: TrainConfig, run_dir: Path, pro
         measured = measure_model(result.model, result.config, probe)
     except train.TrainingDiverged as error:
         seconds = time.perf_counter() - start
-        return {**dict(zip(("lam", "mu", "nu"), coefficients)), **dict.fromkeys(ROW_NUMBERS[3:], math.nan),
+        return {**dict(zip(("lam", "mu", "nu"), coefficients)), **dict.fromkeys(ROW_NUMBERS[4:], math.nan),
+                "seed": config.seed,
                 "verdict": "diverged", "error": str(error), "std_per_dim": [], "singular_values": [],
                 "history": read_metrics(run_dir) if run_dir.is_dir() else [], "train_time_s": seconds,
                 "time_s": seconds}
     history = read_metrics(result.out_dir)
     last = next((r for r in reversed(history) if "loss" in r), {})
-    return {**dict(zip(("lam", "mu", "nu"), coefficients)),
+    return {**dict(zip(("lam", "mu", "nu"), coefficients)), "seed": config.seed,
             **{name: last.get(name, math.nan) for name in ("loss", "invariance", "variance", "covariance")},
             **measured, "history": history, "train_time_s": train_time, "time_s": time.perf_counter() - start}
 
@@ -170,24 +186,28 @@ def _probe(config: TrainConfig, probe_epochs: int, probe_train_images: int | Non
 def run_ablation(grid: Sequence[Sequence[float]] | str, config: TrainConfig,
                  cache_dir: str | os.PathLike | None = None, probe_epochs: int = 50,
                  probe_train_images: int | None = None, progress: bool = True,
-                 pretrain: Callable[[TrainConfig], Any] | None = None) -> AblationTable:
-    """One measured, cached run per (lam, mu, nu) of `grid` (or "1,0,0;25,25,1"), in grid order; cache_dir
-    default $VICREG_RUNS/ablation; probe_train_images: a seeded subset for kNN and probe (None: all)."""
+                 pretrain: Callable[[TrainConfig], Any] | None = None,
+                 seeds: Sequence[int] | None = None) -> AblationTable:
+    """One measured, cached run per (lam, mu, nu) of `grid` (or "1,0,0;25,25,1") and per seed of `seeds`
+    (None: config.seed alone), in grid order, seeds inner; cache_dir default $VICREG_RUNS/ablation;
+    probe_train_images: a subset for kNN and probe (None: all; the same images for every seed)."""
     grid = parse_grid(grid) if isinstance(grid, str) else [check_coefficients(c) for c in grid]
     if not grid:
         raise ValueError("grid is empty; pass at least one (lam, mu, nu), e.g. [(25, 25, 1)]")
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
+    seeds = check_seeds(seeds, config.seed)
     probe = _probe(config, probe_epochs, probe_train_images)
     runs = os.environ.get("VICREG_RUNS") or "runs"
     cache_dir = Path(cache_dir) if cache_dir is not None else Path(runs) / "ablation"
     start, data_fingerprint, rows = time.perf_counter(), _data_fingerprint(config), []
-    with tqdm(grid, total=len(grid), desc="ablation", disable=not progress) as bar:
-        for coefficients in bar:
-            run_config = dataclasses.replace(config, **dict(zip(("lam", "mu", "nu"), coefficients)))
+    runs_to_do = [(coefficients, seed) for coefficients in grid for seed in seeds]
+    with tqdm(runs_to_do, total=len(runs_to_do), desc="ablation", disable=not progress) as bar:
+        for coefficients, seed in bar:
+            run_config = dataclasses.replace(config, seed=seed, **dict(zip(("lam", "mu", "nu"), coefficients)))
             key = cache_key(run_config, probe, data_fingerprint)
-            folder = cache_dir / f"{run_name(coefficients)}-{key}"
-            bar.set_postfix(run=run_name(coefficients))
+            folder = cache_dir / f"{run_name(coefficients, seed)}-{key}"
+            bar.set_postfix(run=run_name(coefficients, seed))
             row = _load_cached(folder / RESULT_NAME, key)
             cached = row is not None
             if not cached:
@@ -195,7 +215,7 @@ def run_ablation(grid: Sequence[Sequence[float]] | str, config: TrainConfig,
                     row = _run_one(coefficients, run_config, folder / RUN_NAME, probe, pretrain or train.pretrain)
                 except KeyboardInterrupt:
                     raise KeyboardInterrupt(
-                        f"ablation interrupted in {run_name(coefficients)}: the {len(rows)} runs before it are "
+                        f"ablation interrupted in {run_name(coefficients, seed)}: the {len(rows)} runs before it are "
                         f"cached in {str(cache_dir)!r}; run the same call again to compute the rest (the "
                         "interrupted one starts afresh)") from None
                 # written only now, complete: an interruption never leaves a half result behind
@@ -242,12 +262,97 @@ COLUMNS: list[Column] = _COEFFICIENTS + [
     ("effective_rank", "eff. rank", _number(1)), ("verdict", "verdict", str), ("knn_top1", "kNN %", _number(1)),
     ("linear_top1", "linear %", _number(1)),
 ]
+def _range(digits: int) -> Callable[[Any], str]:
+    def show(spread: dict[str, Any]) -> str:
+        if math.isnan(spread["mean"]):
+            return "-"
+        if spread["min"] == spread["max"]:
+            return f"{spread['mean']:.{digits}f}"
+        return f"{spread['mean']:.{digits}f} ({spread['min']:.{digits}f} to {spread['max']:.{digits}f})"
+    return show
+
+
+SUMMARY_COLUMNS: list[Column] = _COEFFICIENTS + [
+    ("seeds", "seeds", lambda seeds: ", ".join(str(s) for s in seeds)), ("verdict", "verdict", str),
+    ("rms_std", "rms std: mean (min to max)", _range(3)), ("effective_rank", "eff. rank", _range(1)),
+    ("knn_top1", "kNN %", _range(1)), ("linear_top1", "linear %", _range(1)),
+]
 PAPER_COLUMNS: list[Column] = [("paper_top1", "paper top-1 %", _paper), ("agrees", "agrees", _agrees)]
 COMPARE_COLUMNS: list[Column] = _COEFFICIENTS + [
     ("paper_top1", "paper (ImageNet) top-1 %", _paper), ("verdict", "ours: verdict", str),
     ("effective_rank", "ours: eff. rank", _number(1)), ("knn_top1", "ours: kNN %", _number(1)),
     ("linear_top1", "ours: linear %", _number(1)), ("agrees", "collapse agrees", _agrees),
 ]
+
+
+SPREAD_KEYS = ("rms_std", "effective_rank", "knn_top1", "linear_top1")  # summarised over the seeds
+SPREAD_LABELS = {"rms_std": ("rms std", 3, ""), "effective_rank": ("effective rank", 1, ""),
+                 "knn_top1": ("kNN accuracy", 1, " %"), "linear_top1": ("linear accuracy", 1, " %")}
+NEAR_COLLAPSE = 3.0  # a verdict other than collapsed whose smallest rms std is below 3x the threshold is "near"
+
+
+def _spread(values: list[float]) -> dict[str, Any]:
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return {"mean": math.nan, "min": math.nan, "max": math.nan, "values": values}
+    return {"mean": sum(finite) / len(finite), "min": min(finite), "max": max(finite), "values": values}
+
+
+def _verdict_over_seeds(verdicts: list[str]) -> str:
+    """"healthy" when every seed says so, else "mixed: healthy 2, collapsed 1" (most frequent first)."""
+    if len(set(verdicts)) == 1:
+        return verdicts[0]
+    counts = sorted({v: verdicts.count(v) for v in verdicts}.items(), key=lambda item: -item[1])
+    return "mixed: " + ", ".join(f"{verdict} {count}" for verdict, count in counts)
+
+
+def summarise_seeds(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (lam, mu, nu), in first-seen order: its seeds, verdicts, the verdict over the seeds, and
+    {mean, min, max, values} of each of SPREAD_KEYS; near_collapse: not collapsed, yet some seed's rms std
+    is below NEAR_COLLAPSE times the collapse threshold."""
+    groups: dict[Coefficients, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["lam"], row["mu"], row["nu"]), []).append(row)
+    summary = []
+    for (lam, mu, nu), runs in groups.items():
+        reports = [run.get("report") or {} for run in runs]
+        values = {key: [float(report.get(key, math.nan)) if key == "rms_std" else float(run.get(key, math.nan))
+                        for run, report in zip(runs, reports)] for key in SPREAD_KEYS}
+        verdict = _verdict_over_seeds([run["verdict"] for run in runs])
+        threshold = next((r["thresholds"]["std_threshold"] for r in reports if "thresholds" in r), math.nan)
+        smallest = _spread(values["rms_std"])["min"]
+        summary.append({"lam": lam, "mu": mu, "nu": nu, "seeds": [run.get("seed") for run in runs],
+                        "verdicts": [run["verdict"] for run in runs], "verdict": verdict,
+                        "std_threshold": threshold,
+                        "near_collapse": verdict != COLLAPSED and smallest < NEAR_COLLAPSE * threshold,
+                        **{key: _spread(values[key]) for key in SPREAD_KEYS}})
+    return summary
+
+
+def setting_name(row: dict[str, Any]) -> str:
+    return f"({row['lam']:g}, {row['mu']:g}, {row['nu']:g})"
+
+
+def compare_settings(first: dict[str, Any], second: dict[str, Any], key: str = "linear_top1") -> dict[str, Any]:
+    """Two `summarise_seeds` rows on `key`: separated (True) only when their seed ranges [min, max] do not
+    overlap, None with a single seed (no spread to judge by); sentence says which, from the numbers."""
+    label, digits, unit = SPREAD_LABELS[key]
+    a, b = sorted((first, second), key=lambda row: -row[key]["mean"])  # a: the larger mean
+
+    def shown(row):
+        low, high = row[key]["min"], row[key]["max"]
+        return f"{setting_name(row)} {row[key]['mean']:.{digits}f}{unit} (seeds {low:.{digits}f} to {high:.{digits}f})"
+
+    gap = a[key]["mean"] - b[key]["mean"]
+    if min(len(a["seeds"]), len(b["seeds"])) < 2:
+        separated, verb = None, f"differ by {gap:.{digits}f} in {label}, with one seed: no spread to judge by"
+    elif a[key]["min"] > b[key]["max"]:
+        separated, verb = True, (f"differ in {label} by more than their seed spread: {setting_name(a)} is ahead "
+                                 f"by {gap:.{digits}f}")
+    else:
+        separated, verb = False, f"differ by less than their seed spread in {label}"
+    return {"separated": separated, "gap": gap, "higher": a, "lower": b,
+            "sentence": f"{setting_name(a)} and {setting_name(b)} {verb}: {shown(a)}, {shown(b)}."}
 
 
 def _paper_columns(row: dict[str, Any]) -> dict[str, Any]:
@@ -274,16 +379,34 @@ class AblationTable:
         return iter(self.rows)
 
     def __getitem__(self, index: int | Sequence[float]) -> dict[str, Any]:
+        """The i-th row, or the one row of a (lam, mu, nu); with several seeds use runs() or summary()."""
         if isinstance(index, int):
             return self.rows[index]
-        wanted = check_coefficients(index)
-        for row in self.rows:
-            if (row["lam"], row["mu"], row["nu"]) == wanted:
-                return row
-        raise KeyError(f"no row for {wanted}; the table holds {self.coefficients()}")
+        runs = self.runs(index)
+        if len(runs) > 1:
+            raise KeyError(f"{check_coefficients(index)} has {len(runs)} runs (seeds "
+                           f"{[row.get('seed') for row in runs]}); use table.runs(setting) for each run or "
+                           "table.summary()[setting] for the setting over its seeds")
+        return runs[0]
+
+    def runs(self, setting: Sequence[float]) -> list[dict[str, Any]]:
+        """Every row of one (lam, mu, nu), one per seed."""
+        wanted = check_coefficients(setting)
+        runs = [row for row in self.rows if (row["lam"], row["mu"], row["nu"]) == wanted]
+        if not runs:
+            raise KeyError(f"no row for {wanted}; the table holds {self.settings()}")
+        return runs
 
     def coefficients(self) -> list[Coefficients]:
         return [(row["lam"], row["mu"], row["nu"]) for row in self.rows]
+
+    def settings(self) -> list[Coefficients]:
+        """The distinct (lam, mu, nu), in order."""
+        return list(dict.fromkeys(self.coefficients()))
+
+    def summary(self) -> AblationTable:
+        """One row per setting over its seeds (`summarise_seeds`): verdict, mean and range of each number."""
+        return AblationTable(summarise_seeds(self.rows), SUMMARY_COLUMNS, self.elapsed_s)
 
     def with_paper(self) -> AblationTable:
         """Our columns plus the paper's top-1 and whether the collapse verdicts agree."""

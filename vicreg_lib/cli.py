@@ -132,6 +132,8 @@ def add_ablate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", default=None,
                         help="one folder per setting and config (default: $VICREG_RUNS/ablation)")
     parser.add_argument("--probe-epochs", type=int, default=50, help="epochs of the linear probe")
+    parser.add_argument("--seeds", default=None,
+                        help="seeds separated by ',', one run per setting and seed, e.g. 0,1,2 (default: --seed)")
     add_pretrain_arguments(parser, per_setting=False)  # shared by every setting's run
 
 
@@ -141,15 +143,20 @@ def run_ablate(args: argparse.Namespace) -> int:
     try:
         grid = parse_grid(args.grid)
         config = config_from_args(args)
+        seeds = None if args.seeds is None else [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError as error:
-        return _fail(str(error))
+        return _fail(f"--seeds {args.seeds!r}: write integers separated by ',', e.g. 0,1,2"
+                     if "int()" in str(error) else str(error))
     try:
         table = run_ablation(grid, config, cache_dir=args.cache_dir, probe_epochs=args.probe_epochs,
-                             progress=config.progress)
-    except (ValueError, FileNotFoundError, OSError) as error:  # bad data spec, probe_epochs
+                             progress=config.progress, seeds=seeds)
+    except (ValueError, FileNotFoundError, OSError) as error:  # bad data spec, probe_epochs, seeds
         return _fail(str(error))
     print(table.with_paper())
-    print(f"{len(table)} settings in {table.elapsed_s:.1f} s ({sum(r['cached'] for r in table)} from the cache)")
+    if len(table) > len(table.settings()):
+        print(table.summary())
+    print(f"{len(table.settings())} settings, {len(table)} runs in {table.elapsed_s:.1f} s "
+          f"({sum(r['cached'] for r in table)} from the cache)")
     return 0
 
 

@@ -19,6 +19,7 @@ from vicreg_lib.tutorial.plotting import (  # noqa: E402
     _spread_points,
     draw_joint_embedding,
     plot_ablation_accuracy,
+    plot_ablation_rms_std,
     plot_ablation_spectra,
     plot_ablation_std_history,
     plot_ablation_std_per_dim,
@@ -223,6 +224,28 @@ def test_ablation_plots_draw_one_line_per_setting():
     assert axes[3].lines[0].get_ydata()[0] == 12.5  # the random-init line
     bars = [patch.get_height() for patch in axes[3].patches]
     assert bars == [20.0, 35.0, 21.0, 36.0]  # kNN bars, then linear bars
+    plt.close(fig)
+
+
+def test_ablation_plots_show_each_seed_and_one_legend_entry_per_setting():
+    rows = [ABLATION_ROWS[0], {**ABLATION_ROWS[1], "seed": 0},
+            {**ABLATION_ROWS[1], "seed": 1, "knn_top1": 33.0, "linear_top1": 38.0}]
+    for row, rms in zip(rows, (0.004, 0.3, 0.4)):
+        row["report"] = {"rms_std": rms, "thresholds": {"std_threshold": 0.05}}
+    fig, axes = plt.subplots(1, 3)
+    plot_ablation_accuracy(rows, axes[0], test_images=1017)
+    bars = [patch.get_height() for patch in axes[0].patches]
+    assert bars == [20.0, 34.0, 21.0, 37.0]  # the mean over the seeds
+    seed_dots = [list(line.get_ydata()) for line in axes[0].lines]
+    assert seed_dots == [[35.0, 33.0], [36.0, 38.0]]  # each seed's own accuracy, for the two-seed setting
+    assert "1,017 test images" in axes[0].get_title()
+    plot_ablation_std_history(rows, axes[1])
+    labelled = [line.get_label() for line in axes[1].lines if not line.get_label().startswith("_")]
+    assert labelled == ["(1, 0, 0) collapsed", "(25, 25, 1) healthy, 2 seeds"]
+    assert len(axes[1].lines) == 4  # a line per run, and the dotted target std
+    plot_ablation_rms_std(rows, axes[2])
+    assert [list(line.get_ydata()) for line in axes[2].lines[:2]] == [[0.004], [0.3, 0.4]]
+    assert axes[2].lines[2].get_ydata()[0] == 0.05  # the collapse threshold
     plt.close(fig)
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "plot_embedding_scatter", "plot_thumbnails", "plot_retrieval",
     "METRIC_PANELS", "plot_metrics", "LiveMetricsFigure",
     "plot_ablation_std_history", "plot_ablation_std_per_dim", "plot_ablation_spectra", "plot_ablation_accuracy",
+    "plot_ablation_rms_std",
 ]
 
 
@@ -293,14 +294,34 @@ class LiveMetricsFigure:
         plt.close(self.figure)  # shown through the handle already: do not let the notebook draw it again
 
 
-# The plot_ablation_* take an ``ablation.AblationTable`` or its rows (dicts with lam, mu, nu, verdict, ...).
+# The plot_ablation_* take an ``ablation.AblationTable`` or its rows (dicts with lam, mu, nu, verdict, ...);
+# several rows of one (lam, mu, nu) are its seeds: one colour, one legend entry, the spread drawn.
+
+
+def _by_setting(table: Iterable[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in table:
+        groups.setdefault((row["lam"], row["mu"], row["nu"]), []).append(row)
+    return list(groups.values())
+
+
+def _setting_label(runs: list[dict[str, Any]], short: bool = False) -> str:
+    row = runs[0]
+    if short:
+        return f"({row['lam']:g},{row['mu']:g},{row['nu']:g})"
+    verdicts = sorted({r["verdict"] for r in runs})
+    seeds = f", {len(runs)} seeds" if len(runs) > 1 else ""
+    return f"({row['lam']:g}, {row['mu']:g}, {row['nu']:g}) {' / '.join(verdicts)}{seeds}"
 
 
 def _setting_lines(table: Iterable[dict[str, Any]], ax, curve, gamma: bool, marker: str | None = None, **labels):
-    """One log-scale line per row, (xs, ys) = curve(row); gamma: the variance term's target std 1, dotted."""
+    """Log-scale lines, (xs, ys) = curve(row): one colour and legend entry per setting, a line per seed;
+    gamma: the variance term's target std 1, dotted."""
     ax = _new_axes_if_none(ax)
-    for row in table:
-        ax.plot(*curve(row), marker=marker, label=f"({row['lam']:g}, {row['mu']:g}, {row['nu']:g}) {row['verdict']}")
+    for index, runs in enumerate(_by_setting(table)):
+        for seed_index, row in enumerate(runs):
+            ax.plot(*curve(row), marker=marker, color=f"C{index % 10}", alpha=1.0 if len(runs) == 1 else 0.7,
+                    label=_setting_label(runs) if seed_index == 0 else "_nolegend_")
     if gamma:
         ax.axhline(1.0, color="gray", linestyle=":", linewidth=1)
     ax.set(yscale="log", **labels)
@@ -340,18 +361,54 @@ def plot_ablation_spectra(table: Iterable[dict[str, Any]], ax=None):
                           title="Singular value spectrum of the embeddings")
 
 
-def plot_ablation_accuracy(table: Iterable[dict[str, Any]], ax=None, baseline: dict[str, Any] | None = None):
-    """kNN and linear top-1 (%) bars per row; ``baseline`` (``evaluate_random_init``'s) a dashed line."""
-    ax, rows = _new_axes_if_none(ax), list(table)
+def _finite_mean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def plot_ablation_accuracy(table: Iterable[dict[str, Any]], ax=None, baseline: dict[str, Any] | None = None,
+                           test_images: int | None = None):
+    """kNN and linear top-1 (%) per setting: a bar at the mean over its seeds, a black dot per seed and a
+    min-max bar when there are several; ``baseline`` (``evaluate_random_init``'s) a dashed line."""
+    ax, groups = _new_axes_if_none(ax), _by_setting(table)
     if baseline is not None:
         ax.axhline(baseline["linear_top1"], color="gray", linestyle="--", linewidth=1,
                    label=f"random init, linear ({baseline['linear_top1']:.1f} %)")
-    positions = range(len(rows))
+    positions = range(len(groups))
     for shift, key, label in ((-0.2, "knn_top1", "kNN"), (0.2, "linear_top1", "linear")):
-        ax.bar([p + shift for p in positions], [r[key] for r in rows], width=0.4, label=label)
-    ax.set_xticks(list(positions), [f"({r['lam']:g},{r['mu']:g},{r['nu']:g})" for r in rows], rotation=20)
-    tallest = max([r["knn_top1"] for r in rows] + [r["linear_top1"] for r in rows] + [1.0])
+        values = [[float(r[key]) for r in runs] for runs in groups]
+        ax.bar([p + shift for p in positions], [_finite_mean(v) for v in values], width=0.4, label=label)
+        for position, seeds in zip(positions, values):
+            if len(seeds) > 1:
+                ax.vlines(position + shift, min(seeds), max(seeds), color="black", linewidth=1)
+                ax.plot([position + shift] * len(seeds), seeds, "o", color="black", markersize=3,
+                        label="_nolegend_")
+    ax.set_xticks(list(positions), [_setting_label(runs, short=True) for runs in groups], rotation=20)
+    tallest = max([float(r[key]) for runs in groups for r in runs for key in ("knn_top1", "linear_top1")
+                   if not math.isnan(float(r[key]))] + [1.0])
     ax.set_ylim(0, 1.3 * tallest)  # room for the legend above the bars
-    ax.set(xlabel="(λ, μ, ν)", ylabel="top-1 accuracy (%)", title="Accuracy on the held-out split")
+    where = f" ({test_images:,} test images)" if test_images else ""
+    seeds = max((len(runs) for runs in groups), default=1)
+    ax.set(xlabel="(λ, μ, ν)", ylabel="top-1 accuracy (%)",
+           title=f"Accuracy on the held-out split{where}" + (", dots: seeds" if seeds > 1 else ""))
     ax.legend(fontsize=8, loc="upper left", ncol=3)
+    return ax
+
+
+def plot_ablation_rms_std(table: Iterable[dict[str, Any]], ax=None):
+    """Each run's rms std of z (row["report"]["rms_std"]), a dot per seed on a log axis, beside the collapse
+    threshold (row["report"]["thresholds"]["std_threshold"], dashed): how far each verdict is from it."""
+    ax, groups = _new_axes_if_none(ax), _by_setting(table)
+    threshold = None
+    for position, runs in enumerate(groups):
+        reports = [r.get("report") or {} for r in runs]
+        values = [max(r["rms_std"], 1e-8) for r in reports if "rms_std" in r]
+        ax.plot([position] * len(values), values, "o", color=f"C{position % 10}", label="_nolegend_")
+        threshold = next((r["thresholds"]["std_threshold"] for r in reports if "thresholds" in r), threshold)
+    if threshold is not None:
+        ax.axhline(threshold, color="gray", linestyle="--", linewidth=1, label=f"collapse threshold {threshold:g}")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_xticks(list(range(len(groups))), [_setting_label(runs, short=True) for runs in groups], rotation=20)
+    ax.set(yscale="log", xlabel="(λ, μ, ν)", ylabel="rms std of z (held-out batch)",
+           title="Spread of the embeddings, a dot per seed")
     return ax
