@@ -386,6 +386,12 @@ def test_summary_gives_each_setting_its_mean_range_and_verdict_over_the_seeds():
     near = AblationTable([_seed_row((25, 5, 1), 0, HEALTHY, 0.10, 30.0)]).summary()[(25, 5, 1)]
     assert near["verdict"] == HEALTHY and near["near_collapse"]  # 0.10 < 3 x 0.05
     assert "34.0 to 36.0" in str(summary) and "mixed" in summary.to_markdown()
+    compared = summary.compare_with_paper()  # beside the paper: (25, 25, 1) learned, so did every seed
+    assert compared[(25, 25, 1)]["agrees"] is True and compared.settings() == [(25.0, 25.0, 1.0)]
+    assert "paper (ImageNet) top-1 %" in str(compared) and "34.0 to 36.0" in str(compared)
+    mixed = AblationTable([_seed_row((1, 0, 0), 0, COLLAPSED, 0.01, 20.0),
+                           _seed_row((1, 0, 0), 1, HEALTHY, 0.2, 25.0)]).summary().compare_with_paper()
+    assert mixed[(1, 0, 0)]["agrees"] == "1 of 2 seeds" and "| 1 of 2 seeds |" in mixed.to_markdown()
 
 
 def test_compare_settings_claims_a_ranking_only_beyond_the_seed_spread():

@@ -251,7 +251,8 @@ def _paper(value: Any) -> str:
     return "-" if value == "n/a" else "collapse" if value is None else f"{value:.1f}"
 
 
-_agrees = {True: "yes", False: "NO", None: "-"}.__getitem__
+def _agrees(value: bool | str | None) -> str:
+    return value if isinstance(value, str) else {True: "yes", False: "NO", None: "-"}[value]
 
 
 Column = tuple[str, str, Callable[[Any], str]]  # (row key, header, formatter)
@@ -276,6 +277,12 @@ SUMMARY_COLUMNS: list[Column] = _COEFFICIENTS + [
     ("seeds", "seeds", lambda seeds: ", ".join(str(s) for s in seeds)), ("verdict", "verdict", str),
     ("rms_std", "rms std: mean (min to max)", _range(3)), ("effective_rank", "eff. rank", _range(1)),
     ("knn_top1", "kNN %", _range(1)), ("linear_top1", "linear %", _range(1)),
+]
+SUMMARY_COMPARE_COLUMNS: list[Column] = _COEFFICIENTS + [
+    ("paper_top1", "paper (ImageNet) top-1 %", _paper), ("seeds", "seeds", SUMMARY_COLUMNS[3][2]),
+    ("verdict", "ours: verdict", str), ("rms_std", "ours: rms std", _range(3)),
+    ("effective_rank", "ours: eff. rank", _range(1)), ("linear_top1", "ours: linear %", _range(1)),
+    ("agrees", "collapse agrees", _agrees),
 ]
 PAPER_COLUMNS: list[Column] = [("paper_top1", "paper top-1 %", _paper), ("agrees", "agrees", _agrees)]
 COMPARE_COLUMNS: list[Column] = _COEFFICIENTS + [
@@ -357,12 +364,15 @@ def compare_settings(first: dict[str, Any], second: dict[str, Any], key: str = "
 
 def _paper_columns(row: dict[str, Any]) -> dict[str, Any]:
     """The paper's number and whether our verdict agrees: its "collapse" is only our "collapsed" (a
-    dimensional collapse still learned, which the paper reports as a lower accuracy)."""
+    dimensional collapse still learned, which the paper reports as a lower accuracy). A summary row over
+    seeds agrees when every seed does, and says "k of n seeds" when only some do."""
     coefficients = (row["lam"], row["mu"], row["nu"])
     if coefficients not in PAPER_ABLATION:
         return {"paper_top1": "n/a", "agrees": None}
     paper_collapsed = PAPER_ABLATION[coefficients] is None
-    return {"paper_top1": PAPER_ABLATION[coefficients], "agrees": paper_collapsed == (row["verdict"] == COLLAPSED)}
+    each = [paper_collapsed == (verdict == COLLAPSED) for verdict in row.get("verdicts", [row["verdict"]])]
+    agrees = all(each) if all(each) or not any(each) else f"{sum(each)} of {len(each)} seeds"
+    return {"paper_top1": PAPER_ABLATION[coefficients], "agrees": agrees}
 
 
 class AblationTable:
@@ -414,10 +424,11 @@ class AblationTable:
         return AblationTable(rows, self.columns + PAPER_COLUMNS, self.elapsed_s)
 
     def compare_with_paper(self) -> AblationTable:
-        """The runs the paper reports, side by side with its ImageNet number."""
+        """The runs (or, on a summary(), the settings) the paper reports, beside its ImageNet number."""
         rows = [{**row, **_paper_columns(row)} for row in self.rows
                 if (row["lam"], row["mu"], row["nu"]) in PAPER_ABLATION]
-        return AblationTable(rows, COMPARE_COLUMNS, self.elapsed_s)
+        columns = SUMMARY_COMPARE_COLUMNS if self.columns is SUMMARY_COLUMNS else COMPARE_COLUMNS
+        return AblationTable(rows, columns, self.elapsed_s)
 
     def _cells(self) -> tuple[list[str], list[list[str]]]:
         return ([header for _, header, _ in self.columns],
