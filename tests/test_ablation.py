@@ -303,6 +303,7 @@ def test_random_init_baseline_is_the_untrained_network(one_thread):
                                                                               HEALTHY)
     other_seed = ablation.evaluate_random_init(dataclasses.replace(TINY, seed=5), probe_epochs=2)
     assert other_seed["std_per_dim"] != first["std_per_dim"]
+    assert (first["seed"], other_seed["seed"]) == (0, 5)
 
 
 def test_paper_collapse_means_a_complete_verdict():
@@ -404,6 +405,11 @@ def test_compare_settings_claims_a_ranking_only_beyond_the_seed_spread():
     assert overlapping["sentence"].startswith("(5, 5, 1) and (25, 25, 1) differ by less than their seed spread")
     apart = ablation.compare_settings(summary[(1, 1, 0)], summary[(25, 25, 1)])
     assert apart["separated"] is True and apart["higher"]["lam"] == 25.0
-    assert "(25, 25, 1) is ahead by 3.2" in apart["sentence"] and "seeds 31.0 to 32.5" in apart["sentence"]
+    assert "(25, 25, 1) ahead by 3.2" in apart["sentence"] and "seeds 31.0 to 32.5" in apart["sentence"]
+    untrained = ablation.summarise_runs([{"seed": s, "verdict": HEALTHY, "linear_top1": v, "report": {}}
+                                          for s, v in ((0, 26.0), (1, 27.0))], name="untrained")
+    assert untrained["seeds"] == [0, 1] and untrained["linear_top1"]["max"] == 27.0
+    assert ablation.compare_settings(untrained, summary[(1, 1, 0)])["sentence"].startswith(
+        "(1, 1, 0) and untrained differ in linear accuracy by more than their seed spread")
     single = AblationTable([a[0], b[0]]).summary()
     assert ablation.compare_settings(single[(5, 5, 1)], single[(25, 25, 1)])["separated"] is None

@@ -34,7 +34,7 @@ from .eval.report import EvalConfig, encoder_report, random_init_model, text_tab
 from .runstate import atomic_write, read_metrics
 
 __all__ = ["Coefficients", "PAPER_ABLATION", "PAPER_SOURCE", "PAPER_CONFIRMED", "PAPER_PROVENANCE", "AblationTable",
-           "run_ablation", "evaluate_random_init", "measure_model", "parse_grid", "summarise_seeds",
+           "run_ablation", "evaluate_random_init", "measure_model", "parse_grid", "summarise_runs", "summarise_seeds",
            "compare_settings"]
 
 Coefficients = tuple[float, float, float]  # (lam, mu, nu)
@@ -235,11 +235,13 @@ def _data_fingerprint(config: TrainConfig) -> str:
 
 def evaluate_random_init(config: TrainConfig, probe_epochs: int = 50,
                          probe_train_images: int | None = None) -> dict[str, Any]:
-    """`measure_model` of `random_init_model` seeded by config.seed: the baseline a run has to beat."""
+    """`measure_model` of `random_init_model` seeded by config.seed (and that "seed"): the baseline a run
+    has to beat."""
     config = config.resolved()
     probe = _probe(config, probe_epochs, probe_train_images)
     train_images = load_dataset(config.data, "train", config.data_root)[0]
-    return measure_model(random_init_model(config.arch(), train_images, config.seed), config, probe)
+    model = random_init_model(config.arch(), train_images, config.seed)
+    return {**measure_model(model, config, probe), "seed": config.seed}
 
 
 def _number(digits: int) -> Callable[[Any], str]:
@@ -313,31 +315,41 @@ def _verdict_over_seeds(verdicts: list[str]) -> str:
     return "mixed: " + ", ".join(f"{verdict} {count}" for verdict, count in counts)
 
 
+def summarise_runs(runs: Sequence[dict[str, Any]], name: str | None = None) -> dict[str, Any]:
+    """Runs of one setting (rows of `run_ablation`, or `evaluate_random_init` results, one per seed) as one
+    row: seeds, verdicts, the verdict over the seeds, {mean, min, max, values} of each of SPREAD_KEYS, and
+    near_collapse: not collapsed, yet some seed's rms std is below NEAR_COLLAPSE times the collapse
+    threshold. name: what `setting_name` calls the row (default: its (lam, mu, nu))."""
+    if not runs:
+        raise ValueError("summarise_runs needs at least one run")
+    reports = [run.get("report") or {} for run in runs]
+    values = {key: [float(report.get(key, math.nan)) if key == "rms_std" else float(run.get(key, math.nan))
+                    for run, report in zip(runs, reports)] for key in SPREAD_KEYS}
+    verdict = _verdict_over_seeds([run["verdict"] for run in runs])
+    threshold = next((r["thresholds"]["std_threshold"] for r in reports if "thresholds" in r), math.nan)
+    smallest = _spread(values["rms_std"])["min"]
+    row = {"seeds": [run.get("seed") for run in runs], "verdicts": [run["verdict"] for run in runs],
+           "verdict": verdict, "std_threshold": threshold,
+           "near_collapse": verdict != COLLAPSED and smallest < NEAR_COLLAPSE * threshold,
+           **{key: _spread(values[key]) for key in SPREAD_KEYS}}
+    return {"name": name, **row} if name is not None else row
+
+
 def summarise_seeds(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (lam, mu, nu), in first-seen order: its seeds, verdicts, the verdict over the seeds, and
-    {mean, min, max, values} of each of SPREAD_KEYS; near_collapse: not collapsed, yet some seed's rms std
-    is below NEAR_COLLAPSE times the collapse threshold."""
+    """`summarise_runs` of each (lam, mu, nu), in first-seen order, with its lam, mu and nu."""
     groups: dict[Coefficients, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["lam"], row["mu"], row["nu"]), []).append(row)
-    summary = []
-    for (lam, mu, nu), runs in groups.items():
-        reports = [run.get("report") or {} for run in runs]
-        values = {key: [float(report.get(key, math.nan)) if key == "rms_std" else float(run.get(key, math.nan))
-                        for run, report in zip(runs, reports)] for key in SPREAD_KEYS}
-        verdict = _verdict_over_seeds([run["verdict"] for run in runs])
-        threshold = next((r["thresholds"]["std_threshold"] for r in reports if "thresholds" in r), math.nan)
-        smallest = _spread(values["rms_std"])["min"]
-        summary.append({"lam": lam, "mu": mu, "nu": nu, "seeds": [run.get("seed") for run in runs],
-                        "verdicts": [run["verdict"] for run in runs], "verdict": verdict,
-                        "std_threshold": threshold,
-                        "near_collapse": verdict != COLLAPSED and smallest < NEAR_COLLAPSE * threshold,
-                        **{key: _spread(values[key]) for key in SPREAD_KEYS}})
-    return summary
+    return [{"lam": lam, "mu": mu, "nu": nu, **summarise_runs(runs)} for (lam, mu, nu), runs in groups.items()]
 
 
 def setting_name(row: dict[str, Any]) -> str:
-    return f"({row['lam']:g}, {row['mu']:g}, {row['nu']:g})"
+    """"(25, 25, 1)", or the row's "name" (e.g. "untrained")."""
+    return row["name"] if "name" in row else f"({row['lam']:g}, {row['mu']:g}, {row['nu']:g})"
+
+
+def _capitalised(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def compare_settings(first: dict[str, Any], second: dict[str, Any], key: str = "linear_top1") -> dict[str, Any]:
@@ -354,12 +366,12 @@ def compare_settings(first: dict[str, Any], second: dict[str, Any], key: str = "
     if min(len(a["seeds"]), len(b["seeds"])) < 2:
         separated, verb = None, f"differ by {gap:.{digits}f} in {label}, with one seed: no spread to judge by"
     elif a[key]["min"] > b[key]["max"]:
-        separated, verb = True, (f"differ in {label} by more than their seed spread: {setting_name(a)} is ahead "
+        separated, verb = True, (f"differ in {label} by more than their seed spread, {setting_name(a)} ahead "
                                  f"by {gap:.{digits}f}")
     else:
         separated, verb = False, f"differ by less than their seed spread in {label}"
     return {"separated": separated, "gap": gap, "higher": a, "lower": b,
-            "sentence": f"{setting_name(a)} and {setting_name(b)} {verb}: {shown(a)}, {shown(b)}."}
+            "sentence": _capitalised(f"{setting_name(a)} and {setting_name(b)} {verb}: {shown(a)}, {shown(b)}.")}
 
 
 def _paper_columns(row: dict[str, Any]) -> dict[str, Any]:

@@ -239,6 +239,11 @@ def test_ablation_plots_show_each_seed_and_one_legend_entry_per_setting():
     seed_dots = [list(line.get_ydata()) for line in axes[0].lines]
     assert seed_dots == [[35.0, 33.0], [36.0, 38.0]]  # each seed's own accuracy, for the two-seed setting
     assert "1,017 test images" in axes[0].get_title()
+    plot_ablation_accuracy(rows, axes[1], baseline={"linear_top1": {"mean": 12.0, "min": 11.0, "max": 13.0}})
+    assert axes[1].lines[0].get_ydata()[0] == 12.0  # the untrained seeds' mean, their range a band
+    band = axes[1].transData.inverted().transform(axes[1].patches[0].get_window_extent())[:, 1]
+    assert list(band) == pytest.approx([11.0, 13.0])
+    axes[1].clear()
     plot_ablation_std_history(rows, axes[1])
     labelled = [line.get_label() for line in axes[1].lines if not line.get_label().startswith("_")]
     assert labelled == ["(1, 0, 0) collapsed", "(25, 25, 1) healthy, 2 seeds"]

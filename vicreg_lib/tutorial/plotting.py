@@ -369,11 +369,15 @@ def _finite_mean(values: list[float]) -> float:
 def plot_ablation_accuracy(table: Iterable[dict[str, Any]], ax=None, baseline: dict[str, Any] | None = None,
                            test_images: int | None = None):
     """kNN and linear top-1 (%) per setting: a bar at the mean over its seeds, a black dot per seed and a
-    min-max bar when there are several; ``baseline`` (``evaluate_random_init``'s) a dashed line."""
+    min-max bar when there are several; ``baseline``: ``evaluate_random_init``'s (a dashed line), or
+    ``ablation.summarise_runs`` of several (a dashed line at the mean, a band from min to max)."""
     ax, groups = _new_axes_if_none(ax), _by_setting(table)
     if baseline is not None:
-        ax.axhline(baseline["linear_top1"], color="gray", linestyle="--", linewidth=1,
-                   label=f"random init, linear ({baseline['linear_top1']:.1f} %)")
+        linear = baseline["linear_top1"]
+        mean = linear["mean"] if isinstance(linear, dict) else linear
+        ax.axhline(mean, color="gray", linestyle="--", linewidth=1, label=f"random init, linear ({mean:.1f} %)")
+        if isinstance(linear, dict) and linear["max"] > linear["min"]:
+            ax.axhspan(linear["min"], linear["max"], color="gray", alpha=0.2, linewidth=0)
     positions = range(len(groups))
     for shift, key, label in ((-0.2, "knn_top1", "kNN"), (0.2, "linear_top1", "linear")):
         values = [[float(r[key]) for r in runs] for runs in groups]
