@@ -265,3 +265,8 @@ def test_plot_knn_against_minutes_draws_each_curve_where_its_points_are():
         plot_knn_against_minutes({"yours": []})
     with pytest.raises(ValueError, match="minutes, epoch, kNN"):
         plot_knn_against_minutes({"yours": [(1.0, 30.0)]})
+    ax = plot_knn_against_minutes({"GPU": gpu, "yours": [(0.0, 0, 20.0), (2.5, 2, 30.0)]}, log_x=True)
+    assert ax.get_xscale() == "log"
+    assert list(ax.lines[0].get_xdata()) == [point[0] for point in gpu[1:]]  # minute 0 left out
+    assert list(ax.lines[1].get_ydata()) == [30.0]
+    plt.close("all")

@@ -337,20 +337,26 @@ def knn_by_minutes(records: Sequence[dict]) -> list[tuple[float, int, float]]:
     return curve
 
 
-def plot_knn_against_minutes(curves: dict[str, Sequence[Sequence[float]]], ax=None, title: str | None = None):
+def plot_knn_against_minutes(curves: dict[str, Sequence[Sequence[float]]], ax=None, title: str | None = None,
+                             log_x: bool = False):
     """One line per named curve of (minutes, epoch, kNN top-1 %) points (``knn_by_minutes``,
-    ``ReferenceRun.knn_curve``), its last point labelled with its epoch; returns the Axes."""
+    ``ReferenceRun.knn_curve``), its last point labelled with its epoch; returns the Axes. log_x: minutes on
+    a log scale, where minute 0 (the untrained network) has no place: those points are left out."""
     ax = _new_axes_if_none(ax, (7, 3.6))
     for name, curve in curves.items():
         points = [tuple(point) for point in curve]
         if not points or any(len(point) != 3 for point in points):
             raise ValueError(f"curve {name!r} must be a non-empty list of (minutes, epoch, kNN %) points, "
-                             f"got {curve!r:.80}")
+                             f"got {str(curve)[:80]}")
+        points = [point for point in points if point[0] > 0] if log_x else points
+        if not points:
+            continue
         minutes, epochs, accuracy = zip(*points)
         line, = ax.plot(minutes, accuracy, marker="o", markersize=4, label=name)
         ax.annotate(f"epoch {epochs[-1]}", (minutes[-1], accuracy[-1]), textcoords="offset points",
                     xytext=(4, -10), fontsize=8, color=line.get_color())
-    ax.set(xlabel="minutes since the start of training", ylabel="kNN top-1 (%)")
+    ax.set(xlabel="minutes since the start of training", ylabel="kNN top-1 (%)",
+           xscale="log" if log_x else "linear")
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8, loc="lower right")
     if title:
