@@ -270,3 +270,43 @@ def test_the_joint_embedding_diagram_shows_the_image_and_both_views():
     assert np.allclose(shown[0], to_display(image[None])[0])
     assert np.allclose(shown[1], to_display(view_a)[0]) and np.allclose(shown[2], to_display(view_b)[0])
     plt.close(fig)
+
+# ---- kNN accuracy against minutes -------------------------------------------------------------
+
+
+def test_knn_by_minutes_adds_up_epoch_times_and_fills_in_an_interrupted_epoch():
+    from vicreg_lib.tutorial.plotting import knn_by_minutes
+
+    records = [
+        {"epoch": 0, "step": 0, "knn_top1": 20.0},
+        {"epoch": 1, "step": 10, "epoch_time_s": 60.0, "train_time_s": 50.0},
+        # interrupted after 4 of its 10 steps: the record times the 6 after (30 s): 4 more at 5 s each
+        {"epoch": 2, "step": 20, "epoch_time_s": 40.0, "train_time_s": 30.0, "resumed_at_step": 4,
+         "knn_top1": 30.0},
+        {"epoch": 3, "step": 30, "epoch_time_s": 90.0, "train_time_s": 60.0, "knn_top1": 35.0},
+    ]
+    assert knn_by_minutes(records) == [(0.0, 0, 20.0), (2.0, 2, 30.0), (3.5, 3, 35.0)]
+    assert knn_by_minutes([]) == []
+
+
+def test_plot_knn_against_minutes_draws_each_curve_where_its_points_are():
+    from vicreg_lib.tutorial.plotting import plot_knn_against_minutes
+    from vicreg_lib.tutorial.reference_runs import reference_run
+
+    gpu = reference_run().knn_curve
+    ax = plot_knn_against_minutes({"GPU": gpu, "yours": [(0.0, 0, 20.0), (2.5, 2, 30.0)]}, title="t")
+    assert [line.get_label() for line in ax.lines] == ["GPU", "yours"]
+    assert list(ax.lines[0].get_xdata()) == [point[0] for point in gpu]
+    assert list(ax.lines[1].get_ydata()) == [20.0, 30.0]
+    assert [text.get_text() for text in ax.texts] == [f"epoch {gpu[-1][1]}", "epoch 2"]
+    assert ax.get_ylim()[0] == 0 and ax.get_title() == "t"
+    plt.close("all")
+    with pytest.raises(ValueError, match="minutes, epoch, kNN"):
+        plot_knn_against_minutes({"yours": []})
+    with pytest.raises(ValueError, match="minutes, epoch, kNN"):
+        plot_knn_against_minutes({"yours": [(1.0, 30.0)]})
+    ax = plot_knn_against_minutes({"GPU": gpu, "yours": [(0.0, 0, 20.0), (2.5, 2, 30.0)]}, log_x=True)
+    assert ax.get_xscale() == "log"
+    assert list(ax.lines[0].get_xdata()) == [point[0] for point in gpu[1:]]  # minute 0 left out
+    assert list(ax.lines[1].get_ydata()) == [30.0]
+    plt.close("all")

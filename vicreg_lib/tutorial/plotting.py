@@ -415,4 +415,52 @@ def plot_ablation_rms_std(table: Iterable[dict[str, Any]], ax=None):
     ax.set_xticks(list(range(len(groups))), [_setting_label(runs, short=True) for runs in groups], rotation=20)
     ax.set(yscale="log", xlabel="(λ, μ, ν)", ylabel="rms std of z (held-out batch)",
            title="Spread of the embeddings, a dot per seed")
+
+# ---- a run's kNN accuracy against the minutes it took ---------------------------------------------
+
+__all__ += ["knn_by_minutes", "plot_knn_against_minutes"]
+
+
+def knn_by_minutes(records: Sequence[dict]) -> list[tuple[float, int, float]]:
+    """(minutes, epoch, kNN top-1 %) of a run's records (``read_metrics``), as ReferenceRun.knn_curve: the
+    minutes add up each epoch's ``epoch_time_s`` (steps, checkpoint and evaluation). An epoch resumed after an
+    interruption records only the time after it: its steps before are counted at the speed of those after."""
+    minutes, previous_step, curve = 0.0, 0, []
+    for record in records:
+        if "epoch_time_s" in record:
+            seconds, resumed = record["epoch_time_s"], record.get("resumed_at_step", 0)
+            if resumed:
+                timed_steps = max(record["step"] - previous_step - resumed, 1)
+                seconds += resumed * record["train_time_s"] / timed_steps
+            minutes += seconds / 60
+        previous_step = record.get("step", previous_step)
+        if record.get("knn_top1") is not None:
+            curve.append((minutes, record["epoch"], record["knn_top1"]))
+    return curve
+
+
+def plot_knn_against_minutes(curves: dict[str, Sequence[Sequence[float]]], ax=None, title: str | None = None,
+                             log_x: bool = False):
+    """One line per named curve of (minutes, epoch, kNN top-1 %) points (``knn_by_minutes``,
+    ``ReferenceRun.knn_curve``), its last point labelled with its epoch; returns the Axes. log_x: minutes on
+    a log scale, where minute 0 (the untrained network) has no place: those points are left out."""
+    ax = _new_axes_if_none(ax, (7, 3.6))
+    for name, curve in curves.items():
+        points = [tuple(point) for point in curve]
+        if not points or any(len(point) != 3 for point in points):
+            raise ValueError(f"curve {name!r} must be a non-empty list of (minutes, epoch, kNN %) points, "
+                             f"got {str(curve)[:80]}")
+        points = [point for point in points if point[0] > 0] if log_x else points
+        if not points:
+            continue
+        minutes, epochs, accuracy = zip(*points)
+        line, = ax.plot(minutes, accuracy, marker="o", markersize=4, label=name)
+        ax.annotate(f"epoch {epochs[-1]}", (minutes[-1], accuracy[-1]), textcoords="offset points",
+                    xytext=(4, -10), fontsize=8, color=line.get_color())
+    ax.set(xlabel="minutes since the start of training", ylabel="kNN top-1 (%)",
+           xscale="log" if log_x else "linear")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8, loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=10)
     return ax
