@@ -7,7 +7,7 @@ import torch.nn as nn
 from support import TinyEncoder, gaussian_clusters, random_images
 
 from vicreg_lib.data import CIFAR10_MEAN, CIFAR10_STD
-from vicreg_lib.eval.features import extract_features, knn_accuracy, normalize_images
+from vicreg_lib.eval.features import cached_features, extract_features, features_key, knn_accuracy, normalize_images
 
 
 # ----------------------------------------------------------------------------- normalize_images
@@ -183,3 +183,59 @@ def test_knn_errors():
         knn_accuracy(x, y + 5, x, y, num_classes=3)
     with pytest.raises(ValueError, match=">= 0"):
         knn_accuracy(x, y - 1, x, y)
+
+
+# ----------------------------------------------------------------------------- cached_features
+
+
+class _CountingEncoder(TinyEncoder):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return super().forward(x)
+
+
+def test_cached_features_computes_once_then_reads_the_file(tmp_path):
+    torch.manual_seed(0)
+    encoder, images = _CountingEncoder(), random_images(10)
+    first = cached_features(encoder, images, tmp_path, batch_size=4, device="cpu")
+    assert encoder.calls == 3 and len(list(tmp_path.glob("features-*.pt"))) == 1
+    again = cached_features(encoder, images, tmp_path, batch_size=4, device="cpu")
+    assert encoder.calls == 3  # read from the file, no forward pass
+    torch.testing.assert_close(again, first)
+    torch.testing.assert_close(first, extract_features(encoder, images, device="cpu"))
+
+
+def test_cached_features_key_changes_with_weights_batchnorm_statistics_and_images():
+    torch.manual_seed(0)
+    encoder, images = TinyEncoder(), random_images(6)
+    key = features_key(encoder, images)
+    assert features_key(encoder, images) == key
+    assert features_key(encoder, random_images(6, seed=1)) != key
+    assert features_key(encoder, images, which="embedding") != key
+    encoder.bn.running_mean += 1  # a calibrated BatchNorm gives other features
+    calibrated = features_key(encoder, images)
+    assert calibrated != key
+    with torch.no_grad():
+        encoder.conv.weight.mul_(2)
+    assert features_key(encoder, images) not in (key, calibrated)
+
+
+def test_cached_features_recomputes_a_damaged_file(tmp_path):
+    torch.manual_seed(0)
+    encoder, images = _CountingEncoder(), random_images(5)
+    expected = cached_features(encoder, images, tmp_path, device="cpu")
+    (file,) = tmp_path.glob("features-*.pt")
+    file.write_bytes(b"not a tensor")
+    again = cached_features(encoder, images, tmp_path, device="cpu")
+    assert encoder.calls == 2
+    torch.testing.assert_close(again, expected)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_features_key_rejects_a_plain_function():
+    with pytest.raises(ValueError, match="nn.Module"):
+        features_key(lambda x: x.mean(dim=(2, 3)), random_images(2))

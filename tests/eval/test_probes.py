@@ -247,6 +247,28 @@ def test_linear_probe_learns_separable_features():
     assert result["history"][-1] < result["history"][0]
 
 
+def test_linear_probe_trains_on_one_cpu_thread_and_restores_the_count(monkeypatch):
+    seen, fit = [], le.fit_classifier
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(le, "fit_classifier", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train_x, train_y = gaussian_clusters(10, 4, seed=8)
+        linear_probe(train_x, train_y, train_x, train_y, epochs=2, device="cpu")
+        assert seen == [1] and torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="inside"), le.one_cpu_thread(torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2  # restored after an error too
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_linear_probe_on_shuffled_labels_is_near_chance():
     train_x, train_y = gaussian_clusters(30, 10, seed=6)
     test_x, test_y = gaussian_clusters(30, 10, seed=6)

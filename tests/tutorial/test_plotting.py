@@ -23,7 +23,10 @@ from vicreg_lib.tutorial.plotting import (  # noqa: E402
     plot_ablation_spectra,
     plot_ablation_std_history,
     plot_ablation_std_per_dim,
+    plot_accuracy_vs_compute,
+    plot_confusion_matrix,
     plot_embedding_scatter,
+    plot_label_efficiency,
     plot_metrics,
     plot_retrieval,
     plot_thumbnails,
@@ -310,3 +313,70 @@ def test_plot_knn_against_minutes_draws_each_curve_where_its_points_are():
     assert list(ax.lines[0].get_xdata()) == [point[0] for point in gpu[1:]]  # minute 0 left out
     assert list(ax.lines[1].get_ydata()) == [30.0]
     plt.close("all")
+
+# ---- linear evaluation and fair comparisons ------------------------------------------------------------------
+
+
+def test_confusion_matrix_writes_every_cell_and_checks_its_shape():
+    matrix = np.array([[90.0, 10.0], [25.0, 75.0]])
+    ax = plot_confusion_matrix(matrix, ["cat", "dog"])
+    assert [text.get_text() for text in ax.texts] == ["90", "10", "25", "75"]
+    assert [label.get_text() for label in ax.get_yticklabels()] == ["cat", "dog"]
+    with pytest.raises(ValueError, match="C, C"):
+        plot_confusion_matrix(matrix, ["cat", "dog", "bird"])
+    plt.close("all")
+
+
+def test_label_efficiency_draws_every_seed_and_a_line_through_the_means():
+    ax = plot_label_efficiency({"VICReg": {0.1: [60.0, 62.0], 0.01: [40.0, 44.0], 1.0: [70.0]},
+                                "supervised": {0.01: [30.0]}})
+    vicreg, supervised = ax.lines
+    assert list(vicreg.get_xdata()) == [0.01, 0.1, 1.0] and list(vicreg.get_ydata()) == [42.0, 61.0, 70.0]
+    assert vicreg.get_label() == "VICReg" and list(supervised.get_ydata()) == [30.0]
+    seeds = np.concatenate([collection.get_offsets() for collection in ax.collections])
+    assert sorted(map(tuple, seeds.tolist())) == [(0.01, 30.0), (0.01, 40.0), (0.01, 44.0), (0.1, 60.0),
+                                                  (0.1, 62.0), (1.0, 70.0)]
+    assert ax.get_xscale() == "log"
+    with pytest.raises(ValueError, match="fraction"):
+        plot_label_efficiency({"bad": {0.0: [50.0]}})
+    with pytest.raises(ValueError, match="at least one"):
+        plot_label_efficiency({"bad": {0.1: []}})
+    plt.close("all")
+
+
+class _Reference:
+    knn_curve = ((0.0, 0, 30.0), (1.0, 10, 60.0), (2.0, 20, 70.0))
+    fast_probe_top1, train_minutes, epochs, knn_k, device = 75.0, 1.9, 20, 200, "GPU X"
+
+
+def _line(ax, prefix):
+    (line,) = [line for line in ax.lines if line.get_label().startswith(prefix)]
+    return list(line.get_xdata()), list(line.get_ydata())
+
+
+def test_accuracy_vs_compute_puts_minutes_left_and_epochs_right():
+    supervised = [{"fraction": 1.0, "budget_s": 120.0, "test_top1": 80.0},
+                  {"fraction": 0.1, "budget_s": 45.0, "test_top1": 70.0},  # not all labels: not drawn
+                  {"fraction": 1.0, "budget_s": 30.0, "test_top1": 72.0}]
+    quoted = [{"name": "long run", "epochs": 500, "top1": 85.0}]
+    fig = plot_accuracy_vs_compute(_Reference(), supervised, quoted, own_runs={"mine": [(0.0, 0, 20.0), (9.0, 3, 40.0)]})
+    left, right = fig.axes
+    assert _line(left, "VICReg kNN") == ([1.0, 2.0], [60.0, 70.0])  # minute 0 is the dotted untrained line
+    assert _line(left, "VICReg + fast") == ([1.9], [75.0])
+    assert _line(left, "supervised") == ([0.5, 2.0], [72.0, 80.0])  # sorted by minutes, all labels only
+    assert _line(left, "mine (CPU minutes)") == ([9.0], [40.0])
+    assert _line(left, "untrained")[1] == [30.0, 30.0]
+    assert _line(right, "VICReg kNN") == ([10, 20], [60.0, 70.0])
+    assert _line(right, "VICReg + fast") == ([20], [75.0])
+    assert _line(right, "long run") == ([500], [85.0])
+    assert _line(right, "mine") == ([3], [40.0])
+    assert left.get_xscale() == right.get_xscale() == "log"
+    plt.close(fig)
+
+
+def test_accuracy_vs_compute_needs_a_curve():
+    class Empty(_Reference):
+        knn_curve = ()
+
+    with pytest.raises(ValueError, match="knn_curve"):
+        plot_accuracy_vs_compute(Empty(), [])

@@ -63,3 +63,12 @@ def test_a_named_run_without_weights_is_one_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no checkpoint.pt and no weight parts"):
         pretrained.notebook_model(_settings(tmp_path, VICREG_RUN=str(tmp_path / "empty")))
+
+
+def test_knn_curve_of_sums_minutes_over_every_epoch_and_keeps_the_evaluated_ones():
+    from vicreg_lib.tutorial.pretrained import knn_curve_of
+
+    records = [{"epoch": 0, "knn_top1": 20.0}, {"epoch": 1, "epoch_time_s": 60.0},
+               {"epoch": 2, "epoch_time_s": 120.0, "knn_top1": 40.0}]
+    assert knn_curve_of(records) == [(0.0, 0, 20.0), (3.0, 2, 40.0)]
+    assert knn_curve_of([]) == []

@@ -1,11 +1,15 @@
 """Frozen features and the weighted kNN; the training loop imports it, so it needs nothing else of eval/.
 
     h = extract_features(model.encoder, images)          # uint8 (N, 3, H, W) -> float32 (N, D), CPU
+    h = cached_features(model, images, "runs/cache")     # the same, kept on disk for the next run
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -18,7 +22,7 @@ from ..data import CIFAR10_MEAN, CIFAR10_STD, check_labels
 from ..hardware import resolve_device
 
 __all__ = ["NonFiniteFeaturesError", "normalize_images", "feature_function", "frozen", "accelerator_autocast",
-           "require_finite", "extract_features", "check_labels", "count_classes", "check_feature_pair",
+           "require_finite", "extract_features", "cached_features", "features_key", "check_labels", "count_classes", "check_feature_pair",
            "knn_accuracy"]
 
 
@@ -109,6 +113,47 @@ def extract_features(model: Callable[[torch.Tensor], torch.Tensor], images: torc
     features = torch.cat(chunks)
     if features.ndim != 2:
         raise ValueError(f"the model returned features of shape {tuple(features.shape)}; expected (N, D)")
+    return features
+
+
+def _digest_tensor(digest, tensor: torch.Tensor) -> None:
+    tensor = tensor.detach().cpu().contiguous()
+    digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+    digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def features_key(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                 which: str = "representation") -> str:
+    """sha256 (hex) of what features depend on: the model's parameters and buffers (BatchNorm statistics
+    included), the images (N, 3, H, W) and `which`."""
+    if not isinstance(model, nn.Module):
+        raise ValueError("features_key needs an nn.Module (its weights identify the features), got "
+                         f"{type(model).__name__}; call extract_features for a plain function")
+    digest = hashlib.sha256(which.encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        _digest_tensor(digest, tensor)
+    _digest_tensor(digest, images)
+    return digest.hexdigest()
+
+
+def cached_features(model: nn.Module, images: torch.Tensor, cache_dir: str | os.PathLike,
+                    which: str = "representation", **extract_kwargs) -> torch.Tensor:
+    """extract_features(model, images, which=which) (N, D), kept in cache_dir/features-<key>.pt: a rerun with
+    the same weights and images reads the file instead of computing; other weights or images, another file."""
+    path = Path(cache_dir) / f"features-{which}-{features_key(model, images, which)[:24]}.pt"
+    if path.is_file():
+        try:
+            features = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # a truncated or foreign file: computed again below and replaced
+            features = None
+        if isinstance(features, torch.Tensor) and features.ndim == 2 and features.shape[0] == images.shape[0]:
+            return features
+    features = extract_features(model, images, which=which, **extract_kwargs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(features, partial)
+    partial.replace(path)  # atomic: a reader never sees half a file
     return features
 
 

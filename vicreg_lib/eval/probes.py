@@ -11,6 +11,7 @@ standardised features computed once, Adam, agreeing with scikit-learn's Logistic
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -32,7 +33,7 @@ from .features import (accelerator_autocast, check_count, check_feature_pair, ch
 
 __all__ = ["Optimization", "FitResult", "fit_classifier", "topk_accuracy", "LinearProtocol", "PROTOCOLS",
            "describe_protocol", "linear_eval", "linear_probe", "fast_probe_epochs", "class_balanced_subset",
-           "check_fractions", "label_efficiency"]
+           "check_fractions", "label_efficiency", "one_cpu_thread"]
 
 CROP_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default aspect-ratio range
 FAST_MIN_STEPS = 1000  # the fast probe's floor of optimizer steps on small train sets
@@ -252,6 +253,19 @@ def _scores(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor) -> di
     return {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5)}
 
 
+@contextlib.contextmanager
+def one_cpu_thread(device: torch.device):
+    """On the CPU, torch uses one thread inside: a linear head's steps are too small to share out, and on a busy
+    CPU threads that wait for one another make them many times slower. Other devices: nothing changes."""
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def fast_probe_epochs(num_train: int, epochs: int = 100, batch_size: int = 256) -> int:
     """`epochs`, or more to reach FAST_MIN_STEPS steps over `num_train` samples."""
     return max(epochs, math.ceil(FAST_MIN_STEPS / math.ceil(num_train / batch_size)))
@@ -271,7 +285,7 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     mean, std = x_train.mean(dim=0), x_train.std(dim=0, correction=0).clamp_min(1e-6)  # constant dims stay finite
     x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
     head = _new_head(x_train.shape[1], n_classes, _FAST.head_init, seed, device)
-    with torch.enable_grad():
+    with torch.enable_grad(), one_cpu_thread(device):
         fit = fit_classifier(head, x_train, train_labels, optimization, epochs=epochs,
                              generator=torch.Generator().manual_seed(seed), desc="linear probe (fast)")
     with torch.no_grad():

@@ -20,6 +20,8 @@ __all__ = [
     "METRIC_PANELS", "plot_metrics", "LiveMetricsFigure",
     "plot_ablation_std_history", "plot_ablation_std_per_dim", "plot_ablation_spectra", "plot_ablation_accuracy",
     "plot_ablation_rms_std",
+
+    "plot_confusion_matrix", "plot_label_efficiency", "plot_accuracy_vs_compute",
 ]
 
 
@@ -464,3 +466,98 @@ def plot_knn_against_minutes(curves: dict[str, Sequence[Sequence[float]]], ax=No
     if title:
         ax.set_title(title, fontsize=10)
     return ax
+
+# ---- linear evaluation and fair comparisons (notebook 05) -----------------------------------------------------
+
+
+def plot_confusion_matrix(matrix: torch.Tensor | np.ndarray, classes: Sequence[str], ax=None,
+                          title: str | None = None):
+    """matrix (C, C): % of each true class (row) given each predicted class (column), written in its cells."""
+    matrix = _numpy(matrix).astype(float)
+    if matrix.ndim != 2 or matrix.shape != (len(classes), len(classes)):
+        raise ValueError(f"matrix must be (C, C) with C = len(classes) = {len(classes)}, got {matrix.shape}")
+    ax = _new_axes_if_none(ax, (6.5, 5.5))
+    image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=100)
+    for i, j in np.ndindex(*matrix.shape):
+        ax.text(j, i, f"{matrix[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                color="white" if matrix[i, j] > 50 else "black")  # readable on dark cells
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set(xlabel="predicted class", ylabel="true class", title=title or "% of each true class")
+    ax.figure.colorbar(image, ax=ax)
+    return ax
+
+
+def plot_label_efficiency(curves: dict[str, dict[float, Sequence[float]]], ax=None, title: str | None = None):
+    """Test top-1 (%) against the fraction of labels (log axis): for each method {fraction: [top-1 of each
+    seed]}, every seed a point and a line through the means."""
+    ax = _new_axes_if_none(ax, (6, 4))
+    for index, (name, by_fraction) in enumerate(curves.items()):
+        if not by_fraction or any(not 0 < f <= 1 or len(v) == 0 for f, v in by_fraction.items()):
+            raise ValueError(f"{name!r}: give {{fraction in (0, 1]: [top-1 of each seed, at least one]}}, "
+                             f"got {by_fraction!r}")
+        color, fractions = f"C{index}", sorted(by_fraction)
+        ax.plot(fractions, [float(np.mean(by_fraction[f])) for f in fractions], color=color, marker="o",
+                markersize=4, label=name)
+        for f in fractions:
+            ax.scatter([f] * len(by_fraction[f]), by_fraction[f], color=color, alpha=0.5, s=25)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(lambda x, _: f"{x:.0%}")
+    ax.set(xlabel="fraction of training labels", ylabel="test top-1 (%)",
+           title=title or "Accuracy against the number of labels")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def _own_runs(ax, own_runs: dict[str, Sequence[Sequence[float]]], column: int, suffix: str) -> None:
+    for index, (name, curve) in enumerate(own_runs.items()):
+        points = [point for point in curve if point[column] > 0]  # a log axis: epoch 0 / minute 0 left out
+        ax.plot([p[column] for p in points], [p[2] for p in points], linestyle="--", marker="o", fillstyle="none",
+                color=f"C{3 + index}", label=f"{name}{suffix}")
+
+
+def plot_accuracy_vs_compute(reference: Any, supervised: Iterable[dict], quoted: Iterable[dict] = (),
+                             own_runs: dict[str, Sequence[Sequence[float]]] | None = None, fig=None):
+    """Two panels. Left, top-1 against GPU minutes (log): the reference run's kNN curve (a ReferenceRun:
+    knn_curve [(minutes, epoch, top-1)], fast_probe_top1, train_minutes, epochs, knn_k, device), its fast probe,
+    the supervised runs on all labels (rows: fraction, budget_s, test_top1) and own_runs {name: [(minutes,
+    epoch, top-1)]} marked as CPU minutes. Right, against epochs (log): the reference, own_runs and the quoted
+    results (rows: name, epochs, top1), which have no minutes."""
+    curve = [tuple(point) for point in reference.knn_curve]
+    if not curve or any(len(point) != 3 for point in curve):
+        raise ValueError(f"reference.knn_curve must be a non-empty list of (minutes, epoch, top-1), got {curve!r}")
+    own_runs = own_runs or {}
+    if fig is None:
+        import matplotlib.pyplot as plt
+
+        fig = plt.figure(figsize=(13, 4.5))
+    left, right = fig.subplots(1, 2, sharey=True)
+    trained = [point for point in curve if point[1] > 0]
+    untrained = [point[2] for point in curve if point[1] == 0]
+    full = sorted((row["budget_s"] / 60, row["test_top1"]) for row in supervised if row["fraction"] == 1.0)
+    left.plot([p[0] for p in trained], [p[2] for p in trained], marker="o", markersize=4, color="C0",
+              label=f"VICReg kNN (k={reference.knn_k}), {reference.device}")
+    left.plot([reference.train_minutes], [reference.fast_probe_top1], marker="*", markersize=13, color="C0",
+              linestyle="none", label="VICReg + fast linear probe")
+    if full:
+        left.plot(*zip(*full), marker="s", color="C1", label=f"supervised, all labels, {reference.device}")
+    _own_runs(left, own_runs, 0, " (CPU minutes)")
+    right.plot([p[1] for p in trained], [p[2] for p in trained], marker="o", markersize=4, color="C0",
+               label=f"VICReg kNN (k={reference.knn_k})")
+    right.plot([reference.epochs], [reference.fast_probe_top1], marker="*", markersize=13, color="C0",
+               linestyle="none", label="VICReg + fast linear probe")
+    for index, row in enumerate(quoted):
+        right.plot([row["epochs"]], [row["top1"]], marker="D", color=f"C{6 + index}", linestyle="none",
+                   label=f"{row['name']} (quoted)")
+    _own_runs(right, own_runs, 1, "")
+    for ax, xlabel in ((left, "training minutes (log)"), (right, "pretraining epochs (log)")):
+        if untrained:
+            ax.axhline(untrained[0], color="gray", linestyle=":", label="untrained network, kNN")
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    left.set(ylabel="test top-1 (%)", title="Accuracy against compute")
+    right.set_title("Accuracy against epochs")
+    return fig

@@ -21,7 +21,7 @@ from ..runstate import read_metrics
 from .notebook_env import NotebookSettings
 from .reference_runs import ReferenceRun, reference_run, weights_sha256
 
-__all__ = ["NotebookModel", "notebook_model"]
+__all__ = ["NotebookModel", "notebook_model", "knn_curve_of"]
 
 
 @dataclass
@@ -38,12 +38,7 @@ class NotebookModel:
         """(minutes, epoch, kNN top-1 %) along the run: the reference's record or the run's metrics."""
         if self.reference is not None:
             return [tuple(point) for point in self.reference.knn_curve]
-        minutes, curve = 0.0, []
-        for record in self.metrics:
-            minutes += record.get("epoch_time_s", 0.0) / 60
-            if "knn_top1" in record:
-                curve.append((minutes, record["epoch"], record["knn_top1"]))
-        return curve
+        return knn_curve_of(self.metrics)
 
     def describe(self) -> str:
         if self.kind == "reference":
@@ -63,6 +58,16 @@ class NotebookModel:
         if curve:
             text += f"; its last kNN accuracy during training: {curve[-1][2]:.1f}% (epoch {curve[-1][1]})"
         return text + "."
+
+
+def knn_curve_of(records: list[dict]) -> list[tuple[float, int, float]]:
+    """(minutes, epoch, kNN top-1 %) of a run's per-epoch records (read_metrics), minutes summed over epochs."""
+    minutes, curve = 0.0, []
+    for record in records:
+        minutes += record.get("epoch_time_s", 0.0) / 60
+        if "knn_top1" in record:
+            curve.append((minutes, record["epoch"], record["knn_top1"]))
+    return curve
 
 
 def _shown(path: Path, settings: NotebookSettings) -> str:
