@@ -14,9 +14,9 @@ from vicreg_lib.eval.invariance import (
     PROBE_VIEW,
     PROBED,
     augmentation_probe,
+    describe_probe,
     probe_parameter,
     probe_views,
-    random_init_model,
 )
 
 MEAN, STD = (torch.tensor(v).view(1, 3, 1, 1) for v in (CIFAR10_MEAN, CIFAR10_STD))
@@ -140,19 +140,17 @@ def test_augmentation_probe_needs_models():
         augmentation_probe({}, random_images(4), random_images(4))
 
 
-# ----------------------------------------------------------------------------- random_init_model
+# ----------------------------------------------------------------------------- describe_probe
 
 
-def test_random_init_model_is_calibrated_and_repeatable():
-    arch = dict(backbone="cifar", width=4, projector="16-16-16")
-    images = random_images(40, size=16)
-    model = random_init_model(arch, images, seed=3, batch_size=16)
-    assert not model.training
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    projector_norms = [m for m in model.projector.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    assert norms and projector_norms
-    for norm in norms:  # statistics of the data, not the initial mean 0 and variance 1
-        assert not torch.allclose(norm.running_var, torch.ones_like(norm.running_var))
-    again = random_init_model(arch, images, seed=3, batch_size=16)
-    for mine, theirs in zip(model.state_dict().values(), again.state_dict().values()):
-        torch.testing.assert_close(mine, theirs)
+def test_describe_probe_says_what_the_numbers_show():
+    scores = {"crop area": {"M h": 0.6, "M z": 0.0, "R h": 0.2, "R z": 0.1},
+              "flip": {"M h": 0.05, "M z": 0.02, "R h": 0.0, "R z": -0.01},
+              "hue": {"M h": 0.0, "M z": 0.3, "R h": 0.25, "R z": 0.2}}
+    text = describe_probe(scores, model="M", untrained="R")
+    assert text.startswith("Compared with M h, M z keeps less of crop area (0.00 vs 0.60), more of hue (0.30 vs "
+                           "0.00) and about as much of flip (0.02 vs 0.05).")
+    assert "Compared with R h, M h keeps less of hue (0.00 vs 0.25), more of crop area (0.60 vs 0.20)" in text
+    assert text.endswith("No feature set recovers flip (every score below 0.1).")
+    with pytest.raises(ValueError, match="'VICReg z'"):
+        describe_probe(scores)

@@ -15,10 +15,9 @@ import numpy as np
 import torch
 
 from ..augment import BatchAugment, ViewRecipe
-from ..model import build_model, calibrate_batchnorm
-from .features import check_images, extract_features, frozen, normalize_images
+from .features import check_images, extract_features, frozen
 
-__all__ = ["PROBE_VIEW", "PROBED", "probe_views", "probe_parameter", "augmentation_probe", "random_init_model"]
+__all__ = ["PROBE_VIEW", "PROBED", "probe_views", "probe_parameter", "augmentation_probe", "describe_probe"]
 
 # The `fast` recipe's crop (area 0.2-1 of the image), flip and hue range (ColorJitter's 0.1: a shift of up to a
 # tenth of a turn), each drawn independently on every view. Brightness, contrast, saturation, blur and solarize
@@ -112,18 +111,31 @@ def augmentation_probe(models: dict[str, torch.nn.Module], train_images: torch.T
     return scores
 
 
-def random_init_model(arch: dict, calibration_images: torch.Tensor, seed: int = 0,
-                      batch_size: int = 500) -> torch.nn.Module:
-    """The architecture `arch` (a model's .arch) at random initialisation, its BatchNorm statistics (encoder's
-    and projector's) set from the uint8 calibration images (n, 3, H, W), in eval mode: an untrained network
-    measured fairly (with its initial statistics, a component shared by all images dominates its features)."""
-    check_images(calibration_images, "calibration_images")
-    torch.manual_seed(seed)
-    model = build_model(**arch)
-    batches = [normalize_images(calibration_images[i:i + batch_size])
-               for i in range(0, len(calibration_images), batch_size)]
-    with torch.no_grad():
-        calibrate_batchnorm(model.encoder, batches)
-        calibrate_batchnorm(model.projector, [model.encoder(batch) for batch in batches])
-    return model.eval()
+def _listed(items: list[str]) -> str:
+    return ", ".join(items[:-1]) + f" and {items[-1]}" if len(items) > 1 else items[0]
 
+
+def describe_probe(scores: dict[str, dict[str, float]], model: str = "VICReg", untrained: str = "random init",
+                   margin: float = 0.1) -> str:
+    """augmentation_probe's scores in sentences: what the model's z keeps compared with its h, its h compared
+    with the untrained network's h, and which parameters no feature set recovers. Differences within
+    ``margin`` count as "about as much"."""
+    def compare(first: str, second: str) -> dict[str, list[str]]:
+        groups: dict[str, list[str]] = {"less": [], "more": [], "about as much": []}
+        for parameter, row in scores.items():
+            a, b = row[first], row[second]
+            key = "less" if a < b - margin else "more" if a > b + margin else "about as much"
+            groups[key].append(f"{parameter} ({round(a, 2) + 0.0:.2f} vs {round(b, 2) + 0.0:.2f})")
+        return groups
+
+    sentences = []
+    for first, second in ((f"{model} z", f"{model} h"), (f"{model} h", f"{untrained} h")):
+        missing = [name for name in (first, second) for row in scores.values() if name not in row]
+        if missing:
+            raise ValueError(f"scores have no {missing[0]!r}: pass the names given to augmentation_probe")
+        parts = [f"{how} of {_listed(items)}" for how, items in compare(first, second).items() if items]
+        sentences.append(f"Compared with {second}, {first} keeps {_listed(parts)}.")
+    unread = [parameter for parameter, row in scores.items() if max(row.values()) < margin]
+    if unread:
+        sentences.append(f"No feature set recovers {_listed(unread)} (every score below {margin:g}).")
+    return " ".join(sentences)

@@ -19,6 +19,7 @@ __all__ = [
     "plot_embedding_scatter", "plot_thumbnails", "plot_retrieval",
     "METRIC_PANELS", "plot_metrics", "LiveMetricsFigure",
     "plot_ablation_std_history", "plot_ablation_std_per_dim", "plot_ablation_spectra", "plot_ablation_accuracy",
+    "plot_invariance_probe",
 ]
 
 
@@ -311,4 +312,30 @@ def plot_ablation_accuracy(table: Iterable[dict[str, Any]], ax=None, baseline: d
     ax.set_ylim(0, 1.3 * tallest)  # room for the legend above the bars
     ax.set(xlabel="(λ, μ, ν)", ylabel="top-1 accuracy (%)", title="Accuracy on the held-out split")
     ax.legend(fontsize=8, loc="upper left", ncol=3)
+    return ax
+
+
+def plot_invariance_probe(scores: dict[str, dict[str, float]], ax=None, title: str | None = None):
+    """Grouped bars of ``augmentation_probe``'s {parameter: {feature set: score}}: one group per parameter,
+    one bar per feature set (in the first parameter's order), a line at 0 (nothing recovered); the Axes."""
+    if not scores or not all(scores.values()):
+        raise ValueError("scores must be {parameter: {feature set: score}} with at least one of each "
+                         "(augmentation_probe's result)")
+    parameters, sets = list(scores), list(next(iter(scores.values())))
+    missing = [(p, s) for p in parameters for s in sets if s not in scores[p]]
+    if missing:
+        raise ValueError(f"every parameter needs a score for every feature set; missing {missing}")
+    ax = _new_axes_if_none(ax, (8, 4))
+    width = 0.8 / len(sets)
+    for i, name in enumerate(sets):
+        offset = (i - (len(sets) - 1) / 2) * width
+        ax.bar([p + offset for p in range(len(parameters))], [scores[p][name] for p in parameters],
+               width=width, label=name)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(parameters)), parameters)
+    lowest = min(min(row.values()) for row in scores.values())
+    ax.set_ylim(min(-0.1, lowest - 0.05), 1.15)
+    ax.set(ylabel="recovered by a linear probe\n(R² or 2 x balanced acc. - 1)",
+           title=title or "What the features keep of each augmentation")
+    ax.legend(fontsize=8, ncol=len(sets), loc="upper center")
     return ax
