@@ -52,9 +52,12 @@ def probe_parameter(train_features: torch.Tensor, train_target: torch.Tensor, te
     Features are standardised with the training rows' mean and std; ridge regression (its penalty chosen by
     leave-one-out on the training rows) predicts a continuous target, scored by R^2, or a yes/no target as
     +-1, scored by informedness 2 x balanced accuracy - 1. 0: nothing recovered (or worse, below 0), 1: all."""
-    from sklearn.linear_model import RidgeClassifierCV, RidgeCV
-    from sklearn.metrics import balanced_accuracy_score, r2_score
-    from sklearn.preprocessing import StandardScaler
+    try:  # scikit-learn is an optional dependency (the notebooks' extra)
+        from sklearn.linear_model import RidgeClassifierCV, RidgeCV
+        from sklearn.metrics import balanced_accuracy_score, r2_score
+        from sklearn.preprocessing import StandardScaler
+    except ImportError as error:
+        raise ImportError("probe_parameter needs scikit-learn: pip install scikit-learn") from error
 
     if kind not in ("continuous", "binary"):
         raise ValueError(f"kind must be 'continuous' or 'binary', got {kind!r}")
