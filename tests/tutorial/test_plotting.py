@@ -27,6 +27,8 @@ from vicreg_lib.tutorial.plotting import (  # noqa: E402
     plot_confusion_matrix,
     plot_embedding_scatter,
     plot_label_efficiency,
+
+    plot_invariance_probe,
     plot_metrics,
     plot_retrieval,
     plot_thumbnails,
@@ -380,3 +382,23 @@ def test_accuracy_vs_compute_needs_a_curve():
 
     with pytest.raises(ValueError, match="knn_curve"):
         plot_accuracy_vs_compute(Empty(), [])
+
+# ---- what the features keep of the augmentations --------------------------------------------
+
+
+def test_invariance_probe_draws_one_bar_per_parameter_and_feature_set():
+    scores = {"crop area": {"VICReg h": 0.6, "VICReg z": 0.0, "random h": 0.2},
+              "flip": {"VICReg h": 0.05, "VICReg z": -0.2, "random h": 0.0}}
+    ax = plot_invariance_probe(scores)
+    heights = [patch.get_height() for patch in ax.patches]
+    assert heights == [0.6, 0.05, 0.0, -0.2, 0.2, 0.0]  # feature set by feature set, parameters in order
+    centres = [patch.get_x() + patch.get_width() / 2 for patch in ax.patches]
+    assert centres[0] < centres[2] < centres[4] < 0.5 < centres[1]  # crop area's group, then flip's
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["VICReg h", "VICReg z", "random h"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["crop area", "flip"]
+    assert ax.get_ylim()[0] <= -0.25  # the negative score stays in view
+    plt.close("all")
+    with pytest.raises(ValueError, match="missing"):
+        plot_invariance_probe({"crop area": {"a": 1.0, "b": 0.5}, "flip": {"a": 0.0}})
+    with pytest.raises(ValueError, match="at least one"):
+        plot_invariance_probe({})

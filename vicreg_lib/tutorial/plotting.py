@@ -22,6 +22,8 @@ __all__ = [
     "plot_ablation_rms_std",
 
     "plot_confusion_matrix", "plot_label_efficiency", "plot_accuracy_vs_compute",
+
+    "plot_invariance_probe",
 ]
 
 
@@ -561,3 +563,28 @@ def plot_accuracy_vs_compute(reference: Any, supervised: Iterable[dict], quoted:
     left.set(ylabel="test top-1 (%)", title="Accuracy against compute")
     right.set_title("Accuracy against epochs")
     return fig
+
+def plot_invariance_probe(scores: dict[str, dict[str, float]], ax=None, title: str | None = None):
+    """Grouped bars of ``augmentation_probe``'s {parameter: {feature set: score}}: one group per parameter,
+    one bar per feature set (in the first parameter's order), a line at 0 (nothing recovered); the Axes."""
+    if not scores or not all(scores.values()):
+        raise ValueError("scores must be {parameter: {feature set: score}} with at least one of each "
+                         "(augmentation_probe's result)")
+    parameters, sets = list(scores), list(next(iter(scores.values())))
+    missing = [(p, s) for p in parameters for s in sets if s not in scores[p]]
+    if missing:
+        raise ValueError(f"every parameter needs a score for every feature set; missing {missing}")
+    ax = _new_axes_if_none(ax, (8, 4))
+    width = 0.8 / len(sets)
+    for i, name in enumerate(sets):
+        offset = (i - (len(sets) - 1) / 2) * width
+        ax.bar([p + offset for p in range(len(parameters))], [scores[p][name] for p in parameters],
+               width=width, label=name)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(parameters)), parameters)
+    lowest = min(min(row.values()) for row in scores.values())
+    ax.set_ylim(min(-0.1, lowest - 0.05), 1.15)
+    ax.set(ylabel="recovered by a linear probe\n(R² or 2 x balanced acc. - 1)",
+           title=title or "What the features keep of each augmentation")
+    ax.legend(fontsize=8, ncol=len(sets), loc="upper center")
+    return ax
