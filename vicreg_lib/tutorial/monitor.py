@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text, not a widget: a saved notebook keeps the bar's last state
 
 from ..config import TrainConfig
 from ..runstate import read_metrics
