@@ -19,6 +19,7 @@ from ..checkpoint import load_pretrained
 from ..config import TrainConfig
 from ..runstate import read_metrics
 from .notebook_env import NotebookSettings
+from .plotting import knn_by_minutes
 from .reference_runs import ReferenceRun, reference_run, weights_sha256
 
 __all__ = ["NotebookModel", "notebook_model", "knn_curve_of"]
@@ -61,13 +62,9 @@ class NotebookModel:
 
 
 def knn_curve_of(records: list[dict]) -> list[tuple[float, int, float]]:
-    """(minutes, epoch, kNN top-1 %) of a run's per-epoch records (read_metrics), minutes summed over epochs."""
-    minutes, curve = 0.0, []
-    for record in records:
-        minutes += record.get("epoch_time_s", 0.0) / 60
-        if "knn_top1" in record:
-            curve.append((minutes, record["epoch"], record["knn_top1"]))
-    return curve
+    """(minutes, epoch, kNN top-1 %) of a run's per-epoch records (read_metrics): plotting.knn_by_minutes,
+    which also counts the steps of an epoch interrupted and resumed."""
+    return knn_by_minutes(records)
 
 
 def _shown(path: Path, settings: NotebookSettings) -> str:
